@@ -1,0 +1,64 @@
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+STAMP := $(VENV)/.synced
+PYTEST_ARGS ?=
+
+# Every tool runs from the locked environment; nothing phones home.
+export PATH := $(BIN):$(PATH)
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+export UV_LINK_MODE := copy
+
+.PHONY: help setup test test-stack lint format repro up down status logs clean
+
+help: ## show this help
+	@awk 'BEGIN {FS = ":.*## "; printf "bitloop: make <target>\n\n"} \
+	     /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+setup: $(STAMP) ## install uv if missing and create .venv from uv.lock (no-op when current)
+
+$(STAMP): uv.lock pyproject.toml
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || \
+	  { echo "installing uv with pip"; python3 -m pip install --quiet "uv>=0.5"; }
+	$(UV) sync --frozen --compile-bytecode
+	@touch $@
+
+test: $(STAMP) ## run the test suite (unit, property, integration against real servers)
+	$(BIN)/pytest -m "not stack" $(PYTEST_ARGS)
+
+test-stack: $(STAMP) ## smoke-test the local stack: make up, probe every service, make down
+	$(BIN)/pytest -m stack $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff (lint + format check) and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP) ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+repro: $(STAMP) ## run the DVC pipeline (needs MLflow: `make up`) and push data to the DVC remote
+	$(BIN)/dvc repro
+	$(BIN)/dvc push --quiet
+
+up: $(STAMP) ## start the local stack, train a champion if there is none, print every URL
+	$(BIN)/python ops/local/stack.py up
+
+down: $(STAMP) ## stop every service of the local stack
+	$(BIN)/python ops/local/stack.py down
+
+status: $(STAMP) ## show the state of each service
+	$(BIN)/python ops/local/stack.py status
+
+logs: $(STAMP) ## follow the logs of every service (Ctrl-C to stop)
+	$(BIN)/python ops/local/stack.py logs
+
+clean: ## stop the stack and remove its state (.bitloop/) and the pipeline outputs
+	@if [ -x $(BIN)/python ]; then $(BIN)/python ops/local/stack.py down; fi
+	rm -rf .bitloop data models reports metrics.json

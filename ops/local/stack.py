@@ -1,0 +1,203 @@
+"""The local stack without a container engine: every service under supervisord.
+
+`make up` starts (or re-uses) supervisord, waits for each service to answer, trains and
+promotes a champion with `dvc repro` when the registry has none, and prints every URL.
+`make up` again is a no-op that prints the URLs; `make down` stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT = Path(__file__).resolve().parents[2]
+CONFIG = PROJECT / "ops" / "supervisor" / "supervisord.conf"
+
+
+class StackSettings(BaseSettings):
+    """Where the local stack keeps its state and which ports it binds (all on 127.0.0.1)."""
+
+    model_config = SettingsConfigDict(env_prefix="BITLOOP_", extra="ignore")
+
+    state_dir: Path = PROJECT / ".bitloop"
+    mlflow_port: int = 5000
+    data_source_port: int = 8001
+    start_timeout: float = 180.0
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    url: str
+    health: str
+    login: str = "none (local only)"
+
+
+def services(settings: StackSettings) -> list[Service]:
+    mlflow = f"http://127.0.0.1:{settings.mlflow_port}"
+    source = f"http://127.0.0.1:{settings.data_source_port}"
+    return [Service("mlflow", mlflow, f"{mlflow}/health"), Service("datasource", source, f"{source}/health")]
+
+
+def _environment(settings: StackSettings) -> dict[str, str]:
+    state = settings.state_dir.resolve()
+    return {
+        **os.environ,
+        "BITLOOP_STATE_DIR": str(state),
+        "BITLOOP_PROJECT_DIR": str(PROJECT),
+        "BITLOOP_BIN": str(Path(sys.executable).parent),
+        "BITLOOP_MLFLOW_PORT": str(settings.mlflow_port),
+        "BITLOOP_DATA_SOURCE_PORT": str(settings.data_source_port),
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{settings.mlflow_port}",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+    }
+
+
+def _supervisorctl(settings: StackSettings, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "supervisorctl"), "-c", str(CONFIG), *args],
+        env=_environment(settings),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def supervisor_running(settings: StackSettings) -> bool:
+    return _supervisorctl(settings, "pid").stdout.strip().isdigit()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_healthy(settings: StackSettings) -> None:
+    deadline = time.monotonic() + settings.start_timeout
+    pending = services(settings)
+    while pending:
+        pending = [s for s in pending if not _healthy(s.health)]
+        for s in pending:
+            print(f"  waiting for {s.name} ({s.health})", flush=True)
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            names = ", ".join(s.name for s in pending)
+            raise SystemExit(f"timed out waiting for {names}; see `make logs` or {settings.state_dir}/logs/")
+        time.sleep(3.0)
+
+
+def _has_champion(settings: StackSettings) -> bool:
+    from pipeline.params import load_params
+    from pipeline.promote import aliases
+    from pipeline.settings import PipelineSettings
+
+    params = load_params(PROJECT / "params.yaml")
+    uri = f"http://127.0.0.1:{settings.mlflow_port}"
+    return aliases(params.model.name, PipelineSettings(mlflow_tracking_uri=uri))["champion"] is not None
+
+
+def ensure_champion(settings: StackSettings) -> None:
+    """Run the DVC pipeline when the registry has no champion yet."""
+    if _has_champion(settings):
+        return
+    env = _environment(settings)
+    dvc = str(Path(sys.executable).parent / "dvc")
+    print("no champion yet: running the pipeline (dvc repro)", flush=True)
+    subprocess.run([dvc, "repro"], cwd=PROJECT, env=env, check=True)
+    if not _has_champion(settings):
+        # The outputs were current from an earlier run against another registry.
+        subprocess.run(
+            [dvc, "repro", "--force", "--single-item", "promote"], cwd=PROJECT, env=env, check=True
+        )
+    subprocess.run([dvc, "push", "--quiet"], cwd=PROJECT, env=env, check=True)
+    if not _has_champion(settings):
+        raise SystemExit("the pipeline ran but no candidate was promoted: see reports/promotion.json")
+
+
+def up(settings: StackSettings) -> None:
+    for sub in ("logs", "mlflow"):
+        (settings.state_dir / sub).mkdir(parents=True, exist_ok=True)
+    env = _environment(settings)
+    if supervisor_running(settings):
+        _supervisorctl(settings, "start", "all")
+    else:
+        print("starting supervisord", flush=True)
+        subprocess.run(
+            [str(Path(sys.executable).parent / "supervisord"), "-c", str(CONFIG)], env=env, check=True
+        )
+    wait_healthy(settings)
+    ensure_champion(settings)
+    print_urls(settings)
+
+
+def print_urls(settings: StackSettings) -> None:
+    print("\nbitloop is up:")
+    for s in services(settings):
+        print(f"  {s.name:<11} {s.url:<28} login: {s.login}")
+    print(f"\n  state: {settings.state_dir}   logs: make logs   stop: make down")
+
+
+def down(settings: StackSettings) -> None:
+    if not supervisor_running(settings):
+        print("the local stack is not running")
+        return
+    pid = int(_supervisorctl(settings, "pid").stdout.strip())
+    _supervisorctl(settings, "shutdown")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            print("the local stack is stopped")
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"supervisord (pid {pid}) did not stop within 60 s")
+
+
+def status(settings: StackSettings) -> int:
+    if not supervisor_running(settings):
+        print("the local stack is not running (make up)")
+        return 3
+    print(_supervisorctl(settings, "status").stdout.rstrip())
+    for s in services(settings):
+        print(f"  {s.name:<11} {s.url:<28} {'healthy' if _healthy(s.health) else 'NOT answering'}")
+    return 0
+
+
+def logs(settings: StackSettings) -> None:
+    files = sorted(str(p) for p in (settings.state_dir / "logs").glob("*.log"))
+    if not files:
+        raise SystemExit("no logs yet: start the stack with `make up`")
+    os.execvp("tail", ["tail", "-n", "40", "-F", *files])  # noqa: S606 - replaces this process
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="stack.py", description=__doc__)
+    parser.add_argument("command", choices=("up", "down", "status", "logs"))
+    command = parser.parse_args().command
+    settings = StackSettings()
+    if command == "up":
+        up(settings)
+    elif command == "down":
+        down(settings)
+    elif command == "logs":
+        logs(settings)
+    else:
+        return status(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Typed view of `params.yaml`, the single home of experiment parameters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Task = Literal["classification", "regression"]
+HIGHER_IS_BETTER = {
+    "accuracy": True,
+    "f1": True,
+    "roc_auc": True,
+    "log_loss": False,
+    "rmse": False,
+    "mae": False,
+    "r2": True,
+}
+
+
+class ParamsError(ValueError):
+    """`params.yaml` is missing, malformed or inconsistent."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(_Section):
+    source: Literal["simulated", "sklearn", "csv"] = "simulated"
+    path: str | None = None
+    name: str | None = None
+    target: str
+    task: Task
+    id_column: str | None = None
+    rows: Annotated[int, Field(gt=0)] = 4000
+    seed: int = 1
+    drift: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+
+    @model_validator(mode="after")
+    def _source_needs(self) -> DataParams:
+        if self.source == "csv" and not self.path:
+            raise ValueError("data.source is 'csv' but data.path is empty: give a file path or URL")
+        if self.source == "sklearn" and not self.name:
+            raise ValueError("data.source is 'sklearn' but data.name is empty: e.g. 'diabetes'")
+        return self
+
+
+class ModelParams(_Section):
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")]
+
+
+class ValidateParams(_Section):
+    min_rows: Annotated[int, Field(ge=1)] = 50
+    max_missing_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.4
+    max_invalid_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
+    max_duplicate_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
+    min_class_rows: Annotated[int, Field(ge=1)] = 10
+    ranges: dict[str, tuple[float, float]] = Field(default_factory=dict)
+
+
+class SplitParams(_Section):
+    test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.25
+    salt: str = "bitloop"
+
+
+class CandidateParams(BaseModel):
+    """One candidate model: its kind plus the estimator's own keyword arguments."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    kind: Literal["linear", "random_forest", "hist_gradient_boosting"]
+
+    @property
+    def estimator_params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class TrainParams(_Section):
+    seed: int = 42
+    max_categories: Annotated[int, Field(ge=2)] = 25
+    candidates: Annotated[dict[str, CandidateParams], Field(min_length=1)]
+
+
+class EvaluateParams(_Section):
+    importance_repeats: Annotated[int, Field(ge=1)] = 5
+
+
+class PromoteParams(_Section):
+    metric: str = "auto"
+    margin: Annotated[float, Field(ge=0.0)] = 0.0
+    floors: dict[Task, dict[str, float]] = Field(default_factory=dict)
+
+    def primary_metric(self, task: Task) -> str:
+        if self.metric != "auto":
+            return self.metric
+        return "roc_auc" if task == "classification" else "rmse"
+
+
+class Params(_Section):
+    data: DataParams
+    model: ModelParams
+    validate_: ValidateParams = Field(default_factory=ValidateParams, alias="validate")
+    split: SplitParams = Field(default_factory=SplitParams)
+    train: TrainParams
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    promote: PromoteParams = Field(default_factory=PromoteParams)
+
+    @model_validator(mode="after")
+    def _metric_known(self) -> Params:
+        metric = self.promote.primary_metric(self.data.task)
+        task_metrics = TASK_METRICS[self.data.task]
+        if metric not in task_metrics:
+            raise ValueError(
+                f"promote.metric {metric!r} is not a {self.data.task} metric "
+                f"(choose one of {sorted(task_metrics)})"
+            )
+        for name in self.promote.floors.get(self.data.task, {}):
+            if name not in task_metrics:
+                raise ValueError(
+                    f"promote.floors.{self.data.task}.{name} is not a "
+                    f"{self.data.task} metric (choose from {sorted(task_metrics)})"
+                )
+        return self
+
+
+TASK_METRICS: dict[Task, tuple[str, ...]] = {
+    "classification": ("accuracy", "f1", "roc_auc", "log_loss"),
+    "regression": ("rmse", "mae", "r2"),
+}
+
+
+def parse_params(raw: dict[str, Any], origin: str = "params.yaml") -> Params:
+    """Validate a params mapping, turning pydantic errors into one readable message."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+            lines.append(f"  {where}: {e['msg']}")
+        raise ParamsError(f"{origin} is invalid:\n" + "\n".join(lines)) from None
+
+
+def load_params(path: Path) -> Params:
+    """Read and validate `params.yaml`."""
+    if not path.is_file():
+        raise ParamsError(f"{path} not found: run from the project directory or pass --root")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path} must be a mapping of sections (data, model, train, ...)")
+    return parse_params(raw, origin=str(path))

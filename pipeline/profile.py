@@ -1,0 +1,42 @@
+"""The reference profile of the training features that drift detection compares against."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.schema import DatasetSchema
+
+SAMPLE_SIZE = 5000
+BINS = 10
+
+
+def build_profile(frame: pd.DataFrame, schema: DatasetSchema, seed: int) -> dict[str, Any]:
+    """Per feature: a fixed-size sample and decile bins (numeric) or frequencies (categorical)."""
+    features: dict[str, Any] = {}
+    rng = np.random.default_rng(seed)
+    for spec in schema.features:
+        series = frame[spec.name]
+        entry: dict[str, Any] = {"kind": spec.kind, "missing_rate": float(series.isna().mean())}
+        filled = series.dropna()
+        if spec.kind == "numeric":
+            values = filled.to_numpy(dtype=float)
+            sample = values if len(values) <= SAMPLE_SIZE else rng.choice(values, SAMPLE_SIZE, replace=False)
+            edges = (
+                np.unique(np.quantile(values, np.linspace(0, 1, BINS + 1))) if len(values) else np.array([])
+            )
+            counts = np.histogram(values, bins=edges)[0] if len(edges) > 1 else np.array([len(values)])
+            entry.update(
+                mean=float(values.mean()) if len(values) else None,
+                std=float(values.std()) if len(values) else None,
+                bin_edges=edges.tolist(),
+                bin_shares=(counts / max(counts.sum(), 1)).tolist(),
+                sample=np.sort(sample).tolist(),
+            )
+        else:
+            shares = filled.astype(str).value_counts(normalize=True).sort_index()
+            entry["frequencies"] = {str(k): float(v) for k, v in shares.items()}
+        features[spec.name] = entry
+    return {"rows": len(frame), "features": features}

@@ -1,0 +1,278 @@
+"""Gate the best registered candidate against @champion on the same holdout, and rollback.
+
+Aliases: @champion is served; @challenger is the last candidate that passed the floors but did
+not win; @previous is the champion before the last promotion (one-step rollback). Moving
+@champion is a single registry call, so the switch is atomic; re-running is idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from pipeline.evaluate import score
+from pipeline.params import HIGHER_IS_BETTER, Params
+from pipeline.register import TAG, floor_failures
+from pipeline.schema import DatasetSchema
+from pipeline.settings import PipelineSettings, connect
+from pipeline.train import load_schema
+from pipeline.workspace import Workspace, read_json, write_json
+
+log = logging.getLogger(__name__)
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+
+
+class SchemaMismatch(RuntimeError):
+    """The candidate's task or features differ from the champion's: comparing them is meaningless."""
+
+
+class RollbackError(RuntimeError):
+    """There is nothing to roll back to."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reason: str
+    metric: str
+    candidate: float
+    champion: float | None
+
+
+def decide(
+    candidate: dict[str, float],
+    champion: dict[str, float] | None,
+    metric: str,
+    margin: float,
+    floors: dict[str, float],
+) -> Decision:
+    """Promote only above the floors and, when there is a champion, better by at least `margin`."""
+    value = candidate[metric]
+    failures = floor_failures(candidate, floors)
+    if failures:
+        return Decision(False, "below the floors: " + "; ".join(failures), metric, value, None)
+    if champion is None:
+        return Decision(True, "no champion yet and the floors pass", metric, value, None)
+    current = champion[metric]
+    gain = value - current if HIGHER_IS_BETTER[metric] else current - value
+    if current != current:  # a champion that cannot be scored (NaN) loses to any valid candidate
+        return Decision(True, "the champion cannot be scored on this holdout", metric, value, current)
+    if gain >= margin and gain > 0:
+        return Decision(
+            True, f"beats the champion by {gain:.4f} {metric} (margin {margin})", metric, value, current
+        )
+    return Decision(
+        False,
+        f"does not beat the champion by the margin: gain {gain:+.4f} {metric} < {margin}",
+        metric,
+        value,
+        current,
+    )
+
+
+def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as err:
+        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def _champion_schema(client: MlflowClient, champion: ModelVersion) -> DatasetSchema | None:
+    if champion.run_id is None:
+        return None
+    try:
+        raw = mlflow.artifacts.load_dict(f"runs:/{champion.run_id}/feature_schema.json")
+    except (MlflowException, OSError):
+        return None
+    return DatasetSchema.model_validate(raw)
+
+
+def check_compatible(
+    candidate: DatasetSchema, champion_schema: DatasetSchema | None, champion: ModelVersion, model_name: str
+) -> None:
+    """Raise SchemaMismatch when the candidate cannot be compared with the champion."""
+    if champion_schema is None:
+        return
+    if champion_schema.fingerprint() == candidate.fingerprint():
+        return
+
+    def describe(s: DatasetSchema) -> str:
+        return (
+            f"{s.task} of {s.target!r} from {len(s.features)} features ({', '.join(s.feature_names[:8])}"
+            f"{', ...' if len(s.features) > 8 else ''})"
+        )
+
+    raise SchemaMismatch(
+        f"model {model_name!r} @champion (version {champion.version}) predicts {describe(champion_schema)}; "
+        f"this candidate predicts {describe(candidate)}. They cannot be compared on one holdout. "
+        "Set a new model.name in params.yaml for this dataset, or run "
+        "`python -m pipeline promote --allow-schema-change` to replace the champion deliberately."
+    )
+
+
+def _score_version(name: str, version: str, test: pd.DataFrame, schema: DatasetSchema) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="bitloop-champion-") as scratch:
+        model = mlflow.sklearn.load_model(f"models:/{name}/{version}", dst_path=scratch)
+        return score(model, test, schema)
+
+
+def _tag(client: MlflowClient, name: str, version: str, values: dict[str, Any]) -> None:
+    for key, value in values.items():
+        client.set_model_version_tag(name, version, TAG + key, str(value))
+
+
+def promote(
+    params: Params, workspace: Workspace, settings: PipelineSettings, allow_schema_change: bool = False
+) -> dict[str, Any]:
+    """Compare the best registered candidate with @champion on the current holdout and move aliases."""
+    client = connect(settings)
+    registered = read_json(workspace.registered_file)
+    name, best, metric = registered["model_name"], registered["best"], registered["primary_metric"]
+    schema = load_schema(workspace)
+    floors = params.promote.floors.get(schema.task, {})
+    data_version = registered["data_version"]["version"]
+    report: dict[str, Any] = {
+        "model_name": name,
+        "data_version": data_version,
+        "metric": metric,
+        "margin": params.promote.margin,
+        "floors": floors,
+    }
+
+    if best is None:
+        report.update(
+            promoted=False,
+            reason="no candidate passed the floors; nothing was registered",
+            candidates={n: c["floor_failures"] for n, c in registered["candidates"].items()},
+        )
+        write_json(workspace.promotion_file, report)
+        log.warning(report["reason"])
+        return report
+
+    entry = registered["candidates"][best]
+    version = entry["version"]
+    champion = alias_version(client, name, CHAMPION)
+    report.update(candidate={"name": best, "version": version, "metrics": entry["metrics"]})
+    if champion is not None and champion.version == version:
+        report.update(
+            promoted=False,
+            already_champion=True,
+            reason=f"version {version} is already @champion",
+            champion={"version": version},
+        )
+        write_json(workspace.promotion_file, report)
+        log.info(report["reason"])
+        return report
+
+    champion_metrics: dict[str, float] | None = None
+    override = False
+    if champion is not None:
+        try:
+            check_compatible(schema, _champion_schema(client, champion), champion, name)
+            test = pd.read_parquet(workspace.test_file)
+            champion_metrics = _score_version(name, champion.version, test, schema)
+        except SchemaMismatch:
+            if not allow_schema_change:
+                raise
+            override = True
+            log.warning("schema change allowed: the champion is replaced without comparison")
+        report["champion"] = {"version": champion.version, "metrics": champion_metrics}
+
+    decision = decide(entry["metrics"], champion_metrics, metric, params.promote.margin, floors)
+    if override and not floor_failures(entry["metrics"], floors):
+        decision = Decision(
+            True,
+            "schema change allowed explicitly (--allow-schema-change)",
+            metric,
+            entry["metrics"][metric],
+            None,
+        )
+    report.update(promoted=decision.promote, reason=decision.reason, decision=asdict(decision))
+
+    _tag(
+        client,
+        name,
+        version,
+        {
+            "decision": "promoted" if decision.promote else "challenger",
+            "decision_reason": decision.reason,
+            "compared_on": data_version,
+            "candidate_" + metric: f"{decision.candidate:.6f}",
+            "champion_" + metric: "none" if decision.champion is None else f"{decision.champion:.6f}",
+            "champion_version": champion.version if champion else "none",
+        },
+    )
+    if decision.promote:
+        if champion is not None:
+            client.set_registered_model_alias(name, PREVIOUS, champion.version)
+        client.set_registered_model_alias(name, CHAMPION, version)
+        challenger = alias_version(client, name, CHALLENGER)
+        if challenger is not None and challenger.version == version:
+            client.delete_registered_model_alias(name, CHALLENGER)
+        log.info("promoted", extra={"model": name, "version": version, "reason": decision.reason})
+    else:
+        client.set_registered_model_alias(name, CHALLENGER, version)
+        log.info("kept the champion", extra={"model": name, "challenger": version, "reason": decision.reason})
+    write_json(workspace.promotion_file, report)
+    return report
+
+
+def rollback(model_name: str, settings: PipelineSettings) -> dict[str, str]:
+    """Point @champion back at @previous; the demoted version is tagged, @previous is consumed."""
+    client = connect(settings)
+    previous = alias_version(client, model_name, PREVIOUS)
+    if previous is None:
+        raise RollbackError(f"model {model_name!r} has no @previous version: nothing to roll back to")
+    current = alias_version(client, model_name, CHAMPION)
+    client.set_registered_model_alias(model_name, CHAMPION, previous.version)
+    client.delete_registered_model_alias(model_name, PREVIOUS)
+    if current is not None:
+        _tag(
+            client,
+            model_name,
+            current.version,
+            {"decision": "rolled_back", "decision_reason": f"rolled back to version {previous.version}"},
+        )
+    _tag(client, model_name, previous.version, {"decision": "restored"})
+    log.info(
+        "rolled back",
+        extra={
+            "model": model_name,
+            "champion": previous.version,
+            "demoted": current.version if current else None,
+        },
+    )
+    return {"champion": previous.version, "demoted": current.version if current else "none"}
+
+
+def aliases(model_name: str, settings: PipelineSettings) -> dict[str, Any]:
+    """The versions behind each alias, with the decision recorded on them."""
+    client = connect(settings)
+    shown: dict[str, Any] = {}
+    for alias in (CHAMPION, CHALLENGER, PREVIOUS):
+        mv = alias_version(client, model_name, alias)
+        shown[alias] = (
+            None
+            if mv is None
+            else {
+                "version": mv.version,
+                "run_id": mv.run_id,
+                **{
+                    k.removeprefix(TAG): v
+                    for k, v in mv.tags.items()
+                    if k.startswith(TAG)
+                    and k.removeprefix(TAG) in ("candidate", "data_version", "decision", "decision_reason")
+                },
+            }
+        )
+    return shown

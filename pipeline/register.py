@@ -1,0 +1,232 @@
+"""Log every candidate to MLflow and register those that pass the absolute floors.
+
+Idempotent: a candidate is identified by a fingerprint of its model file and the dataset
+version, so re-running the stage reuses the existing run and model version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import subprocess
+import warnings
+from dataclasses import dataclass
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.data.pandas_dataset import from_pandas
+from mlflow.models import infer_signature
+
+from pipeline.evaluate import best_candidate
+from pipeline.ingest import DatasetVersion
+from pipeline.params import HIGHER_IS_BETTER, Params
+from pipeline.schema import DatasetSchema
+from pipeline.settings import PipelineSettings, connect
+from pipeline.train import load_candidate, load_schema
+from pipeline.workspace import Workspace, read_json, write_json
+
+log = logging.getLogger(__name__)
+REQUIREMENTS = ("scikit-learn", "numpy", "pandas", "scipy", "skops")
+TAG = "bitloop."
+
+
+@dataclass(frozen=True)
+class Registered:
+    candidate: str
+    run_id: str
+    version: str | None
+    metrics: dict[str, float]
+    floor_failures: list[str]
+
+
+def floor_failures(metrics: dict[str, float], floors: dict[str, float]) -> list[str]:
+    """Which absolute floors a candidate misses, as readable sentences."""
+    failures = []
+    for name, floor in floors.items():
+        value = metrics[name]
+        ok = value >= floor if HIGHER_IS_BETTER[name] else value <= floor
+        if not ok or value != value:  # NaN never passes
+            relation = "below" if HIGHER_IS_BETTER[name] else "above"
+            failures.append(f"{name}={value:.4f} is {relation} the floor {floor}")
+    return failures
+
+
+def git_commit(root: Path) -> str:
+    """The commit the code ran at, with '-dirty' when the work tree has changes."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+def fingerprint(model_file: Path, data: DatasetVersion, schema: DatasetSchema) -> str:
+    digest = hashlib.sha256(model_file.read_bytes())
+    digest.update(f"{data.md5}|{schema.fingerprint()}".encode())
+    return digest.hexdigest()[:32]
+
+
+def pip_requirements() -> list[str]:
+    """Pinned requirements of a served model, without slow environment inference."""
+    return [f"{name}=={package_version(name)}" for name in REQUIREMENTS]
+
+
+def trusted_types(model: Any) -> list[str]:
+    """Types skops must be told to trust: only numpy/scikit-learn/scipy ones are ever accepted."""
+    import skops.io
+
+    untrusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    foreign = [t for t in untrusted if t.split(".")[0] not in ("numpy", "sklearn", "scipy")]
+    if foreign:
+        raise TypeError(f"the model holds types outside numpy/scikit-learn/scipy: {foreign}")
+    return list(untrusted)
+
+
+def _input_example(features: pd.DataFrame) -> pd.DataFrame:
+    complete = features.dropna()
+    return (complete if len(complete) >= 3 else features).head(5).reset_index(drop=True)
+
+
+def _log_candidate(
+    name: str,
+    params: Params,
+    workspace: Workspace,
+    schema: DatasetSchema,
+    data: DatasetVersion,
+    metrics: dict[str, float],
+    tags: dict[str, str],
+) -> tuple[str, str]:
+    """One MLflow run: params, metrics, data inputs, artefacts and the model. Returns (run id, model URI)."""
+    model = load_candidate(workspace.candidate_file(name))
+    train = pd.read_parquet(workspace.train_file)
+    test = pd.read_parquet(workspace.test_file)
+    candidate = params.train.candidates[name]
+    with mlflow.start_run(run_name=f"{name}-{data.label}", tags=tags) as run:
+        mlflow.log_params(
+            {
+                "candidate": name,
+                "kind": candidate.kind,
+                **candidate.estimator_params,
+                "train.seed": params.train.seed,
+                "train.max_categories": params.train.max_categories,
+                "split.test_fraction": params.split.test_fraction,
+                "data.source": params.data.source,
+                "data.version": data.label,
+                "train_rows": len(train),
+                "test_rows": len(test),
+            }
+        )
+        mlflow.log_metrics(metrics)
+        for split_name, frame, context in (("train", train, "training"), ("test", test, "evaluation")):
+            dataset = from_pandas(
+                frame.drop(columns="row_id"),
+                name=f"{params.model.name}-{split_name}",
+                targets=schema.target,
+                digest=data.md5.removesuffix(".dir"),
+            )
+            mlflow.log_input(dataset, context=context, tags={"version": data.label, "dvc_md5": data.md5})
+        mlflow.log_artifacts(str(workspace.evaluation_dir / name), artifact_path="evaluation")
+        mlflow.log_artifact(str(workspace.profile_file))
+        mlflow.log_artifact(str(workspace.validation_report))
+        mlflow.log_dict(schema.model_dump(mode="json"), "feature_schema.json")
+        example = _input_example(test[schema.feature_names])
+        with warnings.catch_warnings():
+            # Integer class labels are the model's output, never an input with missing values.
+            warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column.*")
+            signature = infer_signature(example, model.predict(example))
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            signature=signature,
+            input_example=example,
+            pip_requirements=pip_requirements(),
+            skops_trusted_types=trusted_types(model),
+        )
+        mlflow.set_tag(TAG + "model_uri", info.model_uri)
+        return run.info.run_id, info.model_uri
+
+
+def register(params: Params, workspace: Workspace, settings: PipelineSettings) -> dict[str, Any]:
+    """Log each candidate (reusing identical earlier runs) and register those passing the floors."""
+    client = connect(settings)
+    model_name = params.model.name
+    experiment = mlflow.set_experiment(model_name)
+    schema = load_schema(workspace)
+    data = DatasetVersion.from_file(workspace.version_file)
+    evaluation = read_json(workspace.metrics_file)
+    floors = params.promote.floors.get(schema.task, {})
+    commit = git_commit(workspace.root)
+
+    entries: dict[str, Registered] = {}
+    for name in params.train.candidates:
+        metrics = evaluation["candidates"][name]
+        fp = fingerprint(workspace.candidate_file(name), data, schema)
+        tags = {
+            TAG + "candidate": name,
+            TAG + "fingerprint": fp,
+            TAG + "data_version": data.label,
+            TAG + "data_md5": data.md5,
+            TAG + "task": schema.task,
+            TAG + "schema": schema.fingerprint(),
+            "mlflow.source.git.commit": commit,
+        }
+        found = client.search_runs(
+            [experiment.experiment_id],
+            f"tags.`{TAG}fingerprint` = '{fp}' and attributes.status = 'FINISHED'",
+            max_results=1,
+        )
+        if found:
+            run_id, model_uri = found[0].info.run_id, found[0].data.tags[TAG + "model_uri"]
+            log.info("reusing identical run", extra={"candidate": name, "run_id": run_id})
+        else:
+            run_id, model_uri = _log_candidate(name, params, workspace, schema, data, metrics, tags)
+            log.info("logged run", extra={"candidate": name, "run_id": run_id})
+        failures = floor_failures(metrics, floors)
+        version = None
+        if failures:
+            log.warning(
+                "candidate misses the floors: not registered", extra={"candidate": name, "failures": failures}
+            )
+        else:
+            existing = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
+            if existing:
+                version = existing[0].version
+            else:
+                version_tags = {k: v for k, v in tags.items() if k.startswith(TAG)}
+                version_tags.update({TAG + "metric." + k: f"{v:.6f}" for k, v in metrics.items()})
+                version = mlflow.register_model(model_uri, model_name, tags=version_tags).version
+                log.info("registered", extra={"candidate": name, "model": model_name, "version": version})
+        entries[name] = Registered(name, run_id, str(version) if version else None, metrics, failures)
+
+    primary = params.promote.primary_metric(schema.task)
+    eligible = {n: e.metrics for n, e in entries.items() if e.version is not None}
+    best = best_candidate(eligible, primary) if eligible else None
+    summary = {
+        "model_name": model_name,
+        "data_version": data.as_dict(),
+        "primary_metric": primary,
+        "best": best,
+        "git_commit": commit,
+        "candidates": {
+            n: {
+                "run_id": e.run_id,
+                "version": e.version,
+                "metrics": e.metrics,
+                "floor_failures": e.floor_failures,
+            }
+            for n, e in entries.items()
+        },
+    }
+    write_json(workspace.registered_file, summary)
+    return summary

@@ -1,0 +1,35 @@
+"""Datasets that ship inside scikit-learn (no download at run time)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+from sklearn import datasets
+
+from pipeline.params import Task
+
+BUNDLED: dict[str, tuple[Callable[..., Any], Task]] = {
+    "breast_cancer": (datasets.load_breast_cancer, "classification"),
+    "diabetes": (datasets.load_diabetes, "regression"),
+    "digits": (datasets.load_digits, "classification"),
+    "iris": (datasets.load_iris, "classification"),
+    "wine": (datasets.load_wine, "classification"),
+}
+
+
+def load_bundled(name: str, target: str) -> pd.DataFrame:
+    """A bundled dataset as one frame whose label column is named `target`."""
+    if name not in BUNDLED:
+        raise ValueError(
+            f"data.name {name!r} is not a dataset bundled with scikit-learn; choose one of {sorted(BUNDLED)}"
+        )
+    loader, _ = BUNDLED[name]
+    bunch = loader(as_frame=True)
+    frame = bunch.frame.rename(columns={"target": target})
+    return pd.DataFrame(frame).reset_index(drop=True)
+
+
+def bundled_task(name: str) -> Task:
+    return BUNDLED[name][1]
