@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pipeline.params import ParamsError, load_params
+from pipeline.run import run_all, run_stage
 from pipeline.settings import PipelineSettings
 from pipeline.workspace import Workspace
-
-log = logging.getLogger("pipeline")
-STAGES = ("ingest", "validate", "split", "train", "evaluate", "register", "promote")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,40 +48,6 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8001)
     return parser
-
-
-def _stage(name: str, params_args: dict[str, Any]) -> Callable[[Any, Workspace, PipelineSettings], Any]:
-    # Imports are per stage so that `ingest` never pays for MLflow's import time.
-    def call(params: Any, workspace: Workspace, settings: PipelineSettings) -> Any:
-        if name == "ingest":
-            from pipeline.ingest import ingest
-
-            return ingest(params, workspace, **params_args).version.as_dict()
-        if name == "validate":
-            from pipeline.validate import validate
-
-            return validate(params, workspace).render()
-        if name == "split":
-            from pipeline.split import split
-
-            return dict(zip(("train_rows", "test_rows"), split(params.split, workspace), strict=True))
-        if name == "train":
-            from pipeline.train import train
-
-            return sorted(train(params, workspace))
-        if name == "evaluate":
-            from pipeline.evaluate import evaluate
-
-            return evaluate(params, workspace)
-        if name == "register":
-            from pipeline.register import register
-
-            return register(params, workspace, settings)
-        from pipeline.promote import promote
-
-        return promote(params, workspace, settings, **params_args)
-
-    return call
 
 
 def _show(result: Any) -> None:
@@ -122,16 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             _show(aliases(params.model.name, settings))
         elif args.command == "run":
-            for name in STAGES:
-                log.info("stage %s", name)
-                extra = {"seed": args.seed, "drift": args.drift} if name == "ingest" else {}
-                _stage(name, extra)(params, workspace, settings)
-            _show(json.loads(workspace.promotion_file.read_text()))
+            _show(run_all(params, workspace, settings, seed=args.seed, drift=args.drift))
         else:
-            extra = {
+            options = {
                 k: getattr(args, k) for k in ("seed", "drift", "allow_schema_change") if hasattr(args, k)
             }
-            _show(_stage(args.command, extra)(params, workspace, settings))
+            _show(run_stage(args.command, params, workspace, settings, **options))
     except ValidationFailed as err:
         print(f"{err}\n\nfull report: {workspace.validation_report}", file=sys.stderr)
         return 1

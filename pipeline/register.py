@@ -112,7 +112,9 @@ def _log_candidate(
     train = pd.read_parquet(workspace.train_file)
     test = pd.read_parquet(workspace.test_file)
     candidate = params.train.candidates[name]
-    with mlflow.start_run(run_name=f"{name}-{data.label}", tags=tags) as run:
+    with warnings.catch_warnings(), mlflow.start_run(run_name=f"{name}-{data.label}", tags=tags) as run:
+        # Integer class labels are outputs, never inputs with missing values: MLflow's hint is noise.
+        warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column.*")
         mlflow.log_params(
             {
                 "candidate": name,
@@ -141,10 +143,7 @@ def _log_candidate(
         mlflow.log_artifact(str(workspace.validation_report))
         mlflow.log_dict(schema.model_dump(mode="json"), "feature_schema.json")
         example = _input_example(test[schema.feature_names])
-        with warnings.catch_warnings():
-            # Integer class labels are the model's output, never an input with missing values.
-            warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column.*")
-            signature = infer_signature(example, model.predict(example))
+        signature = infer_signature(example, model.predict(example))
         info = mlflow.sklearn.log_model(
             model,
             name="model",

@@ -16,6 +16,7 @@ import pandas as pd
 from pipeline.ingest import read_raw_batches
 from pipeline.params import Params, ValidateParams
 from pipeline.schema import DatasetSchema, coerce, infer_schema, normalise_missing, row_ids, with_categories
+from pipeline.sources import expected_ranges
 from pipeline.workspace import Workspace, write_json
 
 log = logging.getLogger(__name__)
@@ -175,9 +176,15 @@ def _check_labels(report: BatchReport, raw: pd.Series, labels: pd.Series, schema
         report.fail("labels", schema.target, f"only one class present ({_examples(list(seen))})")
 
 
+def effective_rules(params: Params) -> ValidateParams:
+    """params.yaml's rules plus the ranges the source guarantees (params.yaml wins on a clash)."""
+    ranges = {**expected_ranges(params.data), **params.validate_.ranges}
+    return params.validate_.model_copy(update={"ranges": ranges})
+
+
 def validate(params: Params, workspace: Workspace) -> ValidationReport:
     """Validate all raw batches, write the report, and on success the prepared dataset + schema."""
-    rules, data = params.validate_, params.data
+    data, rules = params.data, effective_rules(params)
     batches = read_raw_batches(workspace.raw_dir)
     if not batches:
         raise ValidationFailed(f"the raw store {workspace.raw_dir} is empty: run `python -m pipeline ingest`")
@@ -227,7 +234,7 @@ def validate(params: Params, workspace: Workspace) -> ValidationReport:
                     )
                 )
     if schema is not None:
-        ignored = sorted(set(rules.ranges) - set(schema.numeric))
+        ignored = sorted(set(params.validate_.ranges) - set(schema.numeric))
         if ignored:
             notes.append(f"validate.ranges for columns not among the numeric features: {ignored}")
 

@@ -10,9 +10,10 @@ import pandas as pd
 from pipeline.params import DataParams
 from pipeline.sources.bundled import bundled_task, load_bundled
 from pipeline.sources.files import SourceError, load_table
+from pipeline.sources.simulated import RANGES as SIMULATED_RANGES
 from pipeline.sources.simulated import simulate_churn
 
-__all__ = ["SourceError", "describe_batch", "load_batch"]
+__all__ = ["SourceError", "describe_batch", "expected_ranges", "load_batch"]
 
 
 def describe_batch(data: DataParams, seed: int | None = None, drift: float | None = None) -> dict[str, Any]:
@@ -30,6 +31,11 @@ def describe_batch(data: DataParams, seed: int | None = None, drift: float | Non
     return {"source": "csv", "path": data.path}
 
 
+def expected_ranges(data: DataParams) -> dict[str, tuple[float, float]]:
+    """Value ranges the source guarantees (only the simulated source knows its own)."""
+    return dict(SIMULATED_RANGES) if data.source == "simulated" else {}
+
+
 def load_batch(data: DataParams, seed: int | None = None, drift: float | None = None) -> pd.DataFrame:
     """Read one batch from the configured source; seed/drift override the simulated draw."""
     spec = describe_batch(data, seed, drift)
@@ -43,7 +49,8 @@ def load_batch(data: DataParams, seed: int | None = None, drift: float | None = 
     if data.source == "sklearn":
         if bundled_task(str(data.name)) != data.task:
             raise SourceError(
-                f"dataset {data.name!r} is a {bundled_task(str(data.name))} task but data.task is {data.task!r}"
+                f"dataset {data.name!r} is a {bundled_task(str(data.name))} task "
+                f"but data.task is {data.task!r}"
             )
         return load_bundled(str(data.name), data.target)
     return load_table(str(data.path))

@@ -17,6 +17,15 @@ CONTRACTS = ("month_to_month", "one_year", "two_year")
 INTERNET = ("dsl", "fiber", "none")
 PAYMENTS = ("electronic_check", "mailed_check", "bank_transfer", "credit_card")
 REGIONS = ("north", "south", "east", "west")
+# What the simulator guarantees: validation rejects a simulated batch outside these.
+RANGES: dict[str, tuple[float, float]] = {
+    "age": (18, 95),
+    "tenure_months": (0, 72),
+    "monthly_charges": (15, 160),
+    "total_charges": (0, 72 * 160 * 1.08),
+    "support_tickets": (0, 30),
+    "num_products": (1, 6),
+}
 # Share of values blanked per column, as real CRM exports have gaps.
 MISSING_RATES = {"age": 0.02, "payment_method": 0.03, "monthly_charges": 0.01}
 

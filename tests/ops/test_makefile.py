@@ -1,0 +1,36 @@
+"""The Makefile is the self-documenting command surface."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+from tests.factories import PROJECT
+
+REQUIRED = {"help", "setup", "test", "test-stack", "lint", "repro", "up", "down", "status", "logs", "clean"}
+
+
+def make(*args: str) -> str:
+    return subprocess.run(
+        ["make", "--no-print-directory", *args], cwd=PROJECT, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_help_is_the_default_goal_and_lists_every_target() -> None:
+    listed = set(re.findall(r"^\s+(?:\x1b\[36m)?([a-z-]+)", make(), flags=re.MULTILINE))
+    assert listed >= REQUIRED
+
+
+def test_every_target_documents_itself() -> None:
+    text = (PROJECT / "Makefile").read_text()
+    targets = set(re.findall(r"^([a-z][a-z-]*):", text, flags=re.MULTILINE))
+    documented = set(re.findall(r"^([a-z][a-z-]*):.*## \S", text, flags=re.MULTILINE))
+    assert targets == documented
+
+
+def test_setup_is_a_no_op_when_the_environment_is_current() -> None:
+    assert "uv sync" not in make("-n", "setup")
+
+
+def test_test_target_runs_pytest_without_stack_tests() -> None:
+    assert re.search(r"pytest -m \"not stack\"", make("-n", "test"))

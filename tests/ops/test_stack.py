@@ -1,0 +1,75 @@
+"""Smoke test of the local stack: `make up` from nothing to a champion, then `make down`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+from mlflow import MlflowClient
+
+from pipeline.params import load_params
+from tests.factories import PROJECT
+from tests.servers import free_port
+
+pytestmark = pytest.mark.stack
+
+
+def make(target: str, env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "--no-print-directory", target],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _cmdline_mentions(proc: Path, text: str) -> bool:
+    try:
+        return text in (proc / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
+def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path) -> None:
+    mlflow_port, source_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "BITLOOP_STATE_DIR": str(tmp_path / "state"),
+        "BITLOOP_MLFLOW_PORT": str(mlflow_port),
+        "BITLOOP_DATA_SOURCE_PORT": str(source_port),
+    }
+    try:
+        up = make("up", env)
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        assert f"http://127.0.0.1:{mlflow_port}" in up.stdout
+        name = load_params(PROJECT / "params.yaml").model.name
+        champion = MlflowClient(f"http://127.0.0.1:{mlflow_port}").get_model_version_by_alias(
+            name, "champion"
+        )
+        assert champion.tags["bitloop.decision"] in {"promoted", "restored"}
+        batch = httpx.get(f"http://127.0.0.1:{source_port}/batch", params={"n": 5}, timeout=10)
+        assert batch.status_code == 200
+
+        again = make("up", env, timeout=120)
+        assert again.returncode == 0
+        assert "dvc repro" not in again.stdout  # a second `make up` only re-prints the URLs
+        assert make("status", env).returncode == 0
+    finally:
+        pid_file = tmp_path / "state" / "supervisord.pid"
+        pid = int(pid_file.read_text()) if pid_file.exists() else None
+        down = make("down", env, timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert pid is not None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    survivors = [p for p in Path("/proc").glob("[0-9]*") if _cmdline_mentions(p, str(tmp_path))]
+    assert survivors == []
+    for port in (mlflow_port, source_port):
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)

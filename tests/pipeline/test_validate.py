@@ -1,0 +1,193 @@
+"""Validation accepts good batches and rejects each kind of bad batch, naming the column."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline.ingest import ingest
+from pipeline.params import Params, ValidateParams, parse_params
+from pipeline.schema import DatasetSchema, infer_schema, normalise_missing
+from pipeline.sources.simulated import simulate_churn
+from pipeline.validate import ValidationFailed, check_batch, effective_rules, validate
+from pipeline.workspace import read_json
+from tests.factories import light_params, make_workspace
+
+NUMERIC = ["age", "tenure_months", "monthly_charges", "support_tickets", "num_products"]
+CATEGORICAL = ["region", "contract", "internet_service"]
+seeds = st.integers(min_value=0, max_value=10_000)
+
+
+@pytest.fixture(scope="module")
+def params() -> Params:
+    return parse_params(light_params())
+
+
+@pytest.fixture(scope="module")
+def reference(params: Params) -> DatasetSchema:
+    return infer_schema(normalise_missing(simulate_churn(500, 0)), params.data)
+
+
+def check(batch: pd.DataFrame, schema: DatasetSchema, params: Params) -> list[tuple[str, str | None]]:
+    report, _ = check_batch(
+        "b", normalise_missing(batch), schema, effective_rules(params), params.data.id_column
+    )
+    return [(p.check, p.column) for p in report.errors]
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=seeds, n=st.integers(min_value=200, max_value=1500), drift=st.floats(0.0, 1.0))
+def test_generated_good_batches_pass(
+    seed: int, n: int, drift: float, reference: DatasetSchema, params: Params
+) -> None:
+    assert check(simulate_churn(n, seed, drift), reference, params) == []
+
+
+def _drop(column: str) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    return lambda f: f.drop(columns=column)
+
+
+def _garbage(column: str) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    def change(f: pd.DataFrame) -> pd.DataFrame:
+        f = f.astype({column: object})
+        f.loc[f.index[: len(f) // 10], column] = "n/a-ish"
+        return f
+
+    return change
+
+
+def _out_of_range(column: str) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    def change(f: pd.DataFrame) -> pd.DataFrame:
+        f = f.astype({column: "float64"})
+        f.loc[f.index[:3], column] = -1000.0
+        return f
+
+    return change
+
+
+def _blank(column: str) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    def change(f: pd.DataFrame) -> pd.DataFrame:
+        if pd.api.types.is_integer_dtype(f[column]):
+            f = f.astype({column: "float64"})
+        f.loc[f.index[: int(len(f) * 0.6)], column] = np.nan
+        return f
+
+    return change
+
+
+def _infinite(column: str) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    def change(f: pd.DataFrame) -> pd.DataFrame:
+        f = f.astype({column: "float64"})
+        f.loc[f.index[:2], column] = np.inf
+        return f
+
+    return change
+
+
+BREAKERS = {
+    "columns": _drop,
+    "types": _garbage,
+    "ranges": _out_of_range,
+    "missing": _blank,
+    "infinite": _infinite,
+}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=seeds, kind=st.sampled_from(sorted(BREAKERS)), column=st.sampled_from(NUMERIC))
+def test_each_kind_of_broken_numeric_column_is_rejected_by_name(
+    seed: int, kind: str, column: str, reference: DatasetSchema, params: Params
+) -> None:
+    batch = BREAKERS[kind](column)(simulate_churn(600, seed))
+    problems = check(batch, reference, params)
+    assert problems, f"{kind} in {column} was accepted"
+    assert all(c == column for _, c in problems), problems
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=seeds, column=st.sampled_from(CATEGORICAL))
+def test_missing_or_blank_categorical_columns_are_rejected_by_name(
+    seed: int, column: str, reference: DatasetSchema, params: Params
+) -> None:
+    for breaker in (_drop, _blank):
+        problems = check(breaker(column)(simulate_churn(600, seed)), reference, params)
+        assert problems
+        assert all(c == column for _, c in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("change", "check_name", "column"),
+    [
+        (
+            lambda f: f.assign(churned=f["churned"].astype(object).where(f.index > 5, None)),
+            "labels",
+            "churned",
+        ),
+        (lambda f: f.assign(churned=2), "labels", "churned"),
+        (lambda f: f.assign(churned=0), "labels", "churned"),
+        (
+            lambda f: f.assign(churned=f["churned"].astype(object).where(f.index > 5, "maybe")),
+            "labels",
+            "churned",
+        ),
+        (lambda f: pd.concat([f, f.iloc[:100]], ignore_index=True), "duplicates", None),
+        (lambda f: f.assign(loyalty_score=1.0), "columns", "loyalty_score"),
+        (lambda f: f.iloc[:10], "rows", None),
+    ],
+    ids=[
+        "missing-labels",
+        "unknown-class",
+        "single-class",
+        "text-in-int-labels",
+        "duplicates",
+        "extra-column",
+        "too-few-rows",
+    ],
+)
+def test_batch_level_problems_are_named(
+    change: Callable[[pd.DataFrame], pd.DataFrame],
+    check_name: str,
+    column: str | None,
+    reference: DatasetSchema,
+    params: Params,
+) -> None:
+    problems = check(change(simulate_churn(600, 5)), reference, params)
+    assert (check_name, column) in problems, problems
+
+
+def test_bad_newest_batch_fails_with_a_readable_report_then_is_quarantined(tmp_path: Path) -> None:
+    workspace, params = make_workspace(tmp_path, light_params())
+    ingest(params, workspace, seed=1)
+    validate(params, workspace)
+    good_dataset = pd.read_parquet(workspace.dataset_file)
+
+    bad = simulate_churn(800, 2).drop(columns="monthly_charges")
+    bad_csv = tmp_path / "bad.csv"
+    bad.to_csv(bad_csv, index=False)
+    csv_workspace, csv_params = make_workspace(
+        tmp_path, light_params(data={"source": "csv", "path": str(bad_csv)})
+    )
+    ingest(csv_params, csv_workspace)
+    with pytest.raises(ValidationFailed, match=r"monthly_charges: expected column is missing"):
+        validate(params, workspace)
+    report = read_json(workspace.validation_report)
+    assert report["passed"] is False
+    assert report["batches"][-1]["errors"][0]["column"] == "monthly_charges"
+    pd.testing.assert_frame_equal(pd.read_parquet(workspace.dataset_file), good_dataset)  # untouched
+
+    ingest(params, workspace, seed=3)
+    final = validate(params, workspace)
+    assert final.passed
+    assert any("batch-00002.parquet is quarantined" in n for n in final.notes)
+    assert final.rows == len(good_dataset) + 1500
+
+
+def test_validate_params_reject_bad_rates() -> None:
+    with pytest.raises(ValueError, match="max_missing_rate"):
+        ValidateParams(max_missing_rate=1.5)
