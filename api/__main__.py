@@ -1,0 +1,30 @@
+"""`python -m api`: run the model server under uvicorn with the settings from the environment."""
+
+from __future__ import annotations
+
+import os
+
+import uvicorn
+
+from api.settings import ApiSettings
+from pipeline.logs import configure_logging
+
+
+def main() -> None:
+    settings = ApiSettings()
+    configure_logging()
+    for switch in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
+        os.environ.setdefault(switch, "true")
+    uvicorn.run(
+        "api.main:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_config=None,
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Adaptive micro-batching: concurrent single-record requests share one model call.
+
+Batches form while the previous batch is being computed, so an idle server scores a request at
+once and a busy one answers many per call. With several requests already waiting, the batcher
+waits at most `max_wait_ms` for more, up to `max_size` rows. Inference runs in worker threads,
+never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from api import metrics
+from api.model import ServedModel
+
+log = logging.getLogger(__name__)
+Result = tuple[Any, dict[str, float] | None]
+
+
+@dataclass
+class _Item:
+    model: ServedModel
+    variant: str
+    record: dict[str, Any]
+    future: asyncio.Future[Result]
+
+
+class MicroBatcher:
+    def __init__(self, threads: int, max_size: int, max_wait_ms: float) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="inference")
+        self._slots = asyncio.Semaphore(threads)
+        self._max_size = max_size
+        self._max_wait = max_wait_ms / 1000
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="micro-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, model: ServedModel, variant: str, record: dict[str, Any]) -> Result:
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Item(model, variant, record, future))
+        return await future
+
+    async def run_in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a blocking call on the inference threads (used for whole batches from /predict/batch)."""
+        async with self._slots:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _drain(self, batch: list[_Item]) -> None:
+        while len(batch) < self._max_size:
+            try:
+                batch.append(self._queue.get_nowait())
+            except asyncio.QueueEmpty:
+                return
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await self._queue.get()
+            await self._slots.acquire()
+            batch = [first]
+            self._drain(batch)
+            if 1 < len(batch) < self._max_size and self._max_wait > 0:
+                deadline = loop.time() + self._max_wait
+                while len(batch) < self._max_size and (remaining := deadline - loop.time()) > 0:
+                    try:
+                        batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                    except TimeoutError:
+                        break
+                    self._drain(batch)
+            task = asyncio.create_task(self._score(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _score(self, batch: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            groups: dict[int, list[_Item]] = {}
+            for item in batch:
+                groups.setdefault(id(item.model), []).append(item)
+            for items in groups.values():
+                model, variant = items[0].model, items[0].variant
+                started = time.perf_counter()
+                try:
+                    labels, probabilities = await loop.run_in_executor(
+                        self._executor, model.predict, [i.record for i in items]
+                    )
+                except Exception as err:
+                    log.exception("inference failed", extra={"model": model.name, "version": model.version})
+                    for i in items:
+                        if not i.future.done():
+                            i.future.set_exception(err)
+                    continue
+                metrics.INFERENCE.labels(model.name, variant).observe(time.perf_counter() - started)
+                metrics.BATCH_ROWS.labels(variant).observe(len(items))
+                for index, i in enumerate(items):
+                    if not i.future.done():
+                        i.future.set_result(
+                            (labels[index], None if probabilities is None else probabilities[index])
+                        )
+        finally:
+            self._slots.release()

@@ -1,0 +1,140 @@
+"""The model server: builds the app; models load in the lifespan, never at import."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api import metrics
+from api.batching import MicroBatcher
+from api.manager import ModelManager
+from api.predlog import PredictionLog
+from api.routes import admin, health, predict
+from api.settings import ApiSettings
+from api.state import ServerState
+from api.validation import render_errors
+
+log = logging.getLogger(__name__)
+DESCRIPTION = """Serves the registry's `@champion` (optionally `@challenger` for A/B or shadow traffic)
+and swaps models when their aliases move. Request bodies follow the served model's feature schema,
+shown below as `Record`."""
+
+
+class MetricsMiddleware:
+    """Request count, latency and in-flight gauges per route template (pure ASGI: no body buffering)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        method = scope["method"]
+        in_progress = metrics.IN_PROGRESS.labels(
+            method, scope["path"] if scope["path"].startswith("/predict") else "other"
+        )
+        in_progress.inc()
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            in_progress.dec()
+            route = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            metrics.REQUESTS.labels(method, template, str(status)).inc()
+            metrics.LATENCY.labels(method, template).observe(time.perf_counter() - started)
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    state: ServerState | None = getattr(app.state, "bitloop", None)
+    model = None if state is None else state.manager.champion
+    if model is None:
+        placeholder = {
+            "type": "object",
+            "description": "no champion is loaded yet: the schema appears with it",
+        }
+        components.update(Record=placeholder, BatchRequest=placeholder)
+    else:
+        template = "#/components/schemas/{model}"
+        components["Record"] = model.record_model.model_json_schema(ref_template=template)
+        batch = model.batch_model.model_json_schema(ref_template=template)
+        batch.pop("$defs", None)
+        components["BatchRequest"] = batch
+    app.openapi_schema = schema
+    return schema
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    settings = settings or ApiSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        manager = ModelManager(settings, settings.resolved_model_name())
+        batcher = MicroBatcher(
+            settings.inference_threads, settings.micro_batch_max_size, settings.micro_batch_max_wait_ms
+        )
+        state = ServerState(
+            settings,
+            manager,
+            batcher,
+            PredictionLog(
+                settings.prediction_log, settings.prediction_log_flush_rows, settings.prediction_log_flush_ms
+            ),
+        )
+        app.state.bitloop = state
+        manager.on_swap.append(lambda: setattr(app, "openapi_schema", None))
+        metrics.MODEL_LOADED.set(0)
+        batcher.start()
+        result = await manager.refresh()
+        log.info("model server starting", extra={"model": manager.name, "detail": result.detail})
+        manager.start()
+        try:
+            yield
+        finally:
+            await manager.stop()
+            await batcher.stop()
+            if state.background:
+                await asyncio.gather(*state.background, return_exceptions=True)
+            state.log.close()
+            log.info("model server stopped; prediction log flushed")
+
+    app = FastAPI(title="bitloop model server", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app.add_middleware(MetricsMiddleware)
+    app.include_router(predict.router)
+    app.include_router(health.router)
+    app.include_router(admin.router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": render_errors(exc.errors())}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
+        return JSONResponse({"detail": "internal error: the server logged it"}, status_code=500)
+
+    return app

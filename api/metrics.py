@@ -1,0 +1,80 @@
+"""Prometheus metrics of the model server (base units, `_total` counters, `bitloop_` prefix)."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.registry import REGISTRY
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+REQUESTS = Counter("bitloop_http_requests_total", "HTTP requests answered", ["method", "route", "status"])
+LATENCY = Histogram(
+    "bitloop_http_request_duration_seconds",
+    "Time to answer an HTTP request",
+    ["method", "route"],
+    buckets=LATENCY_BUCKETS,
+)
+IN_PROGRESS = Gauge(
+    "bitloop_http_requests_in_progress",
+    "HTTP requests being answered",
+    ["method", "route"],
+    multiprocess_mode="livesum",
+)
+PREDICTIONS = Counter(
+    "bitloop_predictions_total",
+    "Predictions made, by predicted class ('value' for regression)",
+    ["model", "version", "variant", "prediction"],
+)
+PREDICTED_VALUE = Histogram(
+    "bitloop_prediction_value", "Predicted values of regression models", ["model", "variant"]
+)
+INFERENCE = Histogram(
+    "bitloop_inference_duration_seconds",
+    "Time of one model call (a micro-batch)",
+    ["model", "variant"],
+    buckets=LATENCY_BUCKETS,
+)
+BATCH_ROWS = Histogram(
+    "bitloop_inference_batch_rows", "Rows per model call", ["variant"], buckets=BATCH_BUCKETS
+)
+MODEL_INFO = Gauge(
+    "bitloop_model_info",
+    "1 for the model version being served",
+    ["model", "version", "variant"],
+    multiprocess_mode="max",
+)
+MODEL_LOADED = Gauge(
+    "bitloop_model_loaded", "1 when a champion is loaded and can predict", [], multiprocess_mode="min"
+)
+RELOADS = Counter("bitloop_model_reloads_total", "Model swap attempts", ["variant", "result"])
+LOG_ROWS = Counter("bitloop_prediction_log_rows_total", "Rows committed to the prediction log")
+LOG_LAG = Histogram(
+    "bitloop_prediction_log_lag_seconds",
+    "Time from a prediction to its row being committed",
+    buckets=LATENCY_BUCKETS,
+)
+LOG_QUEUE = Gauge(
+    "bitloop_prediction_log_queue_rows",
+    "Rows waiting to be written to the prediction log",
+    multiprocess_mode="livesum",
+)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text; aggregates every worker when PROMETHEUS_MULTIPROC_DIR is set."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,74 @@
+"""Liveness, readiness, the served model's description and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response, status
+
+from api import metrics
+from api.schemas import ErrorOut, FeatureOut, Health, ModelInfo, Readiness
+from api.state import StateDep
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/health", response_model=Health, summary="Liveness: the process answers")
+async def health() -> Health:
+    return Health()
+
+
+@router.get(
+    "/ready",
+    response_model=Readiness,
+    responses={503: {"model": Readiness}},
+    summary="Readiness: a champion is loaded and can predict",
+)
+async def ready(state: StateDep, response: Response) -> Readiness:
+    model = state.manager.champion
+    if model is None:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+        return Readiness(
+            ready=False,
+            model_name=state.manager.name,
+            model_version=None,
+            detail=state.manager.last_error or "no champion loaded yet",
+        )
+    return Readiness(ready=True, model_name=model.name, model_version=model.version, detail="serving")
+
+
+@router.get(
+    "/model",
+    response_model=ModelInfo,
+    responses={503: {"model": ErrorOut}},
+    summary="The served champion: version, run, metrics, data version, features",
+)
+async def model_info(state: StateDep) -> ModelInfo:
+    model, _ = state.require_model()
+    model = state.manager.champion or model
+    challenger = state.manager.challenger
+    return ModelInfo(
+        name=model.name,
+        version=model.version,
+        run_id=model.run_id,
+        task=model.schema.task,
+        target=model.schema.target,
+        classes=model.classes,
+        metrics=model.metrics,
+        data_version=model.data_version,
+        loaded_at=model.loaded_at.isoformat(),
+        features=[
+            FeatureOut(name=f.name, kind=f.kind, categories=list(f.categories), nullable=f.nullable)
+            for f in model.schema.features
+        ],
+        challenger_version=None if challenger is None else challenger.version,
+    )
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}},
+)
+async def prometheus_metrics() -> Response:
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)

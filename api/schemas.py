@@ -1,0 +1,116 @@
+"""Request and response models. Record models are built from the served model's feature schema."""
+
+from __future__ import annotations
+
+import keyword
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from pipeline.schema import DatasetSchema, FeatureSpec
+
+Prediction = float | int | str
+
+
+class PredictionOut(BaseModel):
+    prediction: Prediction
+    probabilities: dict[str, float] | None = Field(None, description="class → probability (classification)")
+    model_name: str
+    model_version: str
+    variant: Literal["champion", "challenger"]
+    request_id: str
+
+
+class BatchPredictionOut(BaseModel):
+    predictions: list[Prediction]
+    probabilities: list[dict[str, float]] | None = None
+    model_name: str
+    model_version: str
+    variant: Literal["champion", "challenger"]
+    request_id: str
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    ready: bool
+    model_name: str
+    model_version: str | None
+    detail: str
+
+
+class FeatureOut(BaseModel):
+    name: str
+    kind: Literal["numeric", "categorical"]
+    categories: list[str]
+    nullable: bool
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    run_id: str | None
+    task: str
+    target: str
+    classes: list[Prediction]
+    metrics: dict[str, float]
+    data_version: str | None
+    loaded_at: str
+    features: list[FeatureOut]
+    challenger_version: str | None
+
+
+class ReloadOut(BaseModel):
+    changed: bool
+    champion_version: str | None
+    challenger_version: str | None
+    detail: str
+
+
+class ErrorOut(BaseModel):
+    detail: str
+
+
+def _field_name(name: str, taken: set[str]) -> str:
+    base = re.sub(r"\W", "_", name).strip("_") or "feature"
+    if base[0].isdigit() or keyword.iskeyword(base) or base.startswith("model_") or hasattr(BaseModel, base):
+        base = f"f_{base}"
+    candidate, n = base, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{base}_{n}"
+    taken.add(candidate)
+    return candidate
+
+
+def _annotation(spec: FeatureSpec, closed_categories: bool) -> Any:
+    if spec.kind == "numeric":
+        value: Any = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+    elif closed_categories and spec.categories:
+        value = Literal[tuple(spec.categories)]
+    else:
+        value = Annotated[str, Field(min_length=1, max_length=200)]
+    return value | None if spec.nullable else value
+
+
+def build_record_model(schema: DatasetSchema, closed_categories: bool) -> type[BaseModel]:
+    """A strict Pydantic model for one record: every feature by its own name, nothing else."""
+    taken: set[str] = set()
+    fields: dict[str, Any] = {}
+    example: dict[str, Any] = {}
+    for spec in schema.features:
+        fields[_field_name(spec.name, taken)] = (_annotation(spec, closed_categories), Field(alias=spec.name))
+        example[spec.name] = spec.categories[0] if spec.kind == "categorical" and spec.categories else 1.0
+    config = ConfigDict(extra="forbid", populate_by_name=False, json_schema_extra={"examples": [example]})
+    return create_model("Record", __config__=config, **fields)
+
+
+def build_batch_model(record: type[BaseModel], max_rows: int) -> type[BaseModel]:
+    return create_model(
+        "BatchRequest",
+        __config__=ConfigDict(extra="forbid"),
+        records=(Annotated[list[record], Field(min_length=1, max_length=max_rows)], ...),  # type: ignore[valid-type,arg-type]
+    )

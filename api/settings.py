@@ -1,0 +1,51 @@
+"""Runtime settings of the model server, from the environment (prefix BITLOOP_API_)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ApiSettings(BaseSettings):
+    """Where the model comes from, how it is served, and the limits that protect the server."""
+
+    model_config = SettingsConfigDict(env_prefix="BITLOOP_API_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    workers: Annotated[int, Field(ge=1)] = 1
+    mlflow_tracking_uri: str = Field("http://127.0.0.1:5000", validation_alias="MLFLOW_TRACKING_URI")
+    model_name: str | None = None
+    """Registered model to serve; defaults to model.name in params_file."""
+    params_file: Path = Path("params.yaml")
+    api_key: SecretStr | None = None
+    """When set, /predict* and /admin/* need the header X-API-Key with this value."""
+    reload_interval_seconds: Annotated[float, Field(gt=0)] = 10.0
+    registry_timeout_seconds: Annotated[float, Field(gt=0)] = 5.0
+    max_batch_rows: Annotated[int, Field(ge=1)] = 1000
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 2 * 1024 * 1024
+    closed_categories: bool = True
+    """Reject categories the model never saw in training (422) instead of scoring them as unknown."""
+    micro_batch_max_size: Annotated[int, Field(ge=1)] = 64
+    micro_batch_max_wait_ms: Annotated[float, Field(ge=0)] = 2.0
+    inference_threads: Annotated[int, Field(ge=1)] = 1
+    prediction_log: Path = Path(".bitloop/predictions.sqlite")
+    prediction_log_flush_rows: Annotated[int, Field(ge=1)] = 512
+    prediction_log_flush_ms: Annotated[float, Field(gt=0)] = 50.0
+    challenger_share: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    """Share of /predict traffic answered by @challenger (A/B); 0 disables."""
+    shadow: bool = False
+    """Also score @challenger on every request without changing the response."""
+
+    def resolved_model_name(self) -> str:
+        if self.model_name:
+            return self.model_name
+        from pipeline.params import load_params
+
+        try:
+            return load_params(self.params_file).model.name
+        except ValueError as err:
+            raise RuntimeError(f"set BITLOOP_API_MODEL_NAME or provide params.yaml ({err})") from None

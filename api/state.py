@@ -1,0 +1,102 @@
+"""Everything the routes share, built in the lifespan; routes receive it through `StateDep`."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import APIKeyHeader
+
+from api import metrics
+from api.batching import MicroBatcher
+from api.manager import ModelManager
+from api.model import ServedModel
+from api.predlog import PredictionLog, Row
+from api.settings import ApiSettings
+
+
+@dataclass
+class ServerState:
+    settings: ApiSettings
+    manager: ModelManager
+    batcher: MicroBatcher
+    log: PredictionLog
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def require_model(self) -> tuple[ServedModel, str]:
+        model, variant = self.manager.pick()
+        if model is None:
+            detail = (
+                f"no model has been promoted to {self.manager.name}@champion yet: run the training "
+                "pipeline (make up or make repro)"
+            )
+            if self.manager.last_error:
+                detail += f"; last registry error: {self.manager.last_error}"
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail)
+        return model, variant
+
+    def record(
+        self,
+        model: ServedModel,
+        variant: str,
+        request_id: str,
+        records: list[dict[str, Any]],
+        labels: list[Any],
+        probabilities: list[dict[str, float]] | None,
+    ) -> None:
+        """Count the predictions and queue them for the prediction log."""
+        now = time.time()
+        self.log.append(
+            [
+                Row(
+                    now,
+                    request_id,
+                    model.name,
+                    model.version,
+                    variant,
+                    record,
+                    label,
+                    None if probabilities is None else probabilities[i],
+                )
+                for i, (record, label) in enumerate(zip(records, labels, strict=True))
+            ]
+        )
+        if model.schema.task == "regression":
+            histogram = metrics.PREDICTED_VALUE.labels(model.name, variant)
+            for value in labels:
+                histogram.observe(value)
+            metrics.PREDICTIONS.labels(model.name, model.version, variant, "value").inc(len(labels))
+        else:
+            for label in set(labels):
+                metrics.PREDICTIONS.labels(model.name, model.version, variant, str(label)).inc(
+                    labels.count(label)
+                )
+
+
+def get_state(request: Request) -> ServerState:
+    state: ServerState = request.app.state.bitloop
+    return state
+
+
+StateDep = Annotated[ServerState, Depends(get_state)]
+_api_key_header = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    description="Required when the server is started with BITLOOP_API_API_KEY",
+)
+
+
+def require_api_key(state: StateDep, key: Annotated[str | None, Depends(_api_key_header)]) -> None:
+    expected = state.settings.api_key
+    if expected is None:
+        return
+    if key is None or not secrets.compare_digest(key.encode(), expected.get_secret_value().encode()):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing or wrong X-API-Key header",
+            headers={"WWW-Authenticate": "APIKey"},
+        )

@@ -1,0 +1,81 @@
+"""A champion trained once per session, and apps serving it in process (real lifespan, real MLflow)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from api.settings import ApiSettings
+from pipeline.run import run_all
+from pipeline.schema import DatasetSchema
+from pipeline.settings import PipelineSettings
+from pipeline.workspace import Workspace, read_json
+from tests.factories import light_params, make_workspace
+
+
+@dataclass(frozen=True)
+class Trained:
+    name: str
+    version: str
+    workspace: Workspace
+    schema: DatasetSchema
+
+
+def train_model(root: Path, uri: str, name: str, **sections: dict[str, Any]) -> Trained:
+    workspace, params = make_workspace(root, light_params(model={"name": name}, **sections))
+    report = run_all(params, workspace, PipelineSettings(mlflow_tracking_uri=uri))
+    schema = DatasetSchema.model_validate(read_json(workspace.schema_file))
+    return Trained(name, report["candidate"]["version"], workspace, schema)
+
+
+@pytest.fixture(scope="session")
+def churn_model(tmp_path_factory: pytest.TempPathFactory, mlflow_uri: str) -> Trained:
+    return train_model(tmp_path_factory.mktemp("api-churn"), mlflow_uri, "api-churn")
+
+
+@pytest.fixture(scope="session")
+def diabetes_model(tmp_path_factory: pytest.TempPathFactory, mlflow_uri: str) -> Trained:
+    return train_model(
+        tmp_path_factory.mktemp("api-diabetes"),
+        mlflow_uri,
+        "api-diabetes",
+        data={
+            "source": "sklearn",
+            "name": "diabetes",
+            "target": "progression",
+            "task": "regression",
+            "id_column": None,
+        },
+    )
+
+
+def sample_record(schema: DatasetSchema) -> dict[str, Any]:
+    return {f.name: (f.categories[0] if f.kind == "categorical" else 1.0) for f in schema.features}
+
+
+@pytest.fixture
+def make_client(tmp_path: Path, mlflow_uri: str) -> Iterator[Callable[..., TestClient]]:
+    clients: list[TestClient] = []
+
+    def build(model_name: str, **overrides: Any) -> TestClient:
+        settings = ApiSettings(
+            mlflow_tracking_uri=mlflow_uri,
+            model_name=model_name,
+            prediction_log=tmp_path / f"log-{len(clients)}.sqlite",
+            reload_interval_seconds=3600,
+            **overrides,
+        )
+        client = TestClient(create_app(settings))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield build
+    for client in clients:
+        client.__exit__(None, None, None)

@@ -1,0 +1,182 @@
+"""Every endpoint and error path of the model server, in process against a real registry."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.predlog import count_rows
+from tests.api.conftest import Trained, sample_record
+
+pytestmark = pytest.mark.integration
+Client = Callable[..., TestClient]
+
+
+def test_predict_answers_with_class_probabilities_and_the_version(
+    make_client: Client, churn_model: Trained
+) -> None:
+    client = make_client(churn_model.name)
+    response = client.post("/predict", json=sample_record(churn_model.schema))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_version"] == churn_model.version
+    assert body["variant"] == "champion"
+    assert set(body["probabilities"]) == {"0", "1"}
+    assert math.isclose(sum(body["probabilities"].values()), 1.0)
+    assert body["prediction"] in (0, 1)
+    assert len(body["request_id"]) == 32
+
+
+def test_batch_predictions_match_single_ones(make_client: Client, churn_model: Trained) -> None:
+    client = make_client(churn_model.name)
+    records = [sample_record(churn_model.schema) | {"tenure_months": float(t)} for t in range(0, 60, 6)]
+    batch = client.post("/predict/batch", json={"records": records}).json()
+    singles = [client.post("/predict", json=r).json() for r in records]
+    assert batch["predictions"] == [s["prediction"] for s in singles]
+    for many, one in zip(batch["probabilities"], singles, strict=True):
+        assert many == pytest.approx(one["probabilities"])
+
+
+def test_regression_has_values_and_no_probabilities(make_client: Client, diabetes_model: Trained) -> None:
+    client = make_client(diabetes_model.name)
+    body = client.post("/predict", json=sample_record(diabetes_model.schema)).json()
+    assert isinstance(body["prediction"], float)
+    assert body["probabilities"] is None
+    info = client.get("/model").json()
+    assert info["task"] == "regression"
+    assert {"rmse", "mae", "r2"} <= set(info["metrics"])
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"tenure_months": "three"}, "tenure_months"),
+        ({"tenure_months": True}, "tenure_months"),
+        ({"region": "atlantis"}, "region"),
+        ({"region": 3}, "region"),
+        ({"loyalty": 1}, "loyalty"),
+    ],
+)
+def test_bad_fields_get_422_naming_the_field(
+    make_client: Client, churn_model: Trained, change: dict[str, object], field: str
+) -> None:
+    client = make_client(churn_model.name)
+    response = client.post("/predict", json=sample_record(churn_model.schema) | change)
+    assert response.status_code == 422
+    assert [e["loc"] for e in response.json()["detail"]] == [["body", field]]
+
+
+def test_missing_field_nan_and_infinity_are_422(make_client: Client, churn_model: Trained) -> None:
+    client = make_client(churn_model.name)
+    record = sample_record(churn_model.schema)
+    del record["contract"]
+    assert client.post("/predict", json=record).json()["detail"][0]["loc"] == ["body", "contract"]
+    for bad in ("NaN", "Infinity", "-Infinity"):
+        text = json.dumps(sample_record(churn_model.schema)).replace(
+            '"monthly_charges": 1.0', f'"monthly_charges": {bad}'
+        )
+        response = client.post("/predict", content=text, headers={"content-type": "application/json"})
+        assert response.status_code == 422, bad
+        assert response.json()["detail"][0]["loc"] == ["body", "monthly_charges"]
+
+
+def test_malformed_oversized_and_wrongly_shaped_bodies_are_422(
+    make_client: Client, churn_model: Trained
+) -> None:
+    client = make_client(churn_model.name, max_batch_rows=5, max_body_bytes=4096)
+    assert (
+        client.post(
+            "/predict", content=b"{not json", headers={"content-type": "application/json"}
+        ).status_code
+        == 422
+    )
+    assert client.post("/predict", json=[sample_record(churn_model.schema)]).status_code == 422
+    too_many = client.post("/predict/batch", json={"records": [sample_record(churn_model.schema)] * 6})
+    assert too_many.status_code == 422
+    assert too_many.json()["detail"][0]["loc"] == ["body", "records"]
+    empty = client.post("/predict/batch", json={"records": []})
+    assert empty.json()["detail"][0]["loc"] == ["body", "records"]
+    huge = client.post("/predict", content=b" " * 5000, headers={"content-type": "application/json"})
+    assert huge.status_code == 422
+    assert "limit" in huge.json()["detail"][0]["msg"]
+
+
+def test_no_champion_means_not_ready_and_503(make_client: Client) -> None:
+    client = make_client("never-trained")
+    assert client.get("/health").status_code == 200
+    ready = client.get("/ready")
+    assert ready.status_code == 503
+    assert ready.json()["ready"] is False
+    response = client.post("/predict", json={"x": 1})
+    assert response.status_code == 503
+    assert "no model has been promoted" in response.json()["detail"]
+    assert client.get("/model").status_code == 503
+
+
+def test_api_key_protects_predict_and_admin_only(make_client: Client, churn_model: Trained) -> None:
+    client = make_client(churn_model.name, api_key="s3cret")
+    record = sample_record(churn_model.schema)
+    assert client.post("/predict", json=record).status_code == 401
+    assert client.post("/predict", json=record, headers={"X-API-Key": "wrong"}).status_code == 401
+    assert client.post("/predict", json=record, headers={"X-API-Key": "s3cret"}).status_code == 200
+    assert client.post("/admin/reload").status_code == 401
+    assert client.post("/admin/reload", headers={"X-API-Key": "s3cret"}).json()["changed"] is False
+    assert client.get("/ready").status_code == 200
+    assert client.get("/metrics").status_code == 200
+
+
+def test_model_endpoint_describes_the_champion(make_client: Client, churn_model: Trained) -> None:
+    info = make_client(churn_model.name).get("/model").json()
+    assert info["version"] == churn_model.version
+    assert info["data_version"] == "v1"
+    assert info["metrics"]["roc_auc"] > 0.6
+    assert [f["name"] for f in info["features"]] == churn_model.schema.feature_names
+    assert info["classes"] == [0, 1]
+
+
+def test_openapi_documents_the_served_schema(make_client: Client, churn_model: Trained) -> None:
+    spec = make_client(churn_model.name).get("/openapi.json").json()
+    record = spec["components"]["schemas"]["Record"]
+    assert set(record["properties"]) == set(churn_model.schema.feature_names)
+    assert record["additionalProperties"] is False
+    assert record["examples"]
+    for path in ("/predict", "/predict/batch", "/health", "/ready", "/model", "/metrics", "/admin/reload"):
+        assert path in spec["paths"]
+    assert "422" in spec["paths"]["/predict"]["post"]["responses"]
+
+
+def test_metrics_count_requests_predictions_and_the_served_version(
+    make_client: Client, churn_model: Trained
+) -> None:
+    client = make_client(churn_model.name)
+    for _ in range(3):
+        client.post("/predict", json=sample_record(churn_model.schema))
+    client.post("/predict", json={"bad": 1})
+    text = client.get("/metrics").text
+    assert (
+        f'bitloop_model_info{{model="api-churn",variant="champion",version="{churn_model.version}"}} 1.0'
+        in text
+    )
+    assert 'bitloop_http_requests_total{method="POST",route="/predict",status="200"}' in text
+    assert 'bitloop_http_requests_total{method="POST",route="/predict",status="422"}' in text
+    assert "bitloop_http_request_duration_seconds_bucket" in text
+    assert "bitloop_inference_batch_rows_bucket" in text
+    assert 'bitloop_predictions_total{model="api-churn"' in text
+    assert "process_resident_memory_bytes" in text
+
+
+def test_every_answered_prediction_is_logged(
+    tmp_path: Path, make_client: Client, churn_model: Trained
+) -> None:
+    client = make_client(churn_model.name)
+    log_path = client.app.state.bitloop.settings.prediction_log  # type: ignore[attr-defined]
+    client.post("/predict", json=sample_record(churn_model.schema))
+    client.post("/predict/batch", json={"records": [sample_record(churn_model.schema)] * 4})
+    client.post("/predict", json={"bad": 1})
+    client.__exit__(None, None, None)  # shutdown drains the writer
+    assert count_rows(log_path) == 5
