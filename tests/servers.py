@@ -56,6 +56,7 @@ def serve(
     env: dict[str, str] | None = None,
     timeout: float = 120.0,
 ) -> Iterator[subprocess.Popen[bytes]]:
+    workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "server.log"
     with log.open("wb") as out:
         process = subprocess.Popen(

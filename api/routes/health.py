@@ -32,7 +32,8 @@ async def ready(state: StateDep, response: Response) -> Readiness:
             model_version=None,
             detail=state.manager.last_error or "no champion loaded yet",
         )
-    return Readiness(ready=True, model_name=model.name, model_version=model.version, detail="serving")
+    detail = "serving" if state.manager.last_error is None else f"serving; {state.manager.last_error}"
+    return Readiness(ready=True, model_name=model.name, model_version=model.version, detail=detail)
 
 
 @router.get(

@@ -30,6 +30,7 @@ class StackSettings(BaseSettings):
     state_dir: Path = PROJECT / ".bitloop"
     mlflow_port: int = 5000
     data_source_port: int = 8001
+    api_port: int = 8000
     start_timeout: float = 180.0
 
 
@@ -44,7 +45,12 @@ class Service:
 def services(settings: StackSettings) -> list[Service]:
     mlflow = f"http://127.0.0.1:{settings.mlflow_port}"
     source = f"http://127.0.0.1:{settings.data_source_port}"
-    return [Service("mlflow", mlflow, f"{mlflow}/health"), Service("datasource", source, f"{source}/health")]
+    api = f"http://127.0.0.1:{settings.api_port}"
+    return [
+        Service("mlflow", mlflow, f"{mlflow}/health"),
+        Service("datasource", source, f"{source}/health"),
+        Service("api", api, f"{api}/health", login="none (set BITLOOP_API_API_KEY to require X-API-Key)"),
+    ]
 
 
 def _environment(settings: StackSettings) -> dict[str, str]:
@@ -56,6 +62,7 @@ def _environment(settings: StackSettings) -> dict[str, str]:
         "BITLOOP_BIN": str(Path(sys.executable).parent),
         "BITLOOP_MLFLOW_PORT": str(settings.mlflow_port),
         "BITLOOP_DATA_SOURCE_PORT": str(settings.data_source_port),
+        "BITLOOP_API_PORT": str(settings.api_port),
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{settings.mlflow_port}",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "true",
@@ -126,6 +133,24 @@ def ensure_champion(settings: StackSettings) -> None:
         raise SystemExit("the pipeline ran but no candidate was promoted: see reports/promotion.json")
 
 
+def wait_serving(settings: StackSettings) -> None:
+    """Have the model server check the registry now, then wait until it serves the champion."""
+    api = f"http://127.0.0.1:{settings.api_port}"
+    key = os.environ.get("BITLOOP_API_API_KEY")
+    headers = {"X-API-Key": key} if key else {}
+    deadline = time.monotonic() + settings.start_timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.post(f"{api}/admin/reload", headers=headers, timeout=30.0)
+            if httpx.get(f"{api}/ready", timeout=5.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        print("  waiting for the model server to load the champion", flush=True)
+        time.sleep(2.0)
+    raise SystemExit(f"the model server did not load the champion; see {settings.state_dir}/logs/api.log")
+
+
 def up(settings: StackSettings) -> None:
     for sub in ("logs", "mlflow"):
         (settings.state_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -139,6 +164,7 @@ def up(settings: StackSettings) -> None:
         )
     wait_healthy(settings)
     ensure_champion(settings)
+    wait_serving(settings)
     print_urls(settings)
 
 
@@ -146,6 +172,7 @@ def print_urls(settings: StackSettings) -> None:
     print("\nbitloop is up:")
     for s in services(settings):
         print(f"  {s.name:<11} {s.url:<28} login: {s.login}")
+    print(f"  {'api docs':<11} http://127.0.0.1:{settings.api_port}/docs")
     print(f"\n  state: {settings.state_dir}   logs: make logs   stop: make down")
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
@@ -37,12 +39,13 @@ def _cmdline_mentions(proc: Path, text: str) -> bool:
 
 
 def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path) -> None:
-    mlflow_port, source_port = free_port(), free_port()
+    mlflow_port, source_port, api_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "BITLOOP_STATE_DIR": str(tmp_path / "state"),
         "BITLOOP_MLFLOW_PORT": str(mlflow_port),
         "BITLOOP_DATA_SOURCE_PORT": str(source_port),
+        "BITLOOP_API_PORT": str(api_port),
     }
     try:
         up = make("up", env)
@@ -53,8 +56,24 @@ def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path
             name, "champion"
         )
         assert champion.tags["bitloop.decision"] in {"promoted", "restored"}
-        batch = httpx.get(f"http://127.0.0.1:{source_port}/batch", params={"n": 5}, timeout=10)
-        assert batch.status_code == 200
+        api = f"http://127.0.0.1:{api_port}"
+        assert httpx.get(f"{api}/ready", timeout=5).json()["model_version"] == champion.version
+        batch = httpx.get(
+            f"http://127.0.0.1:{source_port}/batch",
+            params={"n": 1, "seed": 9, "format": "parquet"},
+            timeout=10,
+        )
+        row = pd.read_parquet(io.BytesIO(batch.content)).iloc[0]
+        features = [f["name"] for f in httpx.get(f"{api}/model", timeout=5).json()["features"]]
+        record = {
+            name: (
+                None if pd.isna(row[name]) else row[name].item() if hasattr(row[name], "item") else row[name]
+            )
+            for name in features
+        }
+        answer = httpx.post(f"{api}/predict", json=record, timeout=10)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model_version"] == champion.version
 
         again = make("up", env, timeout=120)
         assert again.returncode == 0
@@ -70,6 +89,6 @@ def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path
         os.kill(pid, 0)
     survivors = [p for p in Path("/proc").glob("[0-9]*") if _cmdline_mentions(p, str(tmp_path))]
     assert survivors == []
-    for port in (mlflow_port, source_port):
+    for port in (mlflow_port, source_port, api_port):
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)

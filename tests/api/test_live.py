@@ -1,0 +1,161 @@
+"""The model server under uvicorn: swaps under load, registry outages and broken versions."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from api.predlog import count_rows
+from tests.api.conftest import Trained, sample_record, train_model
+from tests.servers import free_port, mlflow_server, serve
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@contextmanager
+def api_server(tmp_path: Path, uri: str, model: str, **env: str) -> Iterator[str]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    settings = {
+        "MLFLOW_TRACKING_URI": uri,
+        "BITLOOP_API_MODEL_NAME": model,
+        "BITLOOP_API_PORT": str(port),
+        "BITLOOP_API_PREDICTION_LOG": str(tmp_path / "predictions.sqlite"),
+        "BITLOOP_API_RELOAD_INTERVAL_SECONDS": "0.5",
+        **env,
+    }
+    with serve([sys.executable, "-m", "api"], f"{base}/health", tmp_path, settings, timeout=60):
+        yield base
+
+
+def wait_for(predicate: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.2)
+
+
+class Traffic:
+    """Clients sending single-record predictions until stopped; every answer is kept."""
+
+    def __init__(self, base: str, record: dict[str, Any], clients: int = 4) -> None:
+        self.base, self.record = base, record
+        self.answers: list[tuple[int, str | None]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run) for _ in range(clients)]
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.base, timeout=10) as client:
+            while not self._stop.is_set():
+                try:
+                    response = client.post("/predict", json=self.record)
+                    version = response.json().get("model_version") if response.status_code == 200 else None
+                    self.answers.append((response.status_code, version))
+                except httpx.HTTPError as err:
+                    self.answers.append((-1, repr(err)))
+
+    def __enter__(self) -> Traffic:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+
+
+def test_promotion_under_load_drops_nothing_and_logs_every_answer(
+    tmp_path: Path, mlflow_uri: str, churn_model: Trained
+) -> None:
+    trained = train_model(tmp_path / "ws", mlflow_uri, "live-churn")
+    client = MlflowClient(mlflow_uri)
+    versions = sorted(int(v.version) for v in client.search_model_versions("name = 'live-churn'"))
+    target = str(next(v for v in versions if str(v) != trained.version))
+    with api_server(tmp_path, mlflow_uri, "live-churn") as base:
+        with Traffic(base, sample_record(trained.schema)) as traffic:
+            wait_for(lambda: len(traffic.answers) > 150)
+            client.set_registered_model_alias("live-churn", "champion", target)
+            wait_for(lambda: any(v == target for _, v in traffic.answers[-20:]))
+            count = len(traffic.answers)
+            wait_for(lambda: len(traffic.answers) > count + 150)
+        answers = list(traffic.answers)
+        assert all(status == 200 for status, _ in answers), [a for a in answers if a[0] != 200][:5]
+        seen = [v for _, v in answers]
+        switch = seen.index(target)
+        assert set(seen[:switch]) == {trained.version}
+        assert set(seen[switch + 200 :]) <= {target}  # requests queued before the swap may finish on the old
+        metrics = httpx.get(f"{base}/metrics").text
+        assert 'bitloop_model_reloads_total{result="success",variant="champion"} 2.0' in metrics
+    assert count_rows(tmp_path / "predictions.sqlite") == len(answers)
+
+
+def test_broken_or_incompatible_versions_are_refused(
+    tmp_path: Path, mlflow_uri: str, churn_model: Trained, diabetes_model: Trained
+) -> None:
+    trained = train_model(tmp_path / "ws", mlflow_uri, "guarded-api")
+    client = MlflowClient(mlflow_uri)
+    mlflow.set_tracking_uri(mlflow_uri)
+
+    class NotSklearn(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined,misc]
+        def predict(self, context, model_input):
+            return model_input
+
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(name="model", python_model=NotSklearn(), pip_requirements=["mlflow"])
+    broken = mlflow.register_model(info.model_uri, "guarded-api").version
+    diabetes_version = client.get_model_version_by_alias(diabetes_model.name, "champion")
+    incompatible = mlflow.register_model(
+        f"models:/{diabetes_model.name}/{diabetes_version.version}", "guarded-api"
+    ).version
+    with api_server(tmp_path, mlflow_uri, "guarded-api") as base:
+        record = sample_record(trained.schema)
+        for bad, failures in ((broken, 1), (incompatible, 2)):
+            client.set_registered_model_alias("guarded-api", "champion", str(bad))
+            wait_for(
+                lambda n=failures: (
+                    f'bitloop_model_reloads_total{{result="failure",variant="champion"}} {n}.0'
+                    in httpx.get(f"{base}/metrics").text
+                )
+            )
+            answer = httpx.post(f"{base}/predict", json=record)
+            assert answer.status_code == 200
+            assert answer.json()["model_version"] == trained.version
+        ready = httpx.get(f"{base}/ready").json()
+        assert ready["ready"] is True
+        assert "different task or feature set" in ready["detail"]
+
+
+def test_registry_outage_changes_nothing_for_clients(tmp_path: Path) -> None:
+    tracking = mlflow_server(tmp_path / "own-mlflow")
+    uri = tracking.__enter__()
+    running = True
+    try:
+        trained = train_model(tmp_path / "ws", uri, "outage-churn")
+        with api_server(tmp_path, uri, "outage-churn") as base:
+            record = sample_record(trained.schema)
+            assert httpx.post(f"{base}/predict", json=record).status_code == 200
+            tracking.__exit__(None, None, None)
+            running = False
+            time.sleep(2.0)  # several registry checks fail meanwhile
+            for _ in range(20):
+                answer = httpx.post(f"{base}/predict", json=record)
+                assert answer.status_code == 200
+                assert answer.json()["model_version"] == trained.version
+            assert httpx.get(f"{base}/ready").json()["ready"] is True
+            reload = httpx.post(f"{base}/admin/reload").json()
+            assert reload["changed"] is False
+            assert "registry unreachable" in reload["detail"]
+    finally:
+        if running:
+            tracking.__exit__(None, None, None)
