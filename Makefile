@@ -14,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export UV_LINK_MODE := copy
 
-.PHONY: help setup test test-stack lint format repro up down status logs clean
+.PHONY: help setup test test-stack lint format repro bench up down status logs clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "; printf "bitloop: make <target>\n\n"} \
@@ -46,6 +46,9 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 repro: $(STAMP) ## run the DVC pipeline (needs MLflow: `make up`) and push data to the DVC remote
 	$(BIN)/dvc repro
 	$(BIN)/dvc push --quiet
+
+bench: $(STAMP) ## benchmark the model server against mlflow models serve (needs wrk); writes docs/benchmarks.md
+	$(BIN)/python bench/serving.py
 
 up: $(STAMP) ## start the local stack, train a champion if there is none, print every URL
 	$(BIN)/python ops/local/stack.py up

@@ -17,11 +17,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from threadpoolctl import threadpool_limits
+
 from api import metrics
 from api.model import ServedModel
 
 log = logging.getLogger(__name__)
 Result = tuple[Any, dict[str, float] | None]
+
+
+def _single_native_thread() -> None:
+    """One OpenMP/BLAS thread per inference thread (the limit is per calling thread); set once
+    because threadpoolctl's context manager costs milliseconds per call."""
+    threadpool_limits(limits=1)
 
 
 @dataclass
@@ -34,7 +42,9 @@ class _Item:
 
 class MicroBatcher:
     def __init__(self, threads: int, max_size: int, max_wait_ms: float) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="inference")
+        self._executor = ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix="inference", initializer=_single_native_thread
+        )
         self._slots = asyncio.Semaphore(threads)
         self._max_size = max_size
         self._max_wait = max_wait_ms / 1000

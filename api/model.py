@@ -6,12 +6,12 @@ import logging
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel
-from threadpoolctl import threadpool_limits
 
 from api.schemas import build_batch_model, build_record_model
 from pipeline.schema import DatasetSchema
@@ -42,25 +42,26 @@ class ServedModel:
 
     def frame(self, records: list[dict[str, Any]]) -> pd.DataFrame:
         """Records (validated, keyed by feature name) as the frame the pipeline was trained on."""
-        frame = pd.DataFrame.from_records(records, columns=self.schema.feature_names)
-        for spec in self.schema.features:
-            if spec.kind == "numeric":
-                frame[spec.name] = frame[spec.name].astype("float64")
-            else:
-                frame[spec.name] = frame[spec.name].astype(object)
-        return frame
+        # Column by column into typed arrays: several times faster than per-column astype.
+        return pd.DataFrame(
+            {
+                spec.name: np.array(
+                    [r[spec.name] for r in records], dtype=float if spec.kind == "numeric" else object
+                )
+                for spec in self.schema.features
+            }
+        )
 
     def predict(self, records: list[dict[str, Any]]) -> tuple[list[Any], list[dict[str, float]] | None]:
         """Predictions (and class probabilities for classification) for validated records."""
         x = self.frame(records)
-        with threadpool_limits(limits=1):
-            if self.schema.task == "regression":
-                return [float(v) for v in self.estimator.predict(x)], None
-            proba = self.estimator.predict_proba(x)
+        if self.schema.task == "regression":
+            return [float(v) for v in self.estimator.predict(x)], None
+        proba = self.estimator.predict_proba(x)
         classes = self.classes
-        labels = [classes[i] for i in np.argmax(proba, axis=1)]
+        labels = [classes[i] for i in np.argmax(proba, axis=1).tolist()]
         names = [str(c) for c in classes]
-        return labels, [dict(zip(names, map(float, row), strict=True)) for row in proba]
+        return labels, [dict(zip(names, row, strict=True)) for row in proba.tolist()]
 
 
 def load_version(
@@ -69,15 +70,25 @@ def load_version(
     """Load one registry version: the sklearn pipeline, its feature schema and its run's metrics."""
     import mlflow
 
+    # Every download names the client's server: MLflow's global tracking URI may point elsewhere.
+    uri = client.tracking_uri
     try:
         mv = client.get_model_version(name, version)
-        with tempfile.TemporaryDirectory(prefix="bitloop-serve-") as scratch:
-            estimator = mlflow.sklearn.load_model(f"models:/{name}/{version}", dst_path=scratch)
         if mv.run_id is None:
             raise ModelLoadError(f"version {version} of {name!r} has no run: its feature schema is unknown")
-        schema = DatasetSchema.model_validate(
-            mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/feature_schema.json")
-        )
+        with tempfile.TemporaryDirectory(prefix="bitloop-serve-") as scratch:
+            location = client.get_model_version_download_uri(name, version)
+            local = mlflow.artifacts.download_artifacts(
+                location, dst_path=f"{scratch}/model", tracking_uri=uri
+            )
+            estimator = mlflow.sklearn.load_model(local)
+            schema_file = mlflow.artifacts.download_artifacts(
+                run_id=mv.run_id,
+                artifact_path="feature_schema.json",
+                dst_path=f"{scratch}/schema",
+                tracking_uri=uri,
+            )
+            schema = DatasetSchema.model_validate_json(Path(schema_file).read_text())
         metrics = dict(client.get_run(mv.run_id).data.metrics)
     except ModelLoadError:
         raise

@@ -7,7 +7,20 @@ import subprocess
 
 from tests.factories import PROJECT
 
-REQUIRED = {"help", "setup", "test", "test-stack", "lint", "repro", "up", "down", "status", "logs", "clean"}
+REQUIRED = {
+    "help",
+    "setup",
+    "test",
+    "test-stack",
+    "lint",
+    "repro",
+    "bench",
+    "up",
+    "down",
+    "status",
+    "logs",
+    "clean",
+}
 
 
 def make(*args: str) -> str:

@@ -1,0 +1,337 @@
+"""Benchmark of the model server against `mlflow models serve` and a no-model FastAPI ceiling.
+
+All three serve the same champion (a histogram gradient boosting pipeline trained on the
+simulated churn data) with the same number of uvicorn workers, on 127.0.0.1, driven by wrk
+for a fixed time per level. Results go to bench/results/serving.json and docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+
+from pipeline.params import parse_params  # noqa: E402
+from pipeline.run import run_all  # noqa: E402
+from pipeline.settings import PipelineSettings  # noqa: E402
+from pipeline.workspace import Workspace, read_json  # noqa: E402
+from tests.factories import deep_update, make_workspace, project_params  # noqa: E402
+from tests.servers import free_port, mlflow_server, serve  # noqa: E402
+
+BIN = Path(sys.executable).parent
+MODEL = "bench-churn"
+LEVELS = (1, 8, 64)
+
+
+def wrk(url: str, body: Path, connections: int, seconds: int) -> dict[str, float]:
+    threads = min(connections, 2)
+    out = subprocess.run(
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(PROJECT / "bench/post.lua"),
+            url,
+        ],
+        env={**os.environ, "BENCH_BODY": str(body)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+    def latency(label: str) -> float:
+        match = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\b", out, flags=re.MULTILINE)
+        if match is None:
+            raise RuntimeError(f"unexpected wrk output:\n{out}")
+        scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[match.group(2)]
+        return float(match.group(1)) * scale
+
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    failed = int(errors.group(1)) if errors else 0
+    failed += sum(int(g) for g in socket.groups()) if socket else 0
+    return {"rps": rate, "p50_ms": latency("50"), "p99_ms": latency("99"), "errors": failed}
+
+
+def timed_posts(url: str, payload: Any, repeats: int) -> float:
+    """Median wall time (ms) of sequential POSTs of one payload."""
+    samples = []
+    with httpx.Client(timeout=60) as client:
+        client.post(url, json=payload).raise_for_status()
+        for _ in range(repeats):
+            started = time.perf_counter()
+            client.post(url, json=payload).raise_for_status()
+            samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples)
+
+
+def in_process(workspace: Workspace, frame: pd.DataFrame, repeats: int) -> dict[str, float]:
+    from pipeline.train import load_candidate
+
+    model = load_candidate(workspace.candidate_file("hist_gradient_boosting"))
+
+    def median_ms(x: pd.DataFrame) -> float:
+        samples = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            model.predict_proba(x)
+            samples.append((time.perf_counter() - started) * 1000)
+        return statistics.median(samples)
+
+    return {"one_row_ms": median_ms(frame.iloc[:1]), "batch_1000_ms": median_ms(frame.iloc[:1000])}
+
+
+@contextmanager
+def servers(work: Path, uri: str, workers: int) -> Iterator[dict[str, str]]:
+    ports = {name: free_port() for name in ("api", "mlflow", "ceiling")}
+    env = {
+        "MLFLOW_TRACKING_URI": uri,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+    multiproc = work / "prometheus"
+    multiproc.mkdir()
+    with ExitStack() as stack:
+        stack.enter_context(
+            serve(
+                [sys.executable, "-m", "api"],
+                f"http://127.0.0.1:{ports['api']}/ready",
+                work / "api",
+                {
+                    **env,
+                    "BITLOOP_API_MODEL_NAME": MODEL,
+                    "BITLOOP_API_PORT": str(ports["api"]),
+                    "BITLOOP_API_WORKERS": str(workers),
+                    "BITLOOP_API_PREDICTION_LOG": str(work / "predictions.sqlite"),
+                    "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
+                    "BITLOOP_LOG_LEVEL": "WARNING",
+                },
+                timeout=120,
+            )
+        )
+        stack.enter_context(
+            serve(
+                [
+                    str(BIN / "mlflow"),
+                    "models",
+                    "serve",
+                    "-m",
+                    f"models:/{MODEL}@champion",
+                    "--env-manager",
+                    "local",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(ports["mlflow"]),
+                    "-w",
+                    str(workers),
+                ],
+                f"http://127.0.0.1:{ports['mlflow']}/health",
+                work / "mlflow-serve",
+                env,
+                timeout=180,
+            )
+        )
+        stack.enter_context(
+            serve(
+                [
+                    str(BIN / "uvicorn"),
+                    "bench.ceiling_app:create_app",
+                    "--factory",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(ports["ceiling"]),
+                    "--workers",
+                    str(workers),
+                    "--no-access-log",
+                    "--log-level",
+                    "warning",
+                ],
+                f"http://127.0.0.1:{ports['ceiling']}/health",
+                work / "ceiling",
+                {**env, "BENCH_SCHEMA": str(work / "schema.json"), "PYTHONPATH": str(PROJECT)},
+                timeout=60,
+            )
+        )
+        yield {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+
+
+def run(seconds: int, workers: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bitloop-bench-") as scratch:
+        work = Path(scratch)
+        with mlflow_server(work / "tracking") as uri:
+            raw = deep_update(
+                project_params(),
+                {
+                    "model": {"name": MODEL},
+                    "train": {
+                        "candidates": {
+                            "hist_gradient_boosting": project_params()["train"]["candidates"][
+                                "hist_gradient_boosting"
+                            ]
+                        }
+                    },
+                },
+            )
+            workspace, _ = make_workspace(work / "ws", raw)
+            run_all(parse_params(raw), workspace, PipelineSettings(mlflow_tracking_uri=uri))
+            shutil.copy(workspace.schema_file, work / "schema.json")
+            schema = read_json(workspace.schema_file)
+            test = pd.read_parquet(workspace.test_file)
+            features = [f["name"] for f in schema["features"]]
+            frame = pd.concat([test[features]] * (1000 // len(test) + 1), ignore_index=True).iloc[:1000]
+            records = json.loads(frame.to_json(orient="records"))
+            one = work / "one.json"
+            one.write_text(json.dumps(records[0]))
+            mlflow_one = work / "mlflow-one.json"
+            mlflow_one.write_text(json.dumps({"dataframe_records": records[:1]}))
+
+            results: dict[str, Any] = {"in_process": in_process(workspace, frame, repeats=200), "single": {}}
+            with servers(work, uri, workers) as urls:
+                targets = {
+                    "bitloop": (f"{urls['api']}/predict", one),
+                    "mlflow_serve": (f"{urls['mlflow']}/invocations", mlflow_one),
+                    "no_model_ceiling": (f"{urls['ceiling']}/predict", one),
+                }
+                for name, (url, body) in targets.items():
+                    wrk(url, body, 8, 2)  # warm up
+                    results["single"][name] = {str(c): wrk(url, body, c, seconds) for c in LEVELS}
+                    print(name, results["single"][name], flush=True)
+                results["batch_1000_p50_ms"] = {
+                    "bitloop": timed_posts(f"{urls['api']}/predict/batch", {"records": records}, 40),
+                    "mlflow_serve": timed_posts(
+                        f"{urls['mlflow']}/invocations", {"dataframe_records": records}, 40
+                    ),
+                }
+    results["machine"] = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+    }
+    results["settings"] = {
+        "workers": workers,
+        "seconds_per_level": seconds,
+        "model": "hist_gradient_boosting",
+    }
+    return results
+
+
+def ratios(r: dict[str, Any]) -> dict[str, float]:
+    single = r["single"]
+    return {
+        "c64_throughput_vs_mlflow": single["bitloop"]["64"]["rps"] / single["mlflow_serve"]["64"]["rps"],
+        "c64_throughput_vs_ceiling": single["bitloop"]["64"]["rps"] / single["no_model_ceiling"]["64"]["rps"],
+        "c1_p50_minus_in_process_ms": single["bitloop"]["1"]["p50_ms"] - r["in_process"]["one_row_ms"],
+        "batch_1000_vs_in_process": r["batch_1000_p50_ms"]["bitloop"] / r["in_process"]["batch_1000_ms"],
+    }
+
+
+def markdown(r: dict[str, Any]) -> str:
+    rows = ["| server | concurrency | req/s | p50 ms | p99 ms | errors |", "|---|---:|---:|---:|---:|---:|"]
+    for name, levels in r["single"].items():
+        for c, m in levels.items():
+            rows.append(
+                f"| {name} | {c} | {m['rps']:.0f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | {m['errors']} |"
+            )
+    q = ratios(r)
+    m = r["machine"]
+    return "\n".join(
+        [
+            "# Benchmarks",
+            "",
+            "Generated by `make bench` (bench/serving.py); every figure below comes from one run.",
+            "",
+            f"Machine: {m['cpus']} CPUs ({m['processor']}), {m['platform']}, Python {m['python']}. "
+            f"Servers and wrk share the machine; all bind 127.0.0.1.",
+            "",
+            f"Model: the `{r['settings']['model']}` champion trained on the simulated churn data "
+            f"(one-hot categoricals inside the pipeline). Each server runs {r['settings']['workers']} uvicorn "
+            f"workers; wrk runs {r['settings']['seconds_per_level']} s per level.",
+            "",
+            "## Single-record requests",
+            "",
+            *rows,
+            "",
+            "`mlflow_serve` is `mlflow models serve -m models:/<name>@champion --env-manager local` "
+            "(`/invocations` with `dataframe_records`); `no_model_ceiling` is a FastAPI endpoint with the same "
+            "request schema and no model, the HTTP layer's ceiling on this machine.",
+            "",
+            "## Batches and in-process baselines",
+            "",
+            "| measure | ms |",
+            "|---|---:|",
+            f"| in-process `predict_proba`, 1 row (median) | {r['in_process']['one_row_ms']:.2f} |",
+            f"| in-process `predict_proba`, 1,000 rows (median) | {r['in_process']['batch_1000_ms']:.2f} |",
+            f"| bitloop `/predict/batch`, 1,000 rows (p50) | {r['batch_1000_p50_ms']['bitloop']:.2f} |",
+            f"| mlflow serve `/invocations`, 1,000 rows (p50) | {r['batch_1000_p50_ms']['mlflow_serve']:.2f} |",
+            "",
+            "## Ratios",
+            "",
+            "| ratio | value | target |",
+            "|---|---:|---|",
+            f"| throughput at concurrency 64, bitloop / mlflow serve | {q['c64_throughput_vs_mlflow']:.1f}x | ≥ 10x |",
+            f"| throughput at concurrency 64, bitloop / no-model ceiling | {q['c64_throughput_vs_ceiling']:.2f} | ≥ 0.5 |",
+            f"| p99 at concurrency 64, bitloop | {r['single']['bitloop']['64']['p99_ms']:.1f} ms | < 100 ms |",
+            f"| p50 at concurrency 1, bitloop minus in-process 1 row | {q['c1_p50_minus_in_process_ms']:.2f} ms | ≤ 2 ms |",
+            f"| 1,000-row batch, bitloop / in-process | {q['batch_1000_vs_in_process']:.2f}x | ≤ 1.5x |",
+            "",
+            "## Reading these numbers",
+            "",
+            "- Every process shares the same cores: wrk, the servers' workers, their inference threads and "
+            "prediction-log writers. Latency tails at concurrency 64 include that contention, and the "
+            "concurrency-1 figures move by a few milliseconds between runs.",
+            "- The no-model ceiling parses and validates the same JSON under the same uvicorn stack (httptools, "
+            "uvloop) but runs no model, writes no log and updates no metrics: it bounds what any Python server "
+            "can answer on this machine, not what a model server can.",
+            "- bitloop's single-record path adds schema validation, micro-batching, a prediction-log row and "
+            "metrics to the model call; its batch path adds parsing and validating every record, most of "
+            "the gap to in-process `predict_proba` on 1,000 rows.",
+            "",
+        ]
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=10, help="wrk duration per concurrency level")
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn workers for every server")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk is not installed: `apt-get install wrk` (Debian/Ubuntu) or `nix develop`", file=sys.stderr)
+        return 2
+    results = run(args.seconds, args.workers)
+    out = PROJECT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "serving.json").write_text(json.dumps(results | {"ratios": ratios(results)}, indent=2) + "\n")
+    (PROJECT / "docs").mkdir(exist_ok=True)
+    (PROJECT / "docs" / "benchmarks.md").write_text(markdown(results))
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
