@@ -25,6 +25,16 @@ LIGHT_CANDIDATES = {
 }
 
 
+# scikit-learn's bundled diabetes data as a regression source.
+DIABETES = {
+    "source": "sklearn",
+    "name": "diabetes",
+    "target": "progression",
+    "task": "regression",
+    "id_column": None,
+}
+
+
 def project_params() -> dict[str, Any]:
     raw: dict[str, Any] = yaml.safe_load((PROJECT / "params.yaml").read_text())
     return raw

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel
 
+from api.model import ServedModel
 from api.schemas import BatchPredictionOut, ErrorOut, PredictionOut
 from api.state import ServerState, StateDep, require_api_key
 from api.validation import parse, read_json
@@ -55,6 +56,21 @@ def _shadow(state: ServerState, request_id: str, records: list[dict[str, Any]]) 
     task.add_done_callback(state.background.discard)
 
 
+def _account(
+    state: ServerState,
+    model: ServedModel,
+    variant: str,
+    records: list[dict[str, Any]],
+    labels: list[Any],
+    probabilities: list[dict[str, float]] | None,
+) -> str:
+    """Give the answer a request id, log and count it, and shadow-score it; returns the id."""
+    request_id = uuid.uuid4().hex
+    state.record(model, variant, request_id, records, labels, probabilities)
+    _shadow(state, request_id, records)
+    return request_id
+
+
 @router.post(
     "/predict",
     response_model=PredictionOut,
@@ -67,11 +83,9 @@ async def predict(request: Request, state: StateDep) -> Response:
     payload = await read_json(request, state.settings.max_body_bytes)
     record = parse(model.record_model, payload).model_dump(by_alias=True)
     label, probabilities = await state.batcher.submit(model, variant, record)
-    request_id = uuid.uuid4().hex
-    state.record(
-        model, variant, request_id, [record], [label], None if probabilities is None else [probabilities]
+    request_id = _account(
+        state, model, variant, [record], [label], None if probabilities is None else [probabilities]
     )
-    _shadow(state, request_id, [record])
     return _json(
         PredictionOut(
             prediction=label,
@@ -97,9 +111,7 @@ async def predict_batch(request: Request, state: StateDep) -> Response:
     batch = parse(model.batch_model, payload)
     records: list[dict[str, Any]] = batch.model_dump(by_alias=True)["records"]
     labels, probabilities = await state.batcher.run_in_thread(model.predict, records)
-    request_id = uuid.uuid4().hex
-    state.record(model, variant, request_id, records, labels, probabilities)
-    _shadow(state, request_id, records)
+    request_id = _account(state, model, variant, records, labels, probabilities)
     return _json(
         BatchPredictionOut(
             predictions=labels,

@@ -16,7 +16,7 @@ from pipeline.run import run_all
 from pipeline.schema import DatasetSchema
 from pipeline.settings import PipelineSettings
 from pipeline.workspace import Workspace, read_json
-from tests.factories import light_params, make_workspace
+from tests.factories import DIABETES, light_params, make_workspace
 
 
 @dataclass(frozen=True)
@@ -45,13 +45,7 @@ def diabetes_model(tmp_path_factory: pytest.TempPathFactory, mlflow_uri: str) ->
         tmp_path_factory.mktemp("api-diabetes"),
         mlflow_uri,
         "api-diabetes",
-        data={
-            "source": "sklearn",
-            "name": "diabetes",
-            "target": "progression",
-            "task": "regression",
-            "id_column": None,
-        },
+        data=DIABETES,
     )
 
 

@@ -15,7 +15,7 @@ from pipeline.run import run_all, run_stage
 from pipeline.settings import PipelineSettings
 from pipeline.validate import ValidationFailed
 from pipeline.workspace import read_json
-from tests.factories import light_params, make_workspace, messy_churn_csv, project_params
+from tests.factories import DIABETES, light_params, make_workspace, messy_churn_csv, project_params
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -110,13 +110,7 @@ def test_promote_is_idempotent(tmp_path: Path, mlflow_uri: str) -> None:
 
 def test_regression_on_sklearn_diabetes(tmp_path: Path, mlflow_uri: str) -> None:
     raw = light_params(
-        data={
-            "source": "sklearn",
-            "name": "diabetes",
-            "target": "progression",
-            "task": "regression",
-            "id_column": None,
-        },
+        data=DIABETES,
         model={"name": "diabetes"},
     )
     workspace, params = make_workspace(tmp_path, raw)
