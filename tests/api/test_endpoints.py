@@ -168,6 +168,18 @@ def test_metrics_count_requests_predictions_and_the_served_version(
     assert "bitloop_inference_batch_rows_bucket" in text
     assert 'bitloop_predictions_total{model="api-churn"' in text
     assert "process_resident_memory_bytes" in text
+    client.post("/predict/../../anything", json={})
+    client.get("/predict-x")
+    in_flight = [
+        line
+        for line in client.get("/metrics").text.splitlines()
+        if line.startswith("bitloop_http_requests_in_progress{")
+    ]
+    assert {line.split('route="')[1].split('"')[0] for line in in_flight} <= {
+        "/predict",
+        "/predict/batch",
+        "other",
+    }
 
 
 def test_every_answered_prediction_is_logged(
