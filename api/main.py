@@ -75,11 +75,11 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     state: ServerState | None = getattr(app.state, "bitloop", None)
     model = None if state is None else state.manager.champion
     if model is None:
-        placeholder = {
+        awaiting_model = {
             "type": "object",
             "description": "no champion is loaded yet: the schema appears with it",
         }
-        components.update(Record=placeholder, BatchRequest=placeholder)
+        components.update(Record=awaiting_model, BatchRequest=awaiting_model)
     else:
         template = "#/components/schemas/{model}"
         components["Record"] = model.record_model.model_json_schema(ref_template=template)
