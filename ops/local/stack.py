@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -151,6 +152,25 @@ def wait_serving(settings: StackSettings) -> None:
     raise SystemExit(f"the model server did not load the champion; see {settings.state_dir}/logs/api.log")
 
 
+def check_ports_free(settings: StackSettings) -> None:
+    """Fail at once, naming the variable to change, when another program holds a port we need."""
+    ports = {
+        "BITLOOP_MLFLOW_PORT": settings.mlflow_port,
+        "BITLOOP_DATA_SOURCE_PORT": settings.data_source_port,
+        "BITLOOP_API_PORT": settings.api_port,
+    }
+    for variable, port in ports.items():
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                raise SystemExit(
+                    f"port {port} on 127.0.0.1 is already in use by another program: stop it, "
+                    f"or choose another port, e.g. `{variable}={port + 100} make up`"
+                ) from None
+
+
 def up(settings: StackSettings) -> None:
     for sub in ("logs", "mlflow"):
         (settings.state_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -158,6 +178,7 @@ def up(settings: StackSettings) -> None:
     if supervisor_running(settings):
         _supervisorctl(settings, "start", "all")
     else:
+        check_ports_free(settings)
         print("starting supervisord", flush=True)
         subprocess.run(
             [str(Path(sys.executable).parent / "supervisord"), "-c", str(CONFIG)], env=env, check=True

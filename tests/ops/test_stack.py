@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -92,3 +93,22 @@ def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path
     for port in (mlflow_port, source_port, api_port):
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+def test_make_up_refuses_a_busy_port_at_once(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {
+            **os.environ,
+            "BITLOOP_STATE_DIR": str(tmp_path / "state"),
+            "BITLOOP_MLFLOW_PORT": str(port),
+            "BITLOOP_DATA_SOURCE_PORT": str(free_port()),
+            "BITLOOP_API_PORT": str(free_port()),
+        }
+        result = make("up", env, timeout=120)
+    assert result.returncode != 0
+    assert f"port {port} on 127.0.0.1 is already in use" in result.stderr
+    assert "BITLOOP_MLFLOW_PORT" in result.stderr
+    assert not (tmp_path / "state" / "supervisord.pid").exists()
