@@ -15,6 +15,8 @@ from pipeline.run import run_all, run_stage
 from pipeline.settings import PipelineSettings
 from pipeline.workspace import Workspace
 
+EXIT_INVALID_DATA = 3  # a bad batch: retrying cannot help, so orchestrators should not retry
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
@@ -42,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="every stage in order (what `dvc repro` runs)")
     run.add_argument("--seed", type=int, help="simulated source: draw this batch instead of data.seed")
     run.add_argument("--drift", type=float, help="simulated source: drift of this batch (0-1)")
+    summary = sub.add_parser("summary", help="record the last promotion decision as an MLflow run")
+    summary.add_argument("--run-label", required=True, help="the orchestrator's run id (makes it idempotent)")
     sub.add_parser("rollback", help="move @champion back to @previous")
     sub.add_parser("champion", help="show the versions behind @champion, @challenger and @previous")
     serve = sub.add_parser("serve-data", help="serve simulated batches over HTTP (GET /batch)")
@@ -80,6 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from pipeline.promote import rollback
 
             _show(rollback(params.model.name, settings))
+        elif args.command == "summary":
+            from pipeline.summary import summarize
+
+            _show(summarize(params, workspace, settings, args.run_label))
         elif args.command == "champion":
             from pipeline.promote import aliases
 
@@ -93,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _show(run_stage(args.command, params, workspace, settings, **options))
     except ValidationFailed as err:
         print(f"{err}\n\nfull report: {workspace.validation_report}", file=sys.stderr)
-        return 1
+        return EXIT_INVALID_DATA
     except (ParamsError, SourceError, RollbackError, SchemaMismatch, TrackingUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2 if isinstance(err, ParamsError) else 1

@@ -8,7 +8,9 @@ promotes a champion with `dvc repro` when the registry has none, and prints ever
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -32,7 +34,9 @@ class StackSettings(BaseSettings):
     mlflow_port: int = 5000
     data_source_port: int = 8001
     api_port: int = 8000
-    start_timeout: float = 180.0
+    airflow_port: int = 8080
+    start_timeout: float = 240.0
+    training_timeout: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -43,14 +47,39 @@ class Service:
     login: str = "none (local only)"
 
 
+def airflow_secrets(settings: StackSettings) -> dict[str, str]:
+    """The Airflow admin password and JWT secret: generated on first use, kept in the state directory."""
+    home = settings.state_dir / "airflow"
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "secrets.json"
+    if not path.exists():
+        path.write_text(
+            json.dumps({"admin_password": secrets.token_urlsafe(18), "jwt_secret": secrets.token_urlsafe(32)})
+        )
+        path.chmod(0o600)
+    values: dict[str, str] = json.loads(path.read_text())
+    passwords = home / "passwords.json"  # the format Airflow's simple auth manager reads
+    passwords.write_text(json.dumps({"admin": values["admin_password"]}))
+    passwords.chmod(0o600)
+    return values
+
+
 def services(settings: StackSettings) -> list[Service]:
     mlflow = f"http://127.0.0.1:{settings.mlflow_port}"
     source = f"http://127.0.0.1:{settings.data_source_port}"
     api = f"http://127.0.0.1:{settings.api_port}"
+    airflow = f"http://127.0.0.1:{settings.airflow_port}"
+    password_file = settings.state_dir / "airflow" / "passwords.json"
     return [
         Service("mlflow", mlflow, f"{mlflow}/health"),
         Service("datasource", source, f"{source}/health"),
         Service("api", api, f"{api}/health", login="none (set BITLOOP_API_API_KEY to require X-API-Key)"),
+        Service(
+            "airflow",
+            airflow,
+            f"{airflow}/api/v2/monitor/health",
+            login=f"admin, password in {password_file}",
+        ),
     ]
 
 
@@ -64,6 +93,10 @@ def _environment(settings: StackSettings) -> dict[str, str]:
         "BITLOOP_MLFLOW_PORT": str(settings.mlflow_port),
         "BITLOOP_DATA_SOURCE_PORT": str(settings.data_source_port),
         "BITLOOP_API_PORT": str(settings.api_port),
+        "BITLOOP_AIRFLOW_PORT": str(settings.airflow_port),
+        "BITLOOP_AIRFLOW_JWT_SECRET": airflow_secrets(settings)["jwt_secret"],
+        "AIRFLOW_HOME": str(state / "airflow"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{settings.mlflow_port}",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "true",
@@ -116,22 +149,59 @@ def _has_champion(settings: StackSettings) -> bool:
     return aliases(params.model.name, PipelineSettings(mlflow_tracking_uri=uri))["champion"] is not None
 
 
+def _airflow(settings: StackSettings) -> httpx.Client:
+    """An authenticated client for Airflow's REST API (token from the admin login)."""
+    base = f"http://127.0.0.1:{settings.airflow_port}"
+    password = airflow_secrets(settings)["admin_password"]
+    token = httpx.post(f"{base}/auth/token", json={"username": "admin", "password": password}, timeout=30)
+    token.raise_for_status()
+    return httpx.Client(
+        base_url=base, timeout=30, headers={"Authorization": f"Bearer {token.json()['access_token']}"}
+    )
+
+
+def run_training_dag(settings: StackSettings) -> str:
+    """Trigger one run of the training DAG and wait for it; returns its run id."""
+    deadline = time.monotonic() + settings.training_timeout
+    with _airflow(settings) as airflow:
+        while airflow.get("/api/v2/dags/training").status_code != 200:
+            if time.monotonic() > deadline:
+                raise SystemExit(
+                    "Airflow never listed the training DAG; see `make logs` (airflow-dag-processor)"
+                )
+            print("  waiting for Airflow to parse dags/training.py", flush=True)
+            time.sleep(3.0)
+        run = airflow.post("/api/v2/dags/training/dagRuns", json={"logical_date": None})
+        run.raise_for_status()
+        run_id = run.json()["dag_run_id"]
+        state = "queued"
+        while state not in ("success", "failed"):
+            if time.monotonic() > deadline:
+                raise SystemExit(
+                    f"training DAG run {run_id} did not finish in {settings.training_timeout:.0f} s"
+                )
+            time.sleep(5.0)
+            state = airflow.get(f"/api/v2/dags/training/dagRuns/{run_id}").json()["state"]
+            tasks = airflow.get(f"/api/v2/dags/training/dagRuns/{run_id}/taskInstances").json()
+            done = sum(t["state"] == "success" for t in tasks.get("task_instances", []))
+            total = len(tasks.get("task_instances", []))
+            print(f"  training DAG run {run_id}: {state}, {done}/{total} tasks done", flush=True)
+        if state == "failed":
+            raise SystemExit(
+                f"training DAG run {run_id} failed: open http://127.0.0.1:{settings.airflow_port} "
+                "(login below) or see `make logs`"
+            )
+        return str(run_id)
+
+
 def ensure_champion(settings: StackSettings) -> None:
-    """Run the DVC pipeline when the registry has no champion yet."""
+    """Run the training DAG once when the registry has no champion yet."""
     if _has_champion(settings):
         return
-    env = _environment(settings)
-    dvc = str(Path(sys.executable).parent / "dvc")
-    print("no champion yet: running the pipeline (dvc repro)", flush=True)
-    subprocess.run([dvc, "repro"], cwd=PROJECT, env=env, check=True)
+    print("no champion yet: running the training DAG in Airflow", flush=True)
+    run_training_dag(settings)
     if not _has_champion(settings):
-        # The outputs were current from an earlier run against another registry.
-        subprocess.run(
-            [dvc, "repro", "--force", "--single-item", "promote"], cwd=PROJECT, env=env, check=True
-        )
-    subprocess.run([dvc, "push", "--quiet"], cwd=PROJECT, env=env, check=True)
-    if not _has_champion(settings):
-        raise SystemExit("the pipeline ran but no candidate was promoted: see reports/promotion.json")
+        raise SystemExit("the training DAG ran but no candidate was promoted: see reports/promotion.json")
 
 
 def wait_serving(settings: StackSettings) -> None:
@@ -158,6 +228,7 @@ def check_ports_free(settings: StackSettings) -> None:
         "BITLOOP_MLFLOW_PORT": settings.mlflow_port,
         "BITLOOP_DATA_SOURCE_PORT": settings.data_source_port,
         "BITLOOP_API_PORT": settings.api_port,
+        "BITLOOP_AIRFLOW_PORT": settings.airflow_port,
     }
     for variable, port in ports.items():
         with socket.socket() as probe:
@@ -179,6 +250,13 @@ def up(settings: StackSettings) -> None:
         _supervisorctl(settings, "start", "all")
     else:
         check_ports_free(settings)
+        print("preparing Airflow's metadata database", flush=True)
+        subprocess.run(
+            [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         print("starting supervisord", flush=True)
         subprocess.run(
             [str(Path(sys.executable).parent / "supervisord"), "-c", str(CONFIG)], env=env, check=True

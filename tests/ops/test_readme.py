@@ -38,9 +38,14 @@ def test_every_documented_variable_is_read_by_a_settings_class() -> None:
     stack = {f"BITLOOP_{name.upper()}" for name in _stack_fields()}
     logging_vars = set(re.findall(r"BITLOOP_LOG_\w+", (PROJECT / "pipeline" / "logs.py").read_text()))
     assert configure_logging is not None
+    dag_vars = {
+        v
+        for path in (PROJECT / "dags").glob("*.py")
+        for v in re.findall(r'os\.environ\.get\("(BITLOOP_\w+)"', path.read_text())
+    }
     mentioned = set(re.findall(r"\bBITLOOP_[A-Z_]+[A-Z]", README))
     assert mentioned
-    assert mentioned <= api | stack | logging_vars
+    assert mentioned <= api | stack | logging_vars | dag_vars
 
 
 def test_every_params_key_in_the_readme_exists() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import subprocess
@@ -40,13 +41,14 @@ def _cmdline_mentions(proc: Path, text: str) -> bool:
 
 
 def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path) -> None:
-    mlflow_port, source_port, api_port = free_port(), free_port(), free_port()
+    mlflow_port, source_port, api_port, airflow_port = free_port(), free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "BITLOOP_STATE_DIR": str(tmp_path / "state"),
         "BITLOOP_MLFLOW_PORT": str(mlflow_port),
         "BITLOOP_DATA_SOURCE_PORT": str(source_port),
         "BITLOOP_API_PORT": str(api_port),
+        "BITLOOP_AIRFLOW_PORT": str(airflow_port),
     }
     try:
         up = make("up", env)
@@ -76,9 +78,24 @@ def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path
         assert answer.status_code == 200, answer.text
         assert answer.json()["model_version"] == champion.version
 
+        airflow = f"http://127.0.0.1:{airflow_port}"
+        password = json.loads((tmp_path / "state" / "airflow" / "secrets.json").read_text())["admin_password"]
+        assert password != "admin"
+        token = httpx.post(
+            f"{airflow}/auth/token", json={"username": "admin", "password": password}, timeout=30
+        )
+        headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+        runs = httpx.get(f"{airflow}/api/v2/dags/training/dagRuns", headers=headers, timeout=30).json()
+        assert runs["dag_runs"]
+        assert {r["state"] for r in runs["dag_runs"]} == {"success"}
+        assert "manual" in {r["run_type"] for r in runs["dag_runs"]}
+        assert httpx.post(
+            f"{airflow}/auth/token", json={"username": "admin", "password": "admin"}, timeout=30
+        ).status_code in (401, 403)
+
         again = make("up", env, timeout=120)
         assert again.returncode == 0
-        assert "dvc repro" not in again.stdout  # a second `make up` only re-prints the URLs
+        assert "training DAG" not in again.stdout  # a second `make up` only re-prints the URLs
         assert make("status", env).returncode == 0
     finally:
         pid_file = tmp_path / "state" / "supervisord.pid"
@@ -90,7 +107,7 @@ def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path
         os.kill(pid, 0)
     survivors = [p for p in Path("/proc").glob("[0-9]*") if _cmdline_mentions(p, str(tmp_path))]
     assert survivors == []
-    for port in (mlflow_port, source_port, api_port):
+    for port in (mlflow_port, source_port, api_port, airflow_port):
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
 
@@ -106,6 +123,7 @@ def test_make_up_refuses_a_busy_port_at_once(tmp_path: Path) -> None:
             "BITLOOP_MLFLOW_PORT": str(port),
             "BITLOOP_DATA_SOURCE_PORT": str(free_port()),
             "BITLOOP_API_PORT": str(free_port()),
+            "BITLOOP_AIRFLOW_PORT": str(free_port()),
         }
         result = make("up", env, timeout=120)
     assert result.returncode != 0

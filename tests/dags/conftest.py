@@ -1,0 +1,36 @@
+"""An Airflow home per test session (SQLite metadata DB) whose DAG folder is the project's dags/."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.factories import PROJECT
+
+DAGS = PROJECT / "dags"
+# Airflow reads its configuration when first imported: set it before any test module imports it.
+_HOME = Path(tempfile.mkdtemp(prefix="bitloop-airflow-"))
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(_HOME),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+    }
+)
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
+        check=True,
+        capture_output=True,
+        env=os.environ.copy(),
+    )
+    return _HOME

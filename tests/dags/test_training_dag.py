@@ -1,0 +1,128 @@
+"""The training DAG: integrity, wiring, and full runs with dag.test() against a real MLflow server."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow import MlflowClient
+
+from pipeline.__main__ import EXIT_INVALID_DATA
+from tests.dags.conftest import DAGS
+from tests.factories import light_params, make_workspace, messy_churn_csv
+
+STAGES = ["ingest", "validate", "split", "train", "evaluate", "register", "promote", "summary"]
+
+
+def load_dag(airflow_db: Path) -> Any:
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS))
+    assert bag.import_errors == {}
+    return bag.get_dag("training")
+
+
+def test_every_dag_file_imports_cleanly(airflow_db: Path) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS))
+    assert bag.import_errors == {}
+    assert "training" in bag.dag_ids
+
+
+def test_tasks_run_the_stages_in_order_with_retries(airflow_db: Path) -> None:
+    dag = load_dag(airflow_db)
+    assert [t.task_id for t in dag.topological_sort()] == STAGES
+    for upstream, downstream in itertools.pairwise(STAGES):
+        assert dag.get_task(upstream).downstream_task_ids == {downstream}
+    for task in dag.tasks:
+        assert task.retries == 2
+        assert task.retry_exponential_backoff
+        assert task.max_retry_delay == timedelta(minutes=10)
+    assert dag.max_active_runs == 1
+    assert dag.catchup is False
+
+
+def test_schedule_is_daily_or_the_drift_asset(airflow_db: Path) -> None:
+    from airflow.sdk import AssetOrTimeSchedule
+
+    import dags.training as module
+
+    dag = load_dag(airflow_db)
+    assert isinstance(dag.timetable, AssetOrTimeSchedule)
+    assert dag.timetable.timetable.expression == "0 0 * * *"  # type: ignore[attr-defined]  # @daily
+    assert dag.timetable.asset_condition == module.DRIFT
+    assert [o.uri for o in dag.get_task("summary").outlets] == [module.CHAMPION.uri]
+
+
+def test_exit_code_contract_matches_the_cli() -> None:
+    import dags.training as module
+
+    assert module.EXIT_INVALID_DATA == EXIT_INVALID_DATA
+
+
+def test_dag_files_do_no_work_at_import() -> None:
+    for path in DAGS.glob("*.py"):
+        code = (
+            "import time, runpy, airflow.sdk; t = time.perf_counter(); "
+            f"runpy.run_path({str(path)!r}); print(time.perf_counter() - t)"
+        )
+        seconds = float(
+            subprocess.run(
+                [sys.executable, "-c", code],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=os.environ.copy(),
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        assert seconds < 1.0, path
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_dag_runs_end_to_end_then_fails_cleanly_on_a_bad_batch(
+    airflow_db: Path, tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workspace, _ = make_workspace(tmp_path / "project", light_params(model={"name": "dag-churn"}))
+    monkeypatch.setenv("BITLOOP_PROJECT_DIR", str(workspace.root))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
+    dag = load_dag(airflow_db)
+    client = MlflowClient(mlflow_uri)
+
+    first = dag.test()
+    assert first.state == "success"
+    champion = client.get_model_version_by_alias("dag-churn", "champion")
+    experiment = client.get_experiment_by_name("dag-churn")
+    assert experiment is not None
+    summaries = client.search_runs([experiment.experiment_id], "tags.`bitloop.kind` = 'training-summary'")
+    assert len(summaries) == 1
+    assert summaries[0].data.params["champion_after"] == champion.version
+
+    second = dag.test()
+    assert second.state == "success"
+    report = (workspace.root / "reports" / "promotion.json").read_text()
+    assert '"data_version": "v2"' in report
+    assert '"reason"' in report
+    versions = len(client.search_model_versions("name = 'dag-churn'"))
+    champion_after_second = client.get_model_version_by_alias("dag-churn", "champion").version
+
+    bad = messy_churn_csv(tmp_path / "bad.csv")  # renamed columns: cannot match the schema
+    make_workspace(
+        workspace.root, light_params(model={"name": "dag-churn"}, data={"source": "csv", "path": str(bad)})
+    )
+    third = dag.test()
+    assert third.state == "failed"
+    states = {ti.task_id: ti.state for ti in third.get_task_instances()}
+    assert states["validate"] == "failed"
+    assert states["train"] != "success"
+    assert client.get_model_version_by_alias("dag-churn", "champion").version == champion_after_second
+    assert len(client.search_model_versions("name = 'dag-churn'")) == versions
