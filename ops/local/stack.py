@@ -11,7 +11,9 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import socket
+import string
 import subprocess
 import sys
 import time
@@ -35,6 +37,7 @@ class StackSettings(BaseSettings):
     data_source_port: int = 8001
     api_port: int = 8000
     airflow_port: int = 8080
+    prometheus_port: int = 9090
     start_timeout: float = 240.0
     training_timeout: float = 900.0
 
@@ -64,13 +67,27 @@ def airflow_secrets(settings: StackSettings) -> dict[str, str]:
     return values
 
 
+def skipped_services() -> dict[str, str]:
+    """Optional services that will not run here, with the reason."""
+    skipped = {}
+    if shutil.which("prometheus") is None:
+        skipped["prometheus"] = (
+            "no `prometheus` binary on PATH (Debian: apt-get install prometheus; or nix develop)"
+        )
+    skipped["grafana"] = (
+        "the local stack has no Grafana: its dashboards are served by the compose stack "
+        "(Grafana is not packaged for Debian)"
+    )
+    return skipped
+
+
 def services(settings: StackSettings) -> list[Service]:
     mlflow = f"http://127.0.0.1:{settings.mlflow_port}"
     source = f"http://127.0.0.1:{settings.data_source_port}"
     api = f"http://127.0.0.1:{settings.api_port}"
     airflow = f"http://127.0.0.1:{settings.airflow_port}"
     password_file = settings.state_dir / "airflow" / "passwords.json"
-    return [
+    found = [
         Service("mlflow", mlflow, f"{mlflow}/health"),
         Service("datasource", source, f"{source}/health"),
         Service("api", api, f"{api}/health", login="none (set BITLOOP_API_API_KEY to require X-API-Key)"),
@@ -81,6 +98,10 @@ def services(settings: StackSettings) -> list[Service]:
             login=f"admin, password in {password_file}",
         ),
     ]
+    if "prometheus" not in skipped_services():
+        prometheus = f"http://127.0.0.1:{settings.prometheus_port}"
+        found.append(Service("prometheus", prometheus, f"{prometheus}/-/ready"))
+    return found
 
 
 def _environment(settings: StackSettings) -> dict[str, str]:
@@ -230,6 +251,8 @@ def check_ports_free(settings: StackSettings) -> None:
         "BITLOOP_API_PORT": settings.api_port,
         "BITLOOP_AIRFLOW_PORT": settings.airflow_port,
     }
+    if "prometheus" not in skipped_services():
+        ports["BITLOOP_PROMETHEUS_PORT"] = settings.prometheus_port
     for variable, port in ports.items():
         with socket.socket() as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -242,12 +265,23 @@ def check_ports_free(settings: StackSettings) -> None:
                 ) from None
 
 
+def start_optional(settings: StackSettings, env: dict[str, str]) -> None:
+    """Start the optional services whose binaries are here; the others are reported as skipped."""
+    if "prometheus" in skipped_services():
+        return
+    template = string.Template((PROJECT / "ops" / "prometheus" / "prometheus.local.yml").read_text())
+    config = settings.state_dir / "prometheus" / "prometheus.yml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(template.substitute(env))
+    _supervisorctl(settings, "start", "prometheus")
+
+
 def up(settings: StackSettings) -> None:
     for sub in ("logs", "mlflow"):
         (settings.state_dir / sub).mkdir(parents=True, exist_ok=True)
     env = _environment(settings)
     if supervisor_running(settings):
-        _supervisorctl(settings, "start", "all")
+        _supervisorctl(settings, "start", "bitloop:*")
     else:
         check_ports_free(settings)
         print("preparing Airflow's metadata database", flush=True)
@@ -261,6 +295,7 @@ def up(settings: StackSettings) -> None:
         subprocess.run(
             [str(Path(sys.executable).parent / "supervisord"), "-c", str(CONFIG)], env=env, check=True
         )
+    start_optional(settings, env)
     wait_healthy(settings)
     ensure_champion(settings)
     wait_serving(settings)
@@ -272,6 +307,8 @@ def print_urls(settings: StackSettings) -> None:
     for s in services(settings):
         print(f"  {s.name:<11} {s.url:<28} login: {s.login}")
     print(f"  {'api docs':<11} http://127.0.0.1:{settings.api_port}/docs")
+    for name, reason in skipped_services().items():
+        print(f"  {name:<11} skipped: {reason}")
     print(f"\n  state: {settings.state_dir}   logs: make logs   stop: make down")
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -40,8 +42,15 @@ def _cmdline_mentions(proc: Path, text: str) -> bool:
         return False
 
 
+def _api_target_up(prometheus: str) -> bool:
+    query = httpx.get(
+        f"{prometheus}/api/v1/query", params={"query": 'up{job="bitloop-api"}'}, timeout=5
+    ).json()
+    return [r["value"][1] for r in query["data"]["result"]] == ["1"]
+
+
 def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path) -> None:
-    mlflow_port, source_port, api_port, airflow_port = free_port(), free_port(), free_port(), free_port()
+    mlflow_port, source_port, api_port, airflow_port, prometheus_port = (free_port() for _ in range(5))
     env = {
         **os.environ,
         "BITLOOP_STATE_DIR": str(tmp_path / "state"),
@@ -49,6 +58,7 @@ def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path
         "BITLOOP_DATA_SOURCE_PORT": str(source_port),
         "BITLOOP_API_PORT": str(api_port),
         "BITLOOP_AIRFLOW_PORT": str(airflow_port),
+        "BITLOOP_PROMETHEUS_PORT": str(prometheus_port),
     }
     try:
         up = make("up", env)
@@ -93,6 +103,16 @@ def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path
             f"{airflow}/auth/token", json={"username": "admin", "password": "admin"}, timeout=30
         ).status_code in (401, 403)
 
+        if shutil.which("prometheus"):
+            prometheus = f"http://127.0.0.1:{prometheus_port}"
+            deadline = time.monotonic() + 60
+            while not _api_target_up(prometheus):
+                assert time.monotonic() < deadline, "Prometheus never scraped the model server"
+                time.sleep(2)
+        else:
+            assert "prometheus  skipped: no `prometheus` binary on PATH" in up.stdout
+        assert "grafana     skipped:" in up.stdout
+
         again = make("up", env, timeout=120)
         assert again.returncode == 0
         assert "training DAG" not in again.stdout  # a second `make up` only re-prints the URLs
@@ -107,7 +127,7 @@ def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path
         os.kill(pid, 0)
     survivors = [p for p in Path("/proc").glob("[0-9]*") if _cmdline_mentions(p, str(tmp_path))]
     assert survivors == []
-    for port in (mlflow_port, source_port, api_port, airflow_port):
+    for port in (mlflow_port, source_port, api_port, airflow_port, prometheus_port):
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
 
@@ -124,6 +144,7 @@ def test_make_up_refuses_a_busy_port_at_once(tmp_path: Path) -> None:
             "BITLOOP_DATA_SOURCE_PORT": str(free_port()),
             "BITLOOP_API_PORT": str(free_port()),
             "BITLOOP_AIRFLOW_PORT": str(free_port()),
+            "BITLOOP_PROMETHEUS_PORT": str(free_port()),
         }
         result = make("up", env, timeout=120)
     assert result.returncode != 0
