@@ -28,8 +28,14 @@ class ServerState:
     background: set[asyncio.Task[None]] = field(default_factory=set)
 
     def require_model(self) -> tuple[ServedModel, str]:
+        """The model answering this request (A/B aware); 503 while no champion is loaded."""
+        champion = self.require_champion()
         model, variant = self.manager.pick()
-        if model is None:
+        return model or champion, variant
+
+    def require_champion(self) -> ServedModel:
+        champion = self.manager.champion
+        if champion is None:
             detail = (
                 f"no model has been promoted to {self.manager.name}@champion yet: run the training "
                 "pipeline (make up or make repro)"
@@ -37,7 +43,7 @@ class ServerState:
             if self.manager.last_error:
                 detail += f"; last registry error: {self.manager.last_error}"
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail)
-        return model, variant
+        return champion
 
     def record(
         self,

@@ -87,7 +87,7 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion |
         raise
 
 
-def _champion_schema(client: MlflowClient, champion: ModelVersion) -> DatasetSchema | None:
+def _champion_schema(champion: ModelVersion) -> DatasetSchema | None:
     if champion.run_id is None:
         return None
     try:
@@ -178,7 +178,7 @@ def promote(
     override = False
     if champion is not None:
         try:
-            check_compatible(schema, _champion_schema(client, champion), champion, name)
+            check_compatible(schema, _champion_schema(champion), champion, name)
             test = pd.read_parquet(workspace.test_file)
             champion_metrics = _score_version(name, champion.version, test, schema)
         except SchemaMismatch:

@@ -43,8 +43,7 @@ async def ready(state: StateDep, response: Response) -> Readiness:
     summary="The served champion: version, run, metrics, data version, features",
 )
 async def model_info(state: StateDep) -> ModelInfo:
-    model, _ = state.require_model()
-    model = state.manager.champion or model
+    model = state.require_champion()
     challenger = state.manager.challenger
     return ModelInfo(
         name=model.name,

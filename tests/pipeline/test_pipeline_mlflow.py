@@ -117,10 +117,8 @@ def test_regression_on_sklearn_diabetes(tmp_path: Path, mlflow_uri: str) -> None
     report = run_all(params, workspace, PipelineSettings(mlflow_tracking_uri=mlflow_uri))
     assert report["metric"] == "rmse"
     assert report["promoted"]
-    run = MlflowClient(mlflow_uri).get_run(
-        report["candidate"]["metrics"]
-        and read_json(workspace.registered_file)["candidates"][report["candidate"]["name"]]["run_id"]
-    )
+    run_id = read_json(workspace.registered_file)["candidates"][report["candidate"]["name"]]["run_id"]
+    run = MlflowClient(mlflow_uri).get_run(run_id)
     assert {"rmse", "mae", "r2"} <= set(run.data.metrics)
     assert run.data.metrics["r2"] > 0.3
     plots = {a.path for a in MlflowClient(mlflow_uri).list_artifacts(run.info.run_id, "evaluation")}
