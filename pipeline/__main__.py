@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +47,32 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--drift", type=float, help="simulated source: drift of this batch (0-1)")
     summary = sub.add_parser("summary", help="record the last promotion decision as an MLflow run")
     summary.add_argument("--run-label", required=True, help="the orchestrator's run id (makes it idempotent)")
+    drift = sub.add_parser("drift", help="compare logged live inputs with the champion's reference")
+    drift.add_argument("--since", type=_timestamp, help="window start, ISO 8601 (default: --until - 1h)")
+    drift.add_argument("--until", type=_timestamp, help="window end, ISO 8601 (default: now)")
+    drift.add_argument("--label", required=True, help="the orchestrator's run id (makes it idempotent)")
+    drift.add_argument(
+        "--log",
+        type=Path,
+        default=Path(".bitloop/predictions.sqlite"),
+        help="the model server's prediction log (relative paths are under --root)",
+    )
     sub.add_parser("rollback", help="move @champion back to @previous")
     sub.add_parser("champion", help="show the versions behind @champion, @challenger and @previous")
     serve = sub.add_parser("serve-data", help="serve simulated batches over HTTP (GET /batch)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8001)
     return parser
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time (e.g. 2026-01-31T12:00:00+00:00)"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _show(result: Any) -> None:
@@ -88,6 +109,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             from pipeline.summary import summarize
 
             _show(summarize(params, workspace, settings, args.run_label))
+        elif args.command == "drift":
+            from pipeline.monitor import monitor_drift
+
+            until = args.until or datetime.now(UTC)
+            since = args.since or until - timedelta(hours=1)
+            log_path = args.log if args.log.is_absolute() else workspace.root / args.log
+            _show(monitor_drift(params, workspace, settings, log_path, since, until, args.label))
         elif args.command == "champion":
             from pipeline.promote import aliases
 

@@ -98,6 +98,21 @@ class PromoteParams(_Section):
         return "roc_auc" if task == "classification" else "rmse"
 
 
+class DriftParams(_Section):
+    """Drift detection defaults: per-feature tests, and when the whole dataset counts as drifted."""
+
+    min_samples: Annotated[int, Field(ge=10)] = 200
+    """Rows (non-missing values per feature) needed before any verdict."""
+    large_sample: Annotated[int, Field(ge=10)] = 1000
+    """Up to this many values: KS / chi-squared p-values; above it: Wasserstein / Jensen-Shannon."""
+    p_value: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
+    distance_threshold: Annotated[float, Field(gt=0.0)] = 0.1
+    drift_share: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    """Dataset drift when at least this share of the tested features drift."""
+    max_rows: Annotated[int, Field(ge=10)] = 5000
+    """Newest prediction-log rows compared per evaluation."""
+
+
 class Params(_Section):
     data: DataParams
     model: ModelParams
@@ -106,6 +121,7 @@ class Params(_Section):
     train: TrainParams
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     promote: PromoteParams = Field(default_factory=PromoteParams)
+    drift: DriftParams = Field(default_factory=DriftParams)
 
     @model_validator(mode="after")
     def _metric_known(self) -> Params:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -91,3 +92,21 @@ def messy_churn_csv(path: Path, n: int = 1200, seed: int = 7) -> Path:
     out["contract"] = [f" {v} " for v in frame["contract"]]
     out.to_csv(path, index=False)
     return path
+
+
+def log_predictions(
+    path: Path, model_name: str, frame: pd.DataFrame, ts: float, variant: str = "champion"
+) -> None:
+    """Append a frame of feature rows to a prediction log, as the model server writes them."""
+    from api.predlog import connect
+
+    records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+    conn = connect(path)
+    with conn:
+        conn.executemany(
+            "INSERT INTO predictions"
+            " (ts, request_id, model_name, model_version, variant, features, prediction)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(ts, f"r{i}", model_name, "1", variant, json.dumps(r), "0") for i, r in enumerate(records)],
+        )
+    conn.close()

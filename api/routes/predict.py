@@ -47,7 +47,7 @@ def _shadow(state: ServerState, request_id: str, records: list[dict[str, Any]]) 
     async def score() -> None:
         try:
             labels, probabilities = await state.batcher.run_in_thread(challenger.predict, records)
-            state.record(challenger, "challenger", request_id, records, labels, probabilities)
+            state.record(challenger, "shadow", request_id, records, labels, probabilities)
         except Exception:
             log.exception("shadow scoring failed", extra={"version": challenger.version})
 

@@ -66,4 +66,4 @@ def test_shadow_scores_the_challenger_without_changing_answers(
     assert batch.json()["variant"] == "champion"
     log_path = client.app.state.bitloop.settings.prediction_log  # type: ignore[attr-defined]
     client.__exit__(None, None, None)
-    assert variants_logged(log_path) == {("champion", trained.version): 15, ("challenger", challenger): 15}
+    assert variants_logged(log_path) == {("champion", trained.version): 15, ("shadow", challenger): 15}

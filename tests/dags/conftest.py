@@ -13,6 +13,9 @@ import pytest
 from tests.factories import PROJECT
 
 DAGS = PROJECT / "dags"
+# Airflow puts the DAG folder on sys.path when it parses DAG files; the tests do the same.
+if str(DAGS) not in sys.path:
+    sys.path.append(str(DAGS))
 # Airflow reads its configuration when first imported: set it before any test module imports it.
 _HOME = Path(tempfile.mkdtemp(prefix="bitloop-airflow-"))
 os.environ.update(

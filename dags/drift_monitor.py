@@ -1,0 +1,67 @@
+"""Drift monitor: live inputs against the champion's reference; drift triggers retraining.
+
+`detect` runs `<BITLOOP_PIPELINE_PYTHON> -m pipeline drift` over the prediction-log rows of the
+run's data interval (the last BITLOOP_DRIFT_WINDOW_MINUTES, default 60, before the run) and logs
+the report to MLflow. When the dataset has drifted, `emit` updates the `bitloop_drift` asset,
+which schedules the training DAG. Too few new rows, or no champion yet, skips `emit`.
+Runs hourly (BITLOOP_DRIFT_SCHEDULE). Idempotent: a rerun reads the same window and finds its
+MLflow report already logged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.sdk import CronTriggerTimetable, dag, get_current_context, task
+from bitloop_stages import DEFAULT_ARGS, DRIFT, run_stage
+
+WINDOW = timedelta(minutes=float(os.environ.get("BITLOOP_DRIFT_WINDOW_MINUTES", "60")))
+
+
+@dag(
+    dag_id="drift_monitor",
+    schedule=CronTriggerTimetable(
+        os.environ.get("BITLOOP_DRIFT_SCHEDULE", "@hourly"), timezone="UTC", interval=WINDOW
+    ),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["bitloop", "monitoring"],
+    doc_md=__doc__,
+)
+def drift_monitor() -> None:
+    @task
+    def detect() -> dict[str, Any]:
+        context = get_current_context()
+        since, until = context["data_interval_start"], context["data_interval_end"]
+        if since is None or until is None or since >= until:
+            raise ValueError(f"the run has no data interval to read ({since} - {until})")
+        args = ["--since", since.isoformat(), "--until", until.isoformat(), "--label", context["run_id"]]
+        if log := os.environ.get("BITLOOP_PREDICTION_LOG"):
+            args += ["--log", log]
+        result: dict[str, Any] = json.loads(run_stage("drift", *args))
+        return result
+
+    @task.short_circuit
+    def drifted(result: dict[str, Any]) -> bool:
+        """Continue to `emit` only on dataset drift (a skipped `emit` emits no asset event)."""
+        return bool(result["dataset_drift"])
+
+    @task(outlets=[DRIFT])
+    def emit(result: dict[str, Any]) -> dict[str, Any]:
+        extra = {
+            key: result.get(key)
+            for key in ("drift_share", "rows", "drifted_features", "champion_version", "mlflow_run_id")
+        }
+        get_current_context()["outlet_events"][DRIFT].extra = extra
+        return extra
+
+    result = detect()
+    drifted(result) >> emit(result)  # type: ignore[arg-type]  # XComArg resolves to the dict at run time
+
+
+drift_monitor()

@@ -1,0 +1,298 @@
+"""Drift detection: live feature values against the champion's reference profile.
+
+One implementation, used by the model server (sliding-window gauges) and by the drift
+monitor DAG (reports in MLflow, the asset event that triggers retraining).
+
+Per feature, with the widely used defaults (those of Evidently, for instance):
+- up to `large_sample` values: two-sample Kolmogorov-Smirnov (numeric) or chi-squared
+  homogeneity (categorical); the feature drifts when p < `p_value`;
+- more values: Wasserstein distance divided by the reference standard deviation (numeric) or
+  Jensen-Shannon distance in base 2 (categorical, bounded by [0, 1]); the feature drifts when
+  the distance reaches `distance_threshold`;
+- PSI over the reference deciles (numeric) or categories, reported alongside.
+The dataset drifts when at least `drift_share` of the tested features drift. Features with
+fewer than `min_samples` values are reported and not tested.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import sqlite3
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from scipy.spatial.distance import jensenshannon
+from scipy.special import rel_entr
+
+from pipeline.params import DriftParams
+
+Method = Literal["ks", "chi2", "wasserstein", "jensenshannon", "insufficient"]
+Status = Literal["drift", "no_drift", "insufficient_data"]
+PSI_EPSILON = 1e-4  # floor for empty bins, so PSI stays finite
+STD_FLOOR = 1e-3  # a constant reference feature still gets a finite normalised distance
+SERVED_VARIANTS = ("champion", "challenger")  # shadow rows repeat inputs that were already logged
+
+
+@dataclass(frozen=True)
+class FeatureDrift:
+    name: str
+    kind: str
+    method: Method
+    score: float | None
+    """The p-value (ks, chi2) or the distance (wasserstein, jensenshannon)."""
+    threshold: float | None
+    drifted: bool
+    psi: float | None
+    sample_size: int
+    missing_rate: float
+    reference_missing_rate: float
+    unseen_categories: list[str] = field(default_factory=list)
+
+    @property
+    def tested(self) -> bool:
+        return self.method != "insufficient"
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    status: Status
+    rows: int
+    reference_rows: int
+    features: list[FeatureDrift]
+    drift_share: float
+    """Share of tested features that drift (0 when none could be tested)."""
+    threshold_share: float
+    evaluated_at: str
+    model: dict[str, Any] = field(default_factory=dict)
+    window: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dataset_drift(self) -> bool:
+        return self.status == "drift"
+
+    @property
+    def drifted_features(self) -> list[str]:
+        return [f.name for f in self.features if f.drifted]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["dataset_drift"] = self.dataset_drift
+        out["drifted_features"] = self.drifted_features
+        return out
+
+    def to_html(self) -> str:
+        return render_html(self)
+
+
+def _psi(reference: np.ndarray, current: np.ndarray) -> float:
+    """Population stability index of two share vectors over the same bins."""
+    r = np.clip(reference, PSI_EPSILON, None)
+    c = np.clip(current, PSI_EPSILON, None)
+    return float(np.sum(rel_entr(c, r) + rel_entr(r, c)))
+
+
+def _numeric(name: str, ref: dict[str, Any], values: np.ndarray, config: DriftParams) -> FeatureDrift:
+    sample = np.asarray(ref["sample"], dtype=float)
+    if len(values) > config.large_sample:
+        score = float(stats.wasserstein_distance(sample, values) / max(float(np.std(sample)), STD_FLOOR))
+        method: Method = "wasserstein"
+        threshold, drifted = config.distance_threshold, score >= config.distance_threshold
+    else:
+        score = float(stats.ks_2samp(sample, values).pvalue)
+        method, threshold, drifted = "ks", config.p_value, score < config.p_value
+    edges = np.asarray(ref["bin_edges"], dtype=float)
+    psi = None
+    if len(edges) > 1:
+        edges = np.concatenate([[-np.inf], edges[1:-1], [np.inf]])
+        counts = np.histogram(values, bins=edges)[0]
+        psi = _psi(np.asarray(ref["bin_shares"], dtype=float), counts / counts.sum())
+    return FeatureDrift(
+        name, "numeric", method, score, threshold, drifted, psi, len(values), 0.0, ref["missing_rate"]
+    )
+
+
+def _categorical(
+    name: str, ref: dict[str, Any], values: pd.Series, reference_rows: int, config: DriftParams
+) -> FeatureDrift:
+    reference_shares: dict[str, float] = ref["frequencies"]
+    current_counts = values.value_counts()
+    categories = sorted(set(reference_shares) | {str(c) for c in current_counts.index})
+    unseen = sorted(str(c) for c in current_counts.index if str(c) not in reference_shares)
+    r = np.array([reference_shares.get(c, 0.0) for c in categories])
+    c_counts = np.array([float(current_counts.get(c, 0)) for c in categories])
+    c = c_counts / c_counts.sum()
+    if len(values) > config.large_sample:
+        score = float(jensenshannon(r, c, base=2))
+        method: Method = "jensenshannon"
+        threshold, drifted = config.distance_threshold, score >= config.distance_threshold
+    else:
+        reference_counts = r * max(round(reference_rows * (1 - ref["missing_rate"])), 1)
+        table = np.vstack([reference_counts, c_counts])
+        table = table[:, table.sum(axis=0) > 0]
+        score = 1.0 if table.shape[1] < 2 else float(stats.chi2_contingency(table).pvalue)
+        method, threshold, drifted = "chi2", config.p_value, score < config.p_value
+    return FeatureDrift(
+        name,
+        "categorical",
+        method,
+        score,
+        threshold,
+        drifted,
+        _psi(r, c),
+        len(values),
+        0.0,
+        ref["missing_rate"],
+        unseen,
+    )
+
+
+def feature_drift(
+    name: str, ref: dict[str, Any], column: pd.Series, reference_rows: int, config: DriftParams
+) -> FeatureDrift:
+    """Test one feature's current values against its reference profile entry."""
+    missing_rate = float(column.isna().mean()) if len(column) else 0.0
+    present = column.dropna()
+    if ref["kind"] == "numeric":
+        values = pd.to_numeric(present, errors="coerce").dropna().to_numpy(dtype=float)
+        size = len(values)
+    else:
+        strings = present.astype(str)
+        size = len(strings)
+    if size < config.min_samples or (ref["kind"] == "numeric" and not ref.get("sample")):
+        return FeatureDrift(
+            name,
+            ref["kind"],
+            "insufficient",
+            None,
+            None,
+            False,
+            None,
+            size,
+            missing_rate,
+            ref["missing_rate"],
+        )
+    if ref["kind"] == "numeric":
+        result = _numeric(name, ref, values, config)
+    else:
+        result = _categorical(name, ref, strings, reference_rows, config)
+    return FeatureDrift(**{**asdict(result), "missing_rate": missing_rate})
+
+
+def detect(
+    profile: dict[str, Any],
+    current: pd.DataFrame,
+    config: DriftParams,
+    *,
+    model: dict[str, Any] | None = None,
+    window: dict[str, Any] | None = None,
+) -> DriftReport:
+    """Compare a frame of live feature values with a reference profile (`pipeline.profile`)."""
+    features = [
+        feature_drift(
+            name,
+            ref,
+            current[name] if name in current else pd.Series([], dtype=object),
+            profile["rows"],
+            config,
+        )
+        for name, ref in profile["features"].items()
+    ]
+    tested = [f for f in features if f.tested]
+    share = sum(f.drifted for f in tested) / len(tested) if tested else 0.0
+    status: Status
+    if len(current) < config.min_samples or not tested:
+        status = "insufficient_data"
+    else:
+        status = "drift" if share >= config.drift_share else "no_drift"
+    return DriftReport(
+        status=status,
+        rows=len(current),
+        reference_rows=profile["rows"],
+        features=features,
+        drift_share=share,
+        threshold_share=config.drift_share,
+        evaluated_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        model=model or {},
+        window=window or {},
+    )
+
+
+def read_prediction_log(
+    path: Path,
+    model_name: str,
+    *,
+    since: float | None = None,
+    until: float | None = None,
+    limit: int = 5000,
+) -> pd.DataFrame:
+    """The newest `limit` logged inputs of a model in [since, until) (Unix seconds), oldest first.
+
+    Rows that shadow scoring logged a second time are left out. A missing log is an empty frame.
+    """
+    if not path.exists():
+        return pd.DataFrame()
+    query = (
+        "SELECT features FROM predictions WHERE model_name = ? AND variant IN (?, ?)"
+        " AND ts >= ? AND ts < ? ORDER BY id DESC LIMIT ?"
+    )
+    args = (model_name, *SERVED_VARIANTS, since or 0.0, until or math.inf, limit)
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
+    try:
+        rows = conn.execute(query, args).fetchall()
+    finally:
+        conn.close()
+    return pd.DataFrame([json.loads(r[0]) for r in reversed(rows)])
+
+
+def render_html(report: DriftReport) -> str:
+    """A self-contained, readable HTML page of the report."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return html.escape("" if value is None else str(value))
+
+    verdict = {
+        "drift": "Dataset drift detected",
+        "no_drift": "No dataset drift",
+        "insufficient_data": "Not enough data for a verdict",
+    }[report.status]
+    rows = "\n".join(
+        f"<tr class='{'drift' if f.drifted else ''}'><td>{cell(f.name)}</td><td>{f.kind}</td>"
+        f"<td>{f.method}</td><td>{cell(f.score)}</td><td>{cell(f.threshold)}</td>"
+        f"<td>{'yes' if f.drifted else 'no'}</td><td>{cell(f.psi)}</td><td>{f.sample_size}</td>"
+        f"<td>{f.missing_rate:.1%} / {f.reference_missing_rate:.1%}</td>"
+        f"<td>{cell(', '.join(f.unseen_categories))}</td></tr>"
+        for f in report.features
+    )
+    model = ", ".join(f"{k}={v}" for k, v in report.model.items())
+    window = ", ".join(f"{k}={v}" for k, v in report.window.items())
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>bitloop drift report</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; }}
+table {{ border-collapse: collapse; }} td, th {{ padding: .3rem .7rem; border-bottom: 1px solid #ddd; }}
+th {{ text-align: left; }} tr.drift td {{ background: #fde2e1; }}
+.verdict {{ font-size: 1.3rem; font-weight: 600; }}
+</style></head><body>
+<h1>Drift report</h1>
+<p class="verdict">{verdict}: {report.drift_share:.0%} of tested features drifted
+(threshold {report.threshold_share:.0%}).</p>
+<p>{report.rows} live rows against {report.reference_rows} reference rows;
+evaluated {cell(report.evaluated_at)}.<br>Model: {cell(model)}<br>Window: {cell(window)}</p>
+<table><thead><tr><th>feature</th><th>kind</th><th>test</th><th>score</th><th>threshold</th>
+<th>drifted</th><th>PSI</th><th>values</th><th>missing (live / reference)</th><th>unseen categories</th>
+</tr></thead><tbody>
+{rows}
+</tbody></table>
+<p>p-value tests (ks, chi2) drift below their threshold; distances (wasserstein, jensenshannon)
+drift at or above it.</p>
+</body></html>
+"""

@@ -1,0 +1,123 @@
+"""The drift monitor's stage: logged live inputs against the champion's reference, into MLflow.
+
+`python -m pipeline drift --since T0 --until T1 --label RUN` reads the prediction log rows of
+[T0, T1), compares them with the reference profile logged with the @champion version, writes
+`reports/drift.json` and `reports/drift.html`, and logs both to MLflow (experiment
+`<model.name>-monitoring`, once per label). Too few rows, or no champion yet, is a clean skip.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from pipeline.drift import DriftReport, detect, read_prediction_log
+from pipeline.params import Params
+from pipeline.register import TAG
+from pipeline.settings import PipelineSettings, connect
+from pipeline.workspace import Workspace, write_json
+
+log = logging.getLogger(__name__)
+PROFILE_ARTIFACT = "reference_profile.json"
+
+
+def load_reference(client: Any, run_id: str) -> dict[str, Any]:
+    """The reference profile logged with a model's training run."""
+    with tempfile.TemporaryDirectory(prefix="bitloop-profile-") as scratch:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=PROFILE_ARTIFACT, dst_path=scratch, tracking_uri=client.tracking_uri
+        )
+        profile: dict[str, Any] = json.loads(Path(path).read_text())
+    return profile
+
+
+def _summary(report: DriftReport | None, **extra: Any) -> dict[str, Any]:
+    if report is None:
+        return {"status": "no_champion", "dataset_drift": False, "rows": 0, **extra}
+    return {
+        "status": report.status,
+        "dataset_drift": report.dataset_drift,
+        "drift_share": report.drift_share,
+        "rows": report.rows,
+        "drifted_features": report.drifted_features,
+        "scores": {f.name: f.score for f in report.features},
+        **extra,
+    }
+
+
+def monitor_drift(
+    params: Params,
+    workspace: Workspace,
+    settings: PipelineSettings,
+    prediction_log: Path,
+    since: datetime,
+    until: datetime,
+    label: str,
+) -> dict[str, Any]:
+    """Evaluate one window of live traffic; log the report to MLflow when there was enough of it."""
+    client = connect(settings)
+    name = params.model.name
+    try:
+        champion = client.get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        log.warning("no @champion to compare with: nothing to monitor yet", extra={"model": name})
+        return _summary(None, label=label)
+    frame = read_prediction_log(
+        prediction_log, name, since=since.timestamp(), until=until.timestamp(), limit=params.drift.max_rows
+    )
+    report = detect(
+        load_reference(client, str(champion.run_id)),
+        frame,
+        params.drift,
+        model={"name": name, "version": champion.version},
+        window={"since": since.isoformat(), "until": until.isoformat(), "label": label},
+    )
+    write_json(workspace.reports_dir / "drift.json", report.to_dict())
+    (workspace.reports_dir / "drift.html").write_text(report.to_html())
+    if report.status == "insufficient_data":
+        log.info(
+            "too few logged predictions for a verdict: skipped",
+            extra={"rows": report.rows, "needed": params.drift.min_samples},
+        )
+        return _summary(report, label=label, champion_version=champion.version)
+    return _summary(
+        report, label=label, champion_version=champion.version, mlflow_run_id=_log_run(client, name, report)
+    )
+
+
+def _log_run(client: Any, name: str, report: DriftReport) -> str:
+    """One MLflow run per window label: a retried task finds it instead of logging it twice."""
+    label = report.window["label"]
+    experiment = mlflow.set_experiment(f"{name}-monitoring")
+    found = client.search_runs([experiment.experiment_id], f"tags.`{TAG}drift_of` = '{label}'", max_results=1)
+    if found:
+        log.info("drift report already logged", extra={"run_id": found[0].info.run_id})
+        return str(found[0].info.run_id)
+    tags = {
+        TAG + "drift_of": label,
+        TAG + "kind": "drift-report",
+        TAG + "dataset_drift": str(report.dataset_drift).lower(),
+        TAG + "champion_version": str(report.model["version"]),
+    }
+    with mlflow.start_run(run_name=f"drift-{report.window['until']}", tags=tags) as run:
+        mlflow.log_params(
+            {"rows": report.rows, "since": report.window["since"], "until": report.window["until"]}
+        )
+        metrics = {"drift_share": report.drift_share, "dataset_drift": float(report.dataset_drift)}
+        for feature in report.features:
+            if feature.score is not None:
+                metrics[f"drift_score.{feature.name}"] = feature.score
+            if feature.psi is not None:
+                metrics[f"psi.{feature.name}"] = feature.psi
+        mlflow.log_metrics(metrics)
+        mlflow.log_dict(report.to_dict(), "drift_report.json")
+        mlflow.log_text(report.to_html(), "drift_report.html")
+    log.info("drift report logged", extra={"run_id": run.info.run_id, "status": report.status})
+    return str(run.info.run_id)

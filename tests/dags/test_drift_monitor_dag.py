@@ -1,0 +1,115 @@
+"""The drift monitor DAG: wiring, and dag.test() runs that emit the drift asset only on drift."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow import MlflowClient
+
+from pipeline.run import run_all
+from pipeline.settings import PipelineSettings
+from pipeline.sources.simulated import TARGET, simulate_churn
+from tests.dags.conftest import DAGS
+from tests.factories import light_params, log_predictions, make_workspace
+
+MODEL = "drift-dag-churn"
+
+
+def load_dag() -> Any:
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS))
+    assert bag.import_errors == {}
+    return bag.get_dag("drift_monitor")
+
+
+def asset_events(run_id: str) -> list[Any]:
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        return list(
+            session.scalars(
+                select(AssetEvent).where(
+                    AssetEvent.source_dag_id == "drift_monitor", AssetEvent.source_run_id == run_id
+                )
+            )
+        )
+
+
+def test_detect_then_gate_then_emit_hourly(airflow_db: Path) -> None:
+    import bitloop_stages
+
+    dag = load_dag()
+    assert [t.task_id for t in dag.topological_sort()] == ["detect", "drifted", "emit"]
+    assert dag.get_task("detect").downstream_task_ids == {"drifted", "emit"}
+    assert [o.uri for o in dag.get_task("emit").outlets] == [bitloop_stages.DRIFT.uri]
+    assert dag.get_task("detect").outlets == []
+    assert dag.timetable.expression == "0 * * * *"  # @hourly
+    assert dag.timetable.interval == timedelta(hours=1)
+    assert dag.catchup is False
+    assert dag.max_active_runs == 1
+
+
+@pytest.fixture(scope="module")
+def champion_project(tmp_path_factory: pytest.TempPathFactory, mlflow_uri: str) -> Path:
+    root = tmp_path_factory.mktemp("drift-project")
+    workspace, params = make_workspace(root, light_params(model={"name": MODEL}))
+    run_all(params, workspace, PipelineSettings(mlflow_tracking_uri=mlflow_uri))
+    return root
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_drifted_traffic_emits_the_asset_and_calm_traffic_does_not(
+    airflow_db: Path, champion_project: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = champion_project / "predictions.sqlite"
+    monkeypatch.setenv("BITLOOP_PROJECT_DIR", str(champion_project))
+    monkeypatch.setenv("BITLOOP_PREDICTION_LOG", str(log))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
+    dag = load_dag()
+    client = MlflowClient(mlflow_uri)
+
+    def reports() -> list[Any]:
+        experiment = client.get_experiment_by_name(f"{MODEL}-monitoring")
+        return [] if experiment is None else client.search_runs([experiment.experiment_id])
+
+    # Too few rows in the window: a clean skip, nothing logged, nothing emitted.
+    log_predictions(log, MODEL, simulate_churn(50, 11, 0.0).drop(columns=TARGET), time.time() - 60)
+    sparse = dag.test()
+    assert sparse.state == "success"
+    states = {ti.task_id: ti.state for ti in sparse.get_task_instances()}
+    assert states == {"detect": "success", "drifted": "success", "emit": "skipped"}
+    assert asset_events(sparse.run_id) == []
+    assert reports() == []
+
+    # Undrifted traffic: a report in MLflow, no asset event.
+    log_predictions(log, MODEL, simulate_churn(1500, 12, 0.0).drop(columns=TARGET), time.time() - 60)
+    calm = dag.test()
+    assert {ti.task_id: ti.state for ti in calm.get_task_instances()}["emit"] == "skipped"
+    assert asset_events(calm.run_id) == []
+    [calm_report] = reports()
+    assert calm_report.data.tags["bitloop.dataset_drift"] == "false"
+
+    # Drifted traffic outweighs it in the next window: the asset event carries the verdict.
+    log_predictions(log, MODEL, simulate_churn(4000, 13, 1.0).drop(columns=TARGET), time.time() - 30)
+    drifted = dag.test()
+    assert {ti.task_id: ti.state for ti in drifted.get_task_instances()}["emit"] == "success"
+    [event] = asset_events(drifted.run_id)
+    assert event.extra["drift_share"] >= 0.5
+    assert "monthly_charges" in event.extra["drifted_features"]
+    latest = max(reports(), key=lambda r: r.info.start_time)
+    assert latest.data.tags["bitloop.dataset_drift"] == "true"
+    assert latest.data.metrics["drift_share"] == event.extra["drift_share"]
+    artifacts = {a.path for a in client.list_artifacts(latest.info.run_id)}
+    assert {"drift_report.json", "drift_report.html"} <= artifacts
+    report = json.loads((champion_project / "reports" / "drift.json").read_text())
+    assert report["dataset_drift"] is True
+    assert report["model"]["name"] == MODEL
