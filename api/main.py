@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import metrics
 from api.batching import MicroBatcher
+from api.drift import DriftWatcher
 from api.manager import ModelManager
 from api.predlog import PredictionLog
 from api.routes import admin, health, predict
@@ -99,6 +100,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         batcher = MicroBatcher(
             settings.inference_threads, settings.micro_batch_max_size, settings.micro_batch_max_wait_ms
         )
+        watcher = DriftWatcher(settings, manager, settings.drift_config())
         state = ServerState(
             settings,
             manager,
@@ -106,6 +108,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             PredictionLog(
                 settings.prediction_log, settings.prediction_log_flush_rows, settings.prediction_log_flush_ms
             ),
+            watcher,
         )
         app.state.bitloop = state
         manager.on_swap.append(lambda: setattr(app, "openapi_schema", None))
@@ -118,9 +121,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         gc.freeze()
         log.info("model server starting", extra={"model": manager.name, "detail": result.detail})
         manager.start()
+        watcher.start()
         try:
             yield
         finally:
+            await watcher.stop()
             await manager.stop()
             await batcher.stop()
             if state.background:

@@ -70,6 +70,57 @@ LOG_QUEUE = Gauge(
     multiprocess_mode="livesum",
 )
 
+# Drift of the served champion's live inputs (a sliding window of the prediction log).
+DRIFT_SCORE = Gauge(
+    "bitloop_drift_score",
+    "Per-feature drift statistic: p-value for ks/chi2 (drift below the threshold), "
+    "distance for wasserstein/jensenshannon (drift at or above it)",
+    ["feature", "method"],
+    multiprocess_mode="mostrecent",
+)
+DRIFT_THRESHOLD = Gauge(
+    "bitloop_drift_threshold",
+    "The threshold the feature's drift score is compared with",
+    ["feature", "method"],
+    multiprocess_mode="mostrecent",
+)
+FEATURE_DRIFTED = Gauge(
+    "bitloop_feature_drift_detected",
+    "1 when the feature's live values drift from the reference",
+    ["feature"],
+    multiprocess_mode="mostrecent",
+)
+FEATURE_PSI = Gauge(
+    "bitloop_feature_psi",
+    "Population stability index of the feature against the reference",
+    ["feature"],
+    multiprocess_mode="mostrecent",
+)
+DATASET_DRIFT = Gauge(
+    "bitloop_dataset_drift",
+    "1 when the share of drifted features reaches the threshold",
+    [],
+    multiprocess_mode="mostrecent",
+)
+DRIFT_SHARE = Gauge(
+    "bitloop_drift_share", "Share of the tested features that drift", [], multiprocess_mode="mostrecent"
+)
+DRIFT_SHARE_THRESHOLD = Gauge(
+    "bitloop_drift_share_threshold",
+    "Dataset drift threshold on the drift share",
+    [],
+    multiprocess_mode="mostrecent",
+)
+DRIFT_ROWS = Gauge(
+    "bitloop_drift_window_rows", "Live rows in the last drift evaluation", [], multiprocess_mode="mostrecent"
+)
+DRIFT_EVALUATED = Gauge(
+    "bitloop_drift_last_evaluation_timestamp_seconds",
+    "Unix time of the last drift evaluation",
+    [],
+    multiprocess_mode="mostrecent",
+)
+
 
 def render() -> tuple[bytes, str]:
     """The exposition text; aggregates every worker when PROMETHEUS_MULTIPROC_DIR is set."""

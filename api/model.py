@@ -34,6 +34,8 @@ class ServedModel:
     data_version: str | None
     record_model: type[BaseModel]
     batch_model: type[BaseModel]
+    profile: dict[str, Any] | None = None
+    """The training data's reference profile, which drift detection compares live inputs with."""
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
@@ -89,6 +91,7 @@ def load_version(
                 tracking_uri=uri,
             )
             schema = DatasetSchema.model_validate_json(Path(schema_file).read_text())
+            profile = _reference_profile(mv.run_id, uri)
         metrics = dict(client.get_run(mv.run_id).data.metrics)
     except ModelLoadError:
         raise
@@ -105,4 +108,16 @@ def load_version(
         data_version=mv.tags.get("bitloop.data_version"),
         record_model=record,
         batch_model=build_batch_model(record, max_rows),
+        profile=profile,
     )
+
+
+def _reference_profile(run_id: str, tracking_uri: str) -> dict[str, Any] | None:
+    """The run's reference profile; a model without one is served, with drift detection off."""
+    from pipeline.monitor import load_reference
+
+    try:
+        return load_reference(run_id, tracking_uri)
+    except Exception as err:  # MLflow raises several types for a missing artifact
+        log.warning("no reference profile: drift detection is off for this model", extra={"error": str(err)})
+        return None

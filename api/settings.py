@@ -8,6 +8,8 @@ from typing import Annotated
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipeline.params import DriftParams, ParamsError, load_params
+
 
 class ApiSettings(BaseSettings):
     """Where the model comes from, how it is served, and the limits that protect the server."""
@@ -39,12 +41,21 @@ class ApiSettings(BaseSettings):
     """Share of /predict traffic answered by @challenger (A/B); 0 disables."""
     shadow: bool = False
     """Also score @challenger on every request without changing the response."""
+    drift_interval_seconds: Annotated[float, Field(gt=0)] = 30.0
+    """How often live inputs are compared with the champion's reference profile."""
+    drift_window_seconds: Annotated[float, Field(gt=0)] = 3600.0
+    """How far back the drift window reaches (at most drift.max_rows of params.yaml rows)."""
+
+    def drift_config(self) -> DriftParams:
+        """The `drift` section of params.yaml; its defaults when the file cannot be read."""
+        try:
+            return load_params(self.params_file).drift
+        except ParamsError:
+            return DriftParams()
 
     def resolved_model_name(self) -> str:
         if self.model_name:
             return self.model_name
-        from pipeline.params import load_params
-
         try:
             return load_params(self.params_file).model.name
         except ValueError as err:

@@ -13,6 +13,7 @@ from fastapi.security import APIKeyHeader
 
 from api import metrics
 from api.batching import MicroBatcher
+from api.drift import DriftWatcher
 from api.manager import ModelManager
 from api.model import ServedModel
 from api.predlog import PredictionLog, Row
@@ -25,6 +26,7 @@ class ServerState:
     manager: ModelManager
     batcher: MicroBatcher
     log: PredictionLog
+    drift: DriftWatcher
     background: set[asyncio.Task[None]] = field(default_factory=set)
 
     def require_model(self) -> tuple[ServedModel, str]:

@@ -28,11 +28,11 @@ log = logging.getLogger(__name__)
 PROFILE_ARTIFACT = "reference_profile.json"
 
 
-def load_reference(client: Any, run_id: str) -> dict[str, Any]:
+def load_reference(run_id: str, tracking_uri: str) -> dict[str, Any]:
     """The reference profile logged with a model's training run."""
     with tempfile.TemporaryDirectory(prefix="bitloop-profile-") as scratch:
         path = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=PROFILE_ARTIFACT, dst_path=scratch, tracking_uri=client.tracking_uri
+            run_id=run_id, artifact_path=PROFILE_ARTIFACT, dst_path=scratch, tracking_uri=tracking_uri
         )
         profile: dict[str, Any] = json.loads(Path(path).read_text())
     return profile
@@ -73,7 +73,7 @@ def monitor_drift(
         prediction_log, name, since=since.timestamp(), until=until.timestamp(), limit=params.drift.max_rows
     )
     report = detect(
-        load_reference(client, str(champion.run_id)),
+        load_reference(str(champion.run_id), client.tracking_uri),
         frame,
         params.drift,
         model={"name": name, "version": champion.version},

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Response, status
 
 from api import metrics
 from api.schemas import ErrorOut, FeatureOut, Health, ModelInfo, Readiness
@@ -61,6 +64,29 @@ async def model_info(state: StateDep) -> ModelInfo:
         ],
         challenger_version=None if challenger is None else challenger.version,
     )
+
+
+@router.get(
+    "/drift",
+    responses={503: {"model": ErrorOut}, 409: {"model": ErrorOut}},
+    summary="Drift of recent live inputs from the champion's reference profile",
+    description=(
+        "The latest sliding-window drift report (per-feature test, score, threshold, PSI, and the "
+        "dataset verdict). `fresh=true` evaluates the window now instead of returning the report of "
+        "the last periodic evaluation."
+    ),
+)
+async def drift(state: StateDep, fresh: bool = False) -> dict[str, Any]:
+    champion = state.require_champion()
+    if champion.profile is None:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"{champion.name} version {champion.version} was logged without a reference profile",
+        )
+    report = state.drift.last
+    if fresh or report is None or report.model.get("version") != champion.version:
+        report = await asyncio.to_thread(state.drift.evaluate)
+    return {} if report is None else report.to_dict()
 
 
 @router.get(

@@ -14,7 +14,7 @@ import pandas as pd
 TARGET = "churned"
 ID_COLUMN = "customer_id"
 CONTRACTS = ("month_to_month", "one_year", "two_year")
-INTERNET = ("dsl", "fiber", "none")
+INTERNET = ("dsl", "fiber", "no_internet")
 PAYMENTS = ("electronic_check", "mailed_check", "bank_transfer", "credit_card")
 REGIONS = ("north", "south", "east", "west")
 # What the simulator guarantees: validation rejects a simulated batch outside these.
@@ -71,8 +71,8 @@ def simulate_features(n: int, rng: np.random.Generator, drift: float) -> pd.Data
     region = rng.choice(REGIONS, size=n, p=(0.3, 0.25, 0.25, 0.2))
     mean_tenure = np.select([contract == "month_to_month", contract == "one_year"], [14.0, 30.0], 50.0)
     tenure = np.clip(np.floor(rng.exponential(mean_tenure * (1 - 0.4 * drift))), 0, 72).astype(np.int64)
-    base_charge = np.select([internet == "none", internet == "dsl"], [22.0, 52.0], 86.0)
-    spread = np.select([internet == "none", internet == "dsl"], [4.0, 11.0], 14.0)
+    base_charge = np.select([internet == "no_internet", internet == "dsl"], [22.0, 52.0], 86.0)
+    spread = np.select([internet == "no_internet", internet == "dsl"], [4.0, 11.0], 14.0)
     monthly = np.clip(rng.normal(base_charge + 18.0 * drift, spread), 15.0, 160.0).round(2)
     total = (tenure * monthly * rng.uniform(0.92, 1.08, size=n)).round(2)
     tickets = np.clip(rng.poisson(0.7 + 0.6 * (internet == "fiber") + 1.2 * drift), 0, 30)

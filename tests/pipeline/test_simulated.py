@@ -88,3 +88,11 @@ def test_labels_follow_the_ground_truth() -> None:
 def test_bad_arguments_are_refused(n: int, drift: float) -> None:
     with pytest.raises(ValueError, match="must be"):
         simulate_churn(n, 1, drift)
+
+
+def test_no_simulated_category_reads_as_missing() -> None:
+    """A category spelled like a missing value ("none", "NA") would vanish at ingest."""
+    from pipeline.schema import normalise_missing
+
+    frame = simulate_churn(3000, 5, 0.5)
+    assert normalise_missing(frame).isna().sum().to_dict() == frame.isna().sum().to_dict()

@@ -1,0 +1,88 @@
+"""Sliding-window drift of the served champion's inputs, published as Prometheus gauges.
+
+Every `drift_interval_seconds` the newest rows of the prediction log (at most `drift.max_rows`
+from the last `drift_window_seconds`) are compared with the champion's reference profile by
+`pipeline.drift`, the same code the drift monitor DAG runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from api import metrics
+from api.manager import ModelManager
+from api.settings import ApiSettings
+from pipeline.drift import DriftReport, detect, read_prediction_log
+from pipeline.params import DriftParams
+
+log = logging.getLogger(__name__)
+
+
+class DriftWatcher:
+    def __init__(self, settings: ApiSettings, manager: ModelManager, config: DriftParams) -> None:
+        self.settings = settings
+        self.manager = manager
+        self.config = config
+        self.last: DriftReport | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._watch(), name="drift-watcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.drift_interval_seconds)
+            try:
+                await asyncio.to_thread(self.evaluate)
+            except Exception:  # the watcher must outlive any single failure
+                log.exception("drift evaluation failed")
+
+    def evaluate(self) -> DriftReport | None:
+        """Evaluate the window now and publish it; None while no champion with a profile is served."""
+        champion = self.manager.champion
+        if champion is None or champion.profile is None:
+            return None
+        now = time.time()
+        frame = read_prediction_log(
+            self.settings.prediction_log,
+            champion.name,
+            since=now - self.settings.drift_window_seconds,
+            limit=self.config.max_rows,
+        )
+        report = detect(
+            champion.profile,
+            frame,
+            self.config,
+            model={"name": champion.name, "version": champion.version},
+            window={"seconds": self.settings.drift_window_seconds, "max_rows": self.config.max_rows},
+        )
+        publish(report, now)
+        self.last = report
+        return report
+
+
+def publish(report: DriftReport, evaluated_at: float) -> None:
+    for gauge in (metrics.DRIFT_SCORE, metrics.DRIFT_THRESHOLD, metrics.FEATURE_DRIFTED, metrics.FEATURE_PSI):
+        gauge.clear()  # a feature's test changes with the sample size: drop the old method's series
+    for feature in report.features:
+        if feature.score is None or feature.threshold is None:
+            continue
+        metrics.DRIFT_SCORE.labels(feature.name, feature.method).set(feature.score)
+        metrics.DRIFT_THRESHOLD.labels(feature.name, feature.method).set(feature.threshold)
+        metrics.FEATURE_DRIFTED.labels(feature.name).set(float(feature.drifted))
+        if feature.psi is not None:
+            metrics.FEATURE_PSI.labels(feature.name).set(feature.psi)
+    metrics.DATASET_DRIFT.set(float(report.dataset_drift))
+    metrics.DRIFT_SHARE.set(report.drift_share)
+    metrics.DRIFT_SHARE_THRESHOLD.set(report.threshold_share)
+    metrics.DRIFT_ROWS.set(report.rows)
+    metrics.DRIFT_EVALUATED.set(evaluated_at)
