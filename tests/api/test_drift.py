@@ -62,8 +62,8 @@ def test_drift_follows_live_traffic(make_client: Callable[..., TestClient], chur
     values = gauges(client)
     assert values[("bitloop_dataset_drift", ())] == 1.0
     assert values[("bitloop_drift_share", ())] == drifted["drift_share"]
-    score = values[("bitloop_drift_score", (("feature", "monthly_charges"), ("method", "wasserstein")))]
-    threshold = values[("bitloop_drift_threshold", (("feature", "monthly_charges"), ("method", "wasserstein")))]
+    labels = (("feature", "monthly_charges"), ("method", "wasserstein"))
+    score, threshold = values[("bitloop_drift_score", labels)], values[("bitloop_drift_threshold", labels)]
     assert score >= threshold == 0.1
     assert values[("bitloop_feature_drift_detected", (("feature", "monthly_charges"),))] == 1.0
     assert values[("bitloop_feature_drift_detected", (("feature", "region"),))] == 0.0
