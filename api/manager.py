@@ -150,6 +150,9 @@ class ModelManager:
             metrics.MODEL_INFO.labels(self.name, old.version, variant).set(0)
         if model is not None:
             metrics.MODEL_INFO.labels(self.name, model.version, variant).set(1)
+            metrics.MODEL_VERSION.labels(self.name, variant).set(float(model.version))
+        else:
+            metrics.MODEL_VERSION.labels(self.name, variant).set(0)
         metrics.MODEL_LOADED.set(1 if self.champion is not None else 0)
         for callback in self.on_swap:
             callback()

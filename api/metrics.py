@@ -54,6 +54,12 @@ MODEL_INFO = Gauge(
     ["model", "version", "variant"],
     multiprocess_mode="max",
 )
+MODEL_VERSION = Gauge(
+    "bitloop_model_version",
+    "Registry version number served by each variant (0: none); a step is a promotion or rollback",
+    ["model", "variant"],
+    multiprocess_mode="max",
+)
 MODEL_LOADED = Gauge(
     "bitloop_model_loaded", "1 when a champion is loaded and can predict", [], multiprocess_mode="min"
 )

@@ -1,7 +1,8 @@
 """What the bitloop DAGs share: the assets that link them and the call into the pipeline's CLI.
 
-Not a DAG file (see .airflowignore). Airflow puts the DAG folder on sys.path, so the DAG files
-import it as `bitloop_stages`.
+Task callbacks push each DAG's last success and failure times to a Prometheus Pushgateway
+(BITLOOP_PUSHGATEWAY_URL), which the alert rules read. Not a DAG file (see .airflowignore):
+Airflow puts the DAG folder on sys.path, so the DAG files import it as `bitloop_stages`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from airflow.sdk import Asset
 from airflow.sdk.exceptions import AirflowFailException
@@ -23,11 +25,54 @@ DRIFT = Asset(name="bitloop_drift", uri="bitloop://monitoring/dataset-drift")
 CHAMPION = Asset(name="bitloop_champion", uri="bitloop://registry/champion")
 """Updated whenever a training run finishes its promotion decision."""
 EXIT_INVALID_DATA = 3  # the pipeline CLI's exit code for a bad batch (pipeline.__main__.EXIT_INVALID_DATA)
+
+
+def _push(dag_id: str, metric: str, description: str, labels: dict[str, str]) -> None:
+    """Set one timestamp gauge for the DAG in the Pushgateway at BITLOOP_PUSHGATEWAY_URL (if set)."""
+    url = os.environ.get("BITLOOP_PUSHGATEWAY_URL")
+    if not url:
+        return
+    from prometheus_client import CollectorRegistry, Gauge, pushadd_to_gateway
+
+    registry = CollectorRegistry()
+    gauge = Gauge(metric, description, list(labels), registry=registry)
+    gauge.labels(**labels).set_to_current_time()
+    try:  # POST: replaces this metric only, so the success and failure gauges live side by side
+        pushadd_to_gateway(
+            url, job="bitloop_dags", grouping_key={"dag_id": dag_id}, registry=registry, timeout=5
+        )
+    except OSError as err:  # monitoring must never fail the run it reports on
+        log.warning("could not push the run outcome to %s: %s", url, err)
+
+
+def record_failure(context: Any) -> None:
+    """Task callback: a task failed for good (retries exhausted)."""
+    ti = context["ti"]
+    _push(
+        ti.dag_id,
+        "bitloop_dag_last_failure_timestamp_seconds",
+        "Unix time of the DAG's last task failure (after retries)",
+        {"dag_id": ti.dag_id, "task_id": ti.task_id},
+    )
+
+
+def record_success(context: Any) -> None:
+    """Task callback for the task that completes a run."""
+    ti = context["ti"]
+    _push(
+        ti.dag_id,
+        "bitloop_dag_last_success_timestamp_seconds",
+        "Unix time the DAG last completed a run",
+        {"dag_id": ti.dag_id},
+    )
+
+
 DEFAULT_ARGS = {
     "retries": 2,
     "retry_delay": timedelta(seconds=30),
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=10),
+    "on_failure_callback": record_failure,
 }
 
 

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import CronTriggerTimetable, dag, get_current_context, task
-from bitloop_stages import DEFAULT_ARGS, DRIFT, run_stage
+from bitloop_stages import DEFAULT_ARGS, DRIFT, record_success, run_stage
 
 WINDOW = timedelta(minutes=float(os.environ.get("BITLOOP_DRIFT_WINDOW_MINUTES", "60")))
 
@@ -34,7 +34,7 @@ WINDOW = timedelta(minutes=float(os.environ.get("BITLOOP_DRIFT_WINDOW_MINUTES", 
     doc_md=__doc__,
 )
 def drift_monitor() -> None:
-    @task
+    @task(on_success_callback=record_success)
     def detect() -> dict[str, Any]:
         context = get_current_context()
         since, until = context["data_interval_start"], context["data_interval_end"]

@@ -14,7 +14,7 @@ import os
 from datetime import datetime
 
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, get_current_context, task
-from bitloop_stages import CHAMPION, DEFAULT_ARGS, DRIFT, run_stage
+from bitloop_stages import CHAMPION, DEFAULT_ARGS, DRIFT, record_success, run_stage
 
 
 def batch_seed(run_id: str) -> int:
@@ -70,7 +70,7 @@ def training() -> None:
     def promote() -> str:
         return run_stage("promote")
 
-    @task(outlets=[CHAMPION])
+    @task(outlets=[CHAMPION], on_success_callback=record_success)
     def summary() -> str:
         return run_stage("summary", "--run-label", get_current_context()["run_id"])
 

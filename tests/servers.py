@@ -92,6 +92,8 @@ def mlflow_server(workdir: Path) -> Iterator[str]:
         f"sqlite:///{workdir / 'mlflow.db'}",
         "--artifacts-destination",
         str(workdir / "artifacts"),
+        "--expose-prometheus",
+        str(workdir / "metrics"),
     ]
     env = {
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",

@@ -38,6 +38,8 @@ class StackSettings(BaseSettings):
     api_port: int = 8000
     airflow_port: int = 8080
     prometheus_port: int = 9090
+    pushgateway_port: int = 9091
+    process_exporter_port: int = 9256
     start_timeout: float = 240.0
     training_timeout: float = 900.0
 
@@ -67,18 +69,32 @@ def airflow_secrets(settings: StackSettings) -> dict[str, str]:
     return values
 
 
+# Optional services: supervisord program -> (binary, Debian package). Started when the binary is here.
+OPTIONAL = {
+    "prometheus": ("prometheus", "prometheus"),
+    "pushgateway": ("prometheus-pushgateway", "prometheus-pushgateway"),
+    "process-exporter": ("prometheus-process-exporter", "prometheus-process-exporter"),
+}
+
+
 def skipped_services() -> dict[str, str]:
     """Optional services that will not run here, with the reason."""
-    skipped = {}
-    if shutil.which("prometheus") is None:
-        skipped["prometheus"] = (
-            "no `prometheus` binary on PATH (Debian: apt-get install prometheus; or nix develop)"
-        )
+    skipped = {
+        name: f"no `{binary}` on PATH (Debian: apt-get install {package}; or nix develop)"
+        for name, (binary, package) in OPTIONAL.items()
+        if shutil.which(binary) is None
+    }
     skipped["grafana"] = (
         "the local stack has no Grafana: its dashboards are served by the compose stack "
         "(Grafana is not packaged for Debian)"
     )
     return skipped
+
+
+def render_prometheus_config(values: dict[str, str]) -> str:
+    """ops/prometheus/prometheus.local.yml with its BITLOOP_ variables filled in."""
+    template = string.Template((PROJECT / "ops" / "prometheus" / "prometheus.local.yml").read_text())
+    return template.substitute(values)
 
 
 def services(settings: StackSettings) -> list[Service]:
@@ -98,9 +114,16 @@ def services(settings: StackSettings) -> list[Service]:
             login=f"admin, password in {password_file}",
         ),
     ]
-    if "prometheus" not in skipped_services():
+    skipped = skipped_services()
+    if "prometheus" not in skipped:
         prometheus = f"http://127.0.0.1:{settings.prometheus_port}"
         found.append(Service("prometheus", prometheus, f"{prometheus}/-/ready"))
+    if "pushgateway" not in skipped:
+        pushgateway = f"http://127.0.0.1:{settings.pushgateway_port}"
+        found.append(Service("pushgateway", pushgateway, f"{pushgateway}/-/ready"))
+    if "process-exporter" not in skipped:
+        exporter = f"http://127.0.0.1:{settings.process_exporter_port}"
+        found.append(Service("process-exporter", exporter, f"{exporter}/metrics"))
     return found
 
 
@@ -115,6 +138,13 @@ def _environment(settings: StackSettings) -> dict[str, str]:
         "BITLOOP_DATA_SOURCE_PORT": str(settings.data_source_port),
         "BITLOOP_API_PORT": str(settings.api_port),
         "BITLOOP_AIRFLOW_PORT": str(settings.airflow_port),
+        "BITLOOP_PROMETHEUS_PORT": str(settings.prometheus_port),
+        "BITLOOP_PUSHGATEWAY_PORT": str(settings.pushgateway_port),
+        "BITLOOP_PROCESS_EXPORTER_PORT": str(settings.process_exporter_port),
+        # The DAGs push their run outcomes here; empty (no pushes) without a Pushgateway.
+        "BITLOOP_PUSHGATEWAY_URL": ""
+        if "pushgateway" in skipped_services()
+        else f"127.0.0.1:{settings.pushgateway_port}",
         "BITLOOP_AIRFLOW_JWT_SECRET": airflow_secrets(settings)["jwt_secret"],
         "AIRFLOW_HOME": str(state / "airflow"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -251,8 +281,13 @@ def check_ports_free(settings: StackSettings) -> None:
         "BITLOOP_API_PORT": settings.api_port,
         "BITLOOP_AIRFLOW_PORT": settings.airflow_port,
     }
-    if "prometheus" not in skipped_services():
-        ports["BITLOOP_PROMETHEUS_PORT"] = settings.prometheus_port
+    skipped = skipped_services()
+    optional = {
+        "prometheus": ("BITLOOP_PROMETHEUS_PORT", settings.prometheus_port),
+        "pushgateway": ("BITLOOP_PUSHGATEWAY_PORT", settings.pushgateway_port),
+        "process-exporter": ("BITLOOP_PROCESS_EXPORTER_PORT", settings.process_exporter_port),
+    }
+    ports.update(dict(port for name, port in optional.items() if name not in skipped))
     for variable, port in ports.items():
         with socket.socket() as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -267,17 +302,18 @@ def check_ports_free(settings: StackSettings) -> None:
 
 def start_optional(settings: StackSettings, env: dict[str, str]) -> None:
     """Start the optional services whose binaries are here; the others are reported as skipped."""
-    if "prometheus" in skipped_services():
-        return
-    template = string.Template((PROJECT / "ops" / "prometheus" / "prometheus.local.yml").read_text())
-    config = settings.state_dir / "prometheus" / "prometheus.yml"
-    config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(template.substitute(env))
-    _supervisorctl(settings, "start", "prometheus")
+    skipped = skipped_services()
+    if "prometheus" not in skipped:
+        config = settings.state_dir / "prometheus" / "prometheus.yml"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(render_prometheus_config(env))
+    for name in OPTIONAL:
+        if name not in skipped:
+            _supervisorctl(settings, "start", name)
 
 
 def up(settings: StackSettings) -> None:
-    for sub in ("logs", "mlflow"):
+    for sub in ("logs", "mlflow", "prometheus"):
         (settings.state_dir / sub).mkdir(parents=True, exist_ok=True)
     env = _environment(settings)
     if supervisor_running(settings):
