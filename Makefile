@@ -14,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export UV_LINK_MODE := copy
 
-.PHONY: help setup test test-stack lint format repro bench up down status logs clean
+.PHONY: help setup test test-stack lint format repro bench up down status logs drift-demo clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "; printf "bitloop: make <target>\n\n"} \
@@ -61,6 +61,9 @@ status: $(STAMP) ## show the state of each service
 
 logs: $(STAMP) ## follow the logs of every service (Ctrl-C to stop)
 	$(BIN)/python ops/local/stack.py logs
+
+drift-demo: $(STAMP) ## with the stack up: drift the world, send its traffic, watch drift retrain and swap the champion
+	$(BIN)/python -m ops.local.drift_demo
 
 clean: ## stop the stack and remove its state (.bitloop/) and the pipeline outputs
 	@if [ -x $(BIN)/python ]; then $(BIN)/python ops/local/stack.py down; fi

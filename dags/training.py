@@ -44,6 +44,8 @@ def training() -> None:
         drift = context["params"].get("drift")
         if drift is not None:
             args += ["--drift", str(drift)]
+        if source := os.environ.get("BITLOOP_DATA_SOURCE_URL"):  # the data-source service's world
+            args += ["--source-url", source]
         return run_stage("ingest", *args)
 
     @task

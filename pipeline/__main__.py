@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     ingest = sub.add_parser("ingest", help="append a new batch from the source to data/raw")
     ingest.add_argument("--seed", type=int, help="simulated source: draw this batch instead of data.seed")
     ingest.add_argument("--drift", type=float, help="simulated source: drift of this batch (0-1)")
+    ingest.add_argument(
+        "--source-url", help="simulated source: draw from this data-source service instead of data.path"
+    )
     sub.add_parser("validate", help="check the raw batches; build data/prepared")
     sub.add_parser("split", help="stable hash split into data/split/{train,test}.parquet")
     sub.add_parser("train", help="fit every candidate in params.yaml")
@@ -62,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve-data", help="serve simulated batches over HTTP (GET /batch)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8001)
+    serve.add_argument("--drift", type=float, default=0.0, help="the world's drift level at start (0-1)")
     return parser
 
 
@@ -98,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             from pipeline.sources.service import create_app
 
-            uvicorn.run(create_app(), host=args.host, port=args.port, log_level="info")
+            uvicorn.run(create_app(args.drift), host=args.host, port=args.port, log_level="info")
             return 0
         params = load_params(workspace.params_file)
         if args.command == "rollback":
@@ -124,7 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _show(run_all(params, workspace, settings, seed=args.seed, drift=args.drift))
         else:
             options = {
-                k: getattr(args, k) for k in ("seed", "drift", "allow_schema_change") if hasattr(args, k)
+                k: getattr(args, k)
+                for k in ("seed", "drift", "source_url", "allow_schema_change")
+                if hasattr(args, k)
             }
             _show(run_stage(args.command, params, workspace, settings, **options))
     except ValidationFailed as err:

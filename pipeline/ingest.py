@@ -93,13 +93,23 @@ def dataset_version(raw_dir: Path) -> DatasetVersion:
 
 
 def ingest(
-    params: Params, workspace: Workspace, *, seed: int | None = None, drift: float | None = None
+    params: Params,
+    workspace: Workspace,
+    *,
+    seed: int | None = None,
+    drift: float | None = None,
+    source_url: str | None = None,
 ) -> IngestResult:
-    """Fetch a batch from the source and append the rows the store does not hold yet."""
+    """Fetch a batch from the source and append the rows the store does not hold yet.
+
+    `source_url` points the simulated source at a data-source service (other sources ignore it).
+    """
     data = params.data
+    if source_url and data.source == "simulated":
+        data = data.model_copy(update={"path": source_url})
     spec = describe_batch(data, seed, drift)
     log.info("fetching batch", extra={"batch": spec})
-    frame = load_batch(data, seed, drift).reset_index(drop=True)
+    frame = load_batch(data, seed, spec.get("drift", drift)).reset_index(drop=True)
     raw_dir = workspace.raw_dir
     raw_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(raw_dir)

@@ -21,7 +21,11 @@ def run_stage(
         from pipeline.ingest import ingest
 
         return ingest(
-            params, workspace, seed=options.get("seed"), drift=options.get("drift")
+            params,
+            workspace,
+            seed=options.get("seed"),
+            drift=options.get("drift"),
+            source_url=options.get("source_url"),
         ).version.as_dict()
     if name == "validate":
         from pipeline.validate import validate

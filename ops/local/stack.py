@@ -200,7 +200,7 @@ def _has_champion(settings: StackSettings) -> bool:
     return aliases(params.model.name, PipelineSettings(mlflow_tracking_uri=uri))["champion"] is not None
 
 
-def _airflow(settings: StackSettings) -> httpx.Client:
+def airflow_client(settings: StackSettings) -> httpx.Client:
     """An authenticated client for Airflow's REST API (token from the admin login)."""
     base = f"http://127.0.0.1:{settings.airflow_port}"
     password = airflow_secrets(settings)["admin_password"]
@@ -211,38 +211,47 @@ def _airflow(settings: StackSettings) -> httpx.Client:
     )
 
 
+def trigger_dag(airflow: httpx.Client, dag_id: str, deadline: float) -> str:
+    """Trigger a run once Airflow has parsed the DAG; returns the run id."""
+    while airflow.get(f"/api/v2/dags/{dag_id}").status_code != 200:
+        if time.monotonic() > deadline:
+            raise SystemExit(
+                f"Airflow never listed the {dag_id} DAG; see `make logs` (airflow-dag-processor)"
+            )
+        print(f"  waiting for Airflow to parse dags/{dag_id}.py", flush=True)
+        time.sleep(3.0)
+    run = airflow.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None})
+    run.raise_for_status()
+    return str(run.json()["dag_run_id"])
+
+
+def wait_dag_run(airflow: httpx.Client, dag_id: str, run_id: str, deadline: float) -> dict[str, str]:
+    """Wait for a DAG run to finish, showing progress; returns the final state of each task."""
+    state = "queued"
+    while True:
+        state = airflow.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}").json()["state"]
+        tasks = airflow.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json()
+        states = {t["task_id"]: str(t["state"]) for t in tasks.get("task_instances", [])}
+        done = sum(s in ("success", "skipped") for s in states.values())
+        print(f"  {dag_id} run {run_id}: {state}, {done}/{len(states)} tasks done", flush=True)
+        if state in ("success", "failed"):
+            return {"__run__": state, **states}
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{dag_id} run {run_id} did not finish in time; see `make logs`")
+        time.sleep(5.0)
+
+
 def run_training_dag(settings: StackSettings) -> str:
     """Trigger one run of the training DAG and wait for it; returns its run id."""
     deadline = time.monotonic() + settings.training_timeout
-    with _airflow(settings) as airflow:
-        while airflow.get("/api/v2/dags/training").status_code != 200:
-            if time.monotonic() > deadline:
-                raise SystemExit(
-                    "Airflow never listed the training DAG; see `make logs` (airflow-dag-processor)"
-                )
-            print("  waiting for Airflow to parse dags/training.py", flush=True)
-            time.sleep(3.0)
-        run = airflow.post("/api/v2/dags/training/dagRuns", json={"logical_date": None})
-        run.raise_for_status()
-        run_id = run.json()["dag_run_id"]
-        state = "queued"
-        while state not in ("success", "failed"):
-            if time.monotonic() > deadline:
-                raise SystemExit(
-                    f"training DAG run {run_id} did not finish in {settings.training_timeout:.0f} s"
-                )
-            time.sleep(5.0)
-            state = airflow.get(f"/api/v2/dags/training/dagRuns/{run_id}").json()["state"]
-            tasks = airflow.get(f"/api/v2/dags/training/dagRuns/{run_id}/taskInstances").json()
-            done = sum(t["state"] == "success" for t in tasks.get("task_instances", []))
-            total = len(tasks.get("task_instances", []))
-            print(f"  training DAG run {run_id}: {state}, {done}/{total} tasks done", flush=True)
-        if state == "failed":
+    with airflow_client(settings) as airflow:
+        run_id = trigger_dag(airflow, "training", deadline)
+        if wait_dag_run(airflow, "training", run_id, deadline)["__run__"] == "failed":
             raise SystemExit(
                 f"training DAG run {run_id} failed: open http://127.0.0.1:{settings.airflow_port} "
                 "(login below) or see `make logs`"
             )
-        return str(run_id)
+        return run_id
 
 
 def ensure_champion(settings: StackSettings) -> None:

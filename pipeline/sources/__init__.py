@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlencode
 
+import httpx
 import pandas as pd
 
 from pipeline.params import DataParams
@@ -17,18 +18,34 @@ __all__ = ["SourceError", "describe_batch", "expected_ranges", "load_batch"]
 
 
 def describe_batch(data: DataParams, seed: int | None = None, drift: float | None = None) -> dict[str, Any]:
-    """What identifies the batch a source would give now (recorded in the raw store)."""
+    """What identifies the batch a source would give now (recorded in the raw store).
+
+    With a data-source service (`data.path`) and no explicit drift, the service's world decides.
+    """
     if data.source == "simulated":
+        if drift is None:
+            drift = world_drift(data.path) if data.path else data.drift
         return {
             "source": "simulated",
             "rows": data.rows,
             "seed": data.seed if seed is None else seed,
-            "drift": data.drift if drift is None else drift,
+            "drift": drift,
             "service": data.path,
         }
     if data.source == "sklearn":
         return {"source": "sklearn", "name": data.name}
     return {"source": "csv", "path": data.path}
+
+
+def world_drift(service: str) -> float:
+    """The drift level the data-source service currently draws batches from."""
+    url = f"{service.rstrip('/')}/world"
+    try:
+        answer = httpx.get(url, timeout=10.0)
+        answer.raise_for_status()
+        return float(answer.json()["drift"])
+    except (httpx.HTTPError, KeyError, ValueError) as err:
+        raise SourceError(f"cannot read the data source's world at {url}: {err}") from None
 
 
 def expected_ranges(data: DataParams) -> dict[str, tuple[float, float]]:

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pandas as pd
@@ -42,15 +43,19 @@ def _cmdline_mentions(proc: Path, text: str) -> bool:
         return False
 
 
-def _api_target_up(prometheus: str) -> bool:
-    query = httpx.get(
-        f"{prometheus}/api/v1/query", params={"query": 'up{job="bitloop-api"}'}, timeout=5
-    ).json()
-    return [r["value"][1] for r in query["data"]["result"]] == ["1"]
+def _query(prometheus: str, expr: str) -> list[dict[str, Any]]:
+    answer = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=5).json()
+    result: list[dict[str, Any]] = answer["data"]["result"]
+    return result
+
+
+def _targets_up(prometheus: str) -> dict[str, str]:
+    return {r["metric"]["job"]: r["value"][1] for r in _query(prometheus, "up")}
 
 
 def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path) -> None:
-    mlflow_port, source_port, api_port, airflow_port, prometheus_port = (free_port() for _ in range(5))
+    ports = [free_port() for _ in range(7)]
+    mlflow_port, source_port, api_port, airflow_port, prometheus_port, pushgateway_port, exporter_port = ports
     env = {
         **os.environ,
         "BITLOOP_STATE_DIR": str(tmp_path / "state"),
@@ -59,6 +64,8 @@ def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path
         "BITLOOP_API_PORT": str(api_port),
         "BITLOOP_AIRFLOW_PORT": str(airflow_port),
         "BITLOOP_PROMETHEUS_PORT": str(prometheus_port),
+        "BITLOOP_PUSHGATEWAY_PORT": str(pushgateway_port),
+        "BITLOOP_PROCESS_EXPORTER_PORT": str(exporter_port),
     }
     try:
         up = make("up", env)
@@ -103,15 +110,35 @@ def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path
             f"{airflow}/auth/token", json={"username": "admin", "password": "admin"}, timeout=30
         ).status_code in (401, 403)
 
-        if shutil.which("prometheus"):
+        monitored = all(
+            shutil.which(b) for b in ("prometheus", "prometheus-pushgateway", "prometheus-process-exporter")
+        )
+        if monitored:
             prometheus = f"http://127.0.0.1:{prometheus_port}"
+            jobs = {"bitloop-api", "mlflow", "pushgateway", "process-exporter", "prometheus"}
             deadline = time.monotonic() + 60
-            while not _api_target_up(prometheus):
-                assert time.monotonic() < deadline, "Prometheus never scraped the model server"
+            while _targets_up(prometheus) != dict.fromkeys(jobs, "1"):
+                assert time.monotonic() < deadline, f"targets not all up: {_targets_up(prometheus)}"
                 time.sleep(2)
         else:
-            assert "prometheus  skipped: no `prometheus` binary on PATH" in up.stdout
+            assert "skipped: no `prometheus" in up.stdout
         assert "grafana     skipped:" in up.stdout
+
+        # The closed loop: drifted traffic -> drift_monitor -> drift asset -> training -> new champion.
+        demo = make("drift-demo", env, timeout=1500)
+        assert demo.returncode == 0, demo.stdout[-4000:] + demo.stderr[-3000:]
+        assert "drift_monitor found dataset drift" in demo.stdout
+        new = MlflowClient(f"http://127.0.0.1:{mlflow_port}").get_model_version_by_alias(name, "champion")
+        assert int(new.version) > int(champion.version)
+        assert httpx.get(f"{api}/ready", timeout=5).json()["model_version"] == new.version
+        print(demo.stdout)  # the drift scores and timings, for the CI log
+        if monitored:
+            served = f'bitloop_model_version{{variant="champion"}} == {new.version}'
+            pushed = 'bitloop_dag_last_success_timestamp_seconds{dag_id="training"}'
+            deadline = time.monotonic() + 60
+            while not (_query(prometheus, served) and _query(prometheus, pushed)):
+                assert time.monotonic() < deadline, "Prometheus never saw the new champion or the DAG outcome"
+                time.sleep(2)
 
         again = make("up", env, timeout=120)
         assert again.returncode == 0
@@ -127,7 +154,7 @@ def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path
         os.kill(pid, 0)
     survivors = [p for p in Path("/proc").glob("[0-9]*") if _cmdline_mentions(p, str(tmp_path))]
     assert survivors == []
-    for port in (mlflow_port, source_port, api_port, airflow_port, prometheus_port):
+    for port in ports:
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
 
@@ -145,6 +172,8 @@ def test_make_up_refuses_a_busy_port_at_once(tmp_path: Path) -> None:
             "BITLOOP_API_PORT": str(free_port()),
             "BITLOOP_AIRFLOW_PORT": str(free_port()),
             "BITLOOP_PROMETHEUS_PORT": str(free_port()),
+            "BITLOOP_PUSHGATEWAY_PORT": str(free_port()),
+            "BITLOOP_PROCESS_EXPORTER_PORT": str(free_port()),
         }
         result = make("up", env, timeout=120)
     assert result.returncode != 0

@@ -91,3 +91,16 @@ def test_data_source_service_serves_the_simulator(tmp_path: Path) -> None:
                 pd.read_parquet(local.raw_dir / name), pd.read_parquet(remote.raw_dir / name)
             )
             assert (local.raw_dir / name).read_bytes() == (remote.raw_dir / name).read_bytes()
+
+        # The world shifts: batches drawn without an explicit drift follow it, and say so.
+        assert httpx.get(f"{base}/world", timeout=10).json() == {"drift": 0.0}
+        assert httpx.put(f"{base}/world", json={"drift": 1.5}, timeout=10).status_code == 422
+        assert httpx.put(f"{base}/world", json={"drift": 0.8}, timeout=10).json() == {"drift": 0.8}
+        shifted = httpx.get(f"{base}/batch", params={"n": 20, "seed": 3}, timeout=10)
+        assert shifted.headers["x-bitloop-drift"] == "0.8"
+        assert shifted.text == httpx.get(f"{base}/batch", params={"n": 20, "seed": 3, "drift": 0.8}).text
+        world, params_world = make_workspace(tmp_path / "world", light_params())
+        result = ingest(params_world, world, seed=6, source_url=base)
+        assert result.appended_rows == 1500
+        assert read_manifest(world.raw_dir)[-1]["source"]["drift"] == 0.8
+        assert read_manifest(world.raw_dir)[-1]["source"]["service"] == base
