@@ -21,6 +21,15 @@ from bitloop_stages import DEFAULT_ARGS, DRIFT, record_success, run_stage
 WINDOW = timedelta(minutes=float(os.environ.get("BITLOOP_DRIFT_WINDOW_MINUTES", "60")))
 
 
+def data_window(context: Any) -> tuple[datetime, datetime]:
+    """The run's data interval; a run triggered without a logical date reads the WINDOW before it."""
+    until = context.get("data_interval_end") or context["dag_run"].run_after
+    since = context.get("data_interval_start")
+    if since is None or since >= until:
+        since = until - WINDOW
+    return since, until
+
+
 @dag(
     dag_id="drift_monitor",
     schedule=CronTriggerTimetable(
@@ -37,9 +46,7 @@ def drift_monitor() -> None:
     @task(on_success_callback=record_success)
     def detect() -> dict[str, Any]:
         context = get_current_context()
-        since, until = context["data_interval_start"], context["data_interval_end"]
-        if since is None or until is None or since >= until:
-            raise ValueError(f"the run has no data interval to read ({since} - {until})")
+        since, until = data_window(context)
         args = ["--since", since.isoformat(), "--until", until.isoformat(), "--label", context["run_id"]]
         if log := os.environ.get("BITLOOP_PREDICTION_LOG"):
             args += ["--log", log]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +114,15 @@ def test_drifted_traffic_emits_the_asset_and_calm_traffic_does_not(
     report = json.loads((champion_project / "reports" / "drift.json").read_text())
     assert report["dataset_drift"] is True
     assert report["model"]["name"] == MODEL
+
+
+def test_a_run_without_a_logical_date_reads_the_hour_before_it() -> None:
+    from drift_monitor import data_window
+
+    now = datetime(2026, 5, 1, 12, 30, tzinfo=UTC)
+    manual = {"dag_run": SimpleNamespace(run_after=now)}  # REST trigger with logical_date null
+    assert data_window(manual) == (now - timedelta(hours=1), now)
+    scheduled = {"data_interval_start": now - timedelta(hours=1), "data_interval_end": now, "dag_run": None}
+    assert data_window(scheduled) == (now - timedelta(hours=1), now)
+    zero = {"data_interval_start": now, "data_interval_end": now, "dag_run": None}
+    assert data_window(zero) == (now - timedelta(hours=1), now)
