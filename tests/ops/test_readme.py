@@ -50,7 +50,9 @@ def test_every_documented_variable_is_read_by_a_settings_class() -> None:
 
 def test_every_params_key_in_the_readme_exists() -> None:
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    mentioned = set(re.findall(r"`((?:data|model|validate|split|train|evaluate|promote|drift)\.[a-z_]+)`", README))
+    mentioned = set(
+        re.findall(r"`((?:data|model|validate|split|train|evaluate|promote|drift)\.[a-z_]+)`", README)
+    )
     assert mentioned
     for key in mentioned:
         section, name = key.split(".")
