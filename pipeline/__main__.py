@@ -93,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging()
     for switch in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):  # nothing phones home
         os.environ.setdefault(switch, "true")
+    # stdout carries only the command's JSON result (orchestrators parse it): no MLflow run links.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     args = _parser().parse_args(argv)
     settings = PipelineSettings()
     workspace = Workspace(args.root.resolve())

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -126,3 +129,23 @@ def test_a_run_without_a_logical_date_reads_the_hour_before_it() -> None:
     assert data_window(scheduled) == (now - timedelta(hours=1), now)
     zero = {"data_interval_start": now, "data_interval_end": now, "dag_run": None}
     assert data_window(zero) == (now - timedelta(hours=1), now)
+
+
+@pytest.mark.integration
+def test_the_drift_command_prints_only_its_json_result(
+    champion_project: Path, mlflow_uri: str, tmp_path: Path
+) -> None:
+    """The DAG parses the CLI's stdout: MLflow's run links must not end up there."""
+    log = tmp_path / "predictions.sqlite"
+    log_predictions(log, MODEL, simulate_churn(600, 14, 1.0).drop(columns=TARGET), time.time() - 5)
+    command = [sys.executable, "-m", "pipeline", "--root", str(champion_project), "drift"]
+    done = subprocess.run(
+        [*command, "--label", "cli-check", "--log", str(log)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri},
+    )
+    result = json.loads(done.stdout)
+    assert result["status"] == "drift"
+    assert result["mlflow_run_id"]
