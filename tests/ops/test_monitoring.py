@@ -117,6 +117,20 @@ def test_local_scrape_config_is_valid(tmp_path: Path) -> None:
     assert "SUCCESS: 1 rule files found" in checked.stdout
 
 
+def test_compose_scrape_config_is_valid(tmp_path: Path) -> None:
+    require_binaries()
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.compose.yml").read_text())
+    # The rules live at /etc/prometheus/rules in the container; check them from here.
+    config["rule_files"] = [str(PROMETHEUS_DIR / "rules" / "*.yml")]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    checked = subprocess.run(
+        ["promtool", "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    jobs = {job["job_name"] for job in config["scrape_configs"]}
+    assert {"bitloop-api", "mlflow", "pushgateway", "node-exporter", "cadvisor", "prometheus"} <= jobs
+
+
 def test_dashboards_select_their_datasource_through_a_variable() -> None:
     assert {p.stem for p in DASHBOARDS} == {"service", "model"}
     for path in DASHBOARDS:
