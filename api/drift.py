@@ -8,12 +8,12 @@ from the last `drift_window_seconds`) are compared with the champion's reference
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
 from api import metrics
 from api.manager import ModelManager
+from api.periodic import Periodic
 from api.settings import ApiSettings
 from pipeline.drift import DriftReport, detect, read_prediction_log
 from pipeline.params import DriftParams
@@ -27,24 +27,15 @@ class DriftWatcher:
         self.manager = manager
         self.config = config
         self.last: DriftReport | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._watcher = Periodic(
+            "drift evaluation", settings.drift_interval_seconds, lambda: asyncio.to_thread(self.evaluate)
+        )
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._watch(), name="drift-watcher")
+        self._watcher.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.drift_interval_seconds)
-            try:
-                await asyncio.to_thread(self.evaluate)
-            except Exception:  # the watcher must outlive any single failure
-                log.exception("drift evaluation failed")
+        await self._watcher.stop()
 
     def evaluate(self) -> DriftReport | None:
         """Evaluate the window now and publish it; None while no champion with a profile is served."""

@@ -9,7 +9,6 @@ changes nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -18,6 +17,7 @@ from typing import Any
 
 from api import metrics
 from api.model import ModelLoadError, ServedModel, load_version
+from api.periodic import Periodic
 from api.settings import ApiSettings
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class ModelManager:
         self.challenger: ServedModel | None = None
         self.last_error: str | None = None
         self._lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
+        self._watcher = Periodic("registry check", settings.reload_interval_seconds, self.refresh)
         self.on_swap: list[Any] = []
 
     def pick(self) -> tuple[ServedModel | None, str]:
@@ -52,21 +52,10 @@ class ModelManager:
             return await asyncio.to_thread(self._refresh)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._watch(), name="registry-watcher")
+        self._watcher.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.reload_interval_seconds)
-            try:
-                await self.refresh()
-            except Exception:  # the watcher must outlive any single failure
-                log.exception("registry check failed")
+        await self._watcher.stop()
 
     def _client(self) -> Any:
         from mlflow import MlflowClient
