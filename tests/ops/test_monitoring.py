@@ -9,6 +9,7 @@ expression must evaluate.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -29,7 +30,7 @@ import yaml
 from ops.local.stack import render_prometheus_config
 from pipeline.sources.simulated import ID_COLUMN, TARGET, simulate_churn
 from tests.api.conftest import Trained, sample_record, train_model
-from tests.factories import PROJECT
+from tests.factories import DIABETES, PROJECT
 from tests.servers import free_port, serve
 
 PROMETHEUS_DIR = PROJECT / "ops" / "prometheus"
@@ -160,14 +161,16 @@ def substitute(expr: str) -> str:
 class Load:
     """Bounded traffic of every kind the dashboards show: calm and drifted rows, bad input, reads."""
 
-    def __init__(self, base: str, trained: Trained, seconds: float) -> None:
+    def __init__(self, base: str, trained: Trained, seconds: float, regression: tuple[str, Trained]) -> None:
         self.base, self.trained, self.seconds = base, trained, seconds
+        self.regression = regression
         frame = simulate_churn(1500, 31, 1.0).drop(columns=[ID_COLUMN, TARGET])
         self.drifted = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
 
     def run(self) -> None:
         threads = [threading.Thread(target=self._singles) for _ in range(3)] + [
-            threading.Thread(target=self._batches)
+            threading.Thread(target=self._batches),
+            threading.Thread(target=self._regression),
         ]
         for thread in threads:
             thread.start()
@@ -183,6 +186,15 @@ class Load:
                 assert client.post("/predict", json={**record, "age": "old"}).status_code == 422
                 for path in ("/model", "/ready", "/health"):
                     client.get(path)
+
+    def _regression(self) -> None:
+        base, trained = self.regression
+        deadline = time.monotonic() + self.seconds
+        record = sample_record(trained.schema)
+        with httpx.Client(base_url=base, timeout=10) as client:
+            while time.monotonic() < deadline:
+                assert client.post("/predict", json=record).status_code == 200
+                time.sleep(0.05)
 
     def _batches(self) -> None:
         deadline = time.monotonic() + self.seconds
@@ -216,8 +228,10 @@ def test_every_panel_query_and_alert_expression_works_against_a_real_prometheus(
 ) -> None:
     require_binaries()
     trained = train_model(tmp_path / "project", mlflow_uri, "monitored-churn")
-    ports = {name: free_port() for name in ("api", "pushgateway", "exporter", "prometheus")}
+    regression = train_model(tmp_path / "regression", mlflow_uri, "monitored-diabetes", data=DIABETES)
+    ports = {name: free_port() for name in ("api", "api2", "pushgateway", "exporter", "prometheus")}
     api = f"http://127.0.0.1:{ports['api']}"
+    api2 = f"http://127.0.0.1:{ports['api2']}"
     prometheus = f"http://127.0.0.1:{ports['prometheus']}"
     pushgateway = f"127.0.0.1:{ports['pushgateway']}"
     with ExitStack() as stack:
@@ -242,21 +256,22 @@ def test_every_panel_query_and_alert_expression_works_against_a_real_prometheus(
                 tmp_path / "exporter",
             )
         )
-        stack.enter_context(
-            serve(
-                [sys.executable, "-m", "api"],
-                f"{api}/health",
-                tmp_path / "api",
-                {
-                    "MLFLOW_TRACKING_URI": mlflow_uri,
-                    "BITLOOP_API_MODEL_NAME": trained.name,
-                    "BITLOOP_API_PORT": str(ports["api"]),
-                    "BITLOOP_API_PREDICTION_LOG": str(tmp_path / "predictions.sqlite"),
-                    "BITLOOP_API_DRIFT_INTERVAL_SECONDS": "1",
-                },
-                timeout=60,
+        for model, port in ((trained, "api"), (regression, "api2")):  # a classifier and a regressor
+            stack.enter_context(
+                serve(
+                    [sys.executable, "-m", "api"],
+                    f"http://127.0.0.1:{ports[port]}/health",
+                    tmp_path / port,
+                    {
+                        "MLFLOW_TRACKING_URI": mlflow_uri,
+                        "BITLOOP_API_MODEL_NAME": model.name,
+                        "BITLOOP_API_PORT": str(ports[port]),
+                        "BITLOOP_API_PREDICTION_LOG": str(tmp_path / f"{port}.sqlite"),
+                        "BITLOOP_API_DRIFT_INTERVAL_SECONDS": "1",
+                    },
+                    timeout=60,
+                )
             )
-        )
         config = yaml.safe_load(
             local_config(
                 {
@@ -269,6 +284,8 @@ def test_every_panel_query_and_alert_expression_works_against_a_real_prometheus(
             )
         )
         config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+        api_job = next(job for job in config["scrape_configs"] if job["job_name"] == "bitloop-api")
+        api_job["static_configs"][0]["targets"].append(f"127.0.0.1:{ports['api2']}")
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
         stack.enter_context(
             serve(
@@ -291,19 +308,20 @@ def test_every_panel_query_and_alert_expression_works_against_a_real_prometheus(
         bitloop_stages.record_success({"ti": SimpleNamespace(dag_id="training", task_id="summary")})
         bitloop_stages.record_success({"ti": SimpleNamespace(dag_id="drift_monitor", task_id="detect")})
 
-        Load(api, trained, seconds=8).run()
+        Load(api, trained, seconds=8, regression=(api2, regression)).run()
         wait_for_series(prometheus, "bitloop_drift_score")
         wait_for_series(prometheus, 'bitloop_http_requests_total{route="/predict/batch"}')
         wait_for_series(prometheus, "bitloop_dag_last_success_timestamp_seconds")
         time.sleep(3)  # a few more scrapes, so every rate() window holds several samples
 
         targets = httpx.get(f"{prometheus}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
-        assert {t["labels"]["job"]: t["health"] for t in targets} == {
-            "bitloop-api": "up",
-            "mlflow": "up",
-            "pushgateway": "up",
-            "process-exporter": "up",
-            "prometheus": "up",
+        assert [t["health"] for t in targets] == ["up"] * 6, targets
+        assert {t["labels"]["job"] for t in targets} == {
+            "bitloop-api",
+            "mlflow",
+            "pushgateway",
+            "process-exporter",
+            "prometheus",
         }
 
         empty = []
@@ -312,7 +330,8 @@ def test_every_panel_query_and_alert_expression_works_against_a_real_prometheus(
                 for target in panel["targets"]:
                     answer = query(prometheus, substitute(target["expr"]))
                     assert answer["status"] == "success", (panel["title"], answer)
-                    if not answer["data"]["result"]:
+                    values = [float(r["value"][1]) for r in answer["data"]["result"]]
+                    if not any(math.isfinite(v) for v in values):  # NaN is "No data" in Grafana too
                         empty.append(f"{path.stem}: {panel['title']} [{target['refId']}]")
         assert empty == [], "panels without data:\n" + "\n".join(empty)
 
