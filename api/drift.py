@@ -8,8 +8,9 @@ from the last `drift_window_seconds`) are compared with the champion's reference
 from __future__ import annotations
 
 import asyncio
-import logging
+import threading
 import time
+from typing import Any
 
 from api import metrics
 from api.manager import ModelManager
@@ -18,8 +19,6 @@ from api.settings import ApiSettings
 from pipeline.drift import DriftReport, detect, read_prediction_log
 from pipeline.params import DriftParams
 
-log = logging.getLogger(__name__)
-
 
 class DriftWatcher:
     def __init__(self, settings: ApiSettings, manager: ModelManager, config: DriftParams) -> None:
@@ -27,6 +26,7 @@ class DriftWatcher:
         self.manager = manager
         self.config = config
         self.last: DriftReport | None = None
+        self._lock = threading.Lock()  # the periodic run and GET /drift?fresh=true may overlap
         self._watcher = Periodic(
             "drift evaluation", settings.drift_interval_seconds, lambda: asyncio.to_thread(self.evaluate)
         )
@@ -42,18 +42,22 @@ class DriftWatcher:
         champion = self.manager.champion
         if champion is None or champion.profile is None:
             return None
+        with self._lock:
+            return self._evaluate(champion.name, champion.version, champion.profile)
+
+    def _evaluate(self, name: str, version: str, profile: dict[str, Any]) -> DriftReport:
         now = time.time()
         frame = read_prediction_log(
             self.settings.prediction_log,
-            champion.name,
+            name,
             since=now - self.settings.drift_window_seconds,
             limit=self.config.max_rows,
         )
         report = detect(
-            champion.profile,
+            profile,
             frame,
             self.config,
-            model={"name": champion.name, "version": champion.version},
+            model={"name": name, "version": version},
             window={"seconds": self.settings.drift_window_seconds, "max_rows": self.config.max_rows},
         )
         publish(report, now)
