@@ -31,7 +31,7 @@ $(STAMP): uv.lock pyproject.toml
 test: $(STAMP) ## run the test suite (unit, property, integration against real servers)
 	$(BIN)/pytest -m "not stack" $(PYTEST_ARGS)
 
-test-stack: $(STAMP) ## smoke-test the local stack: make up, probe every service, make down
+test-stack: $(STAMP) ## smoke-test the local stack: make up, probe every service, the drift demo, make down
 	$(BIN)/pytest -m stack $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff (lint + format check) and mypy
