@@ -14,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export UV_LINK_MODE := copy
 
-.PHONY: help setup test test-stack lint format repro bench up down status logs drift-demo clean
+.PHONY: help setup test test-stack test-compose images repro-check lint format repro bench up down status logs drift-demo clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "; printf "bitloop: make <target>\n\n"} \
@@ -29,10 +29,20 @@ $(STAMP): uv.lock pyproject.toml
 	@touch $@
 
 test: $(STAMP) ## run the test suite (unit, property, integration against real servers)
-	$(BIN)/pytest -m "not stack" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not stack and not compose" $(PYTEST_ARGS)
 
 test-stack: $(STAMP) ## smoke-test the local stack: make up, probe every service, the drift demo, make down
 	$(BIN)/pytest -m stack $(PYTEST_ARGS)
+
+test-compose: $(STAMP) ## build every image with podman, run the compose stack, smoke-test it, remove it all
+	$(BIN)/pytest -m "compose and not repro" -s $(PYTEST_ARGS)
+
+images: ## build the service images (docker or podman; BASE_IMAGE=... for another base)
+	bash ops/docker/build.sh
+
+repro-check: $(STAMP) ## uv.lock is current; dvc repro and image layers are byte-for-byte reproducible
+	$(UV) lock --check
+	$(BIN)/pytest -m "repro" $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check .

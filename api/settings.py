@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.params import DriftParams, ParamsError, load_params
@@ -24,7 +24,7 @@ class ApiSettings(BaseSettings):
     """Registered model to serve; defaults to model.name in params_file."""
     params_file: Path = Path("params.yaml")
     api_key: SecretStr | None = None
-    """When set, /predict* and /admin/* need the header X-API-Key with this value."""
+    """When set (not empty), /predict* and /admin/* need the header X-API-Key with this value."""
     reload_interval_seconds: Annotated[float, Field(gt=0)] = 10.0
     registry_timeout_seconds: Annotated[float, Field(gt=0)] = 5.0
     max_batch_rows: Annotated[int, Field(ge=1)] = 1000
@@ -45,6 +45,11 @@ class ApiSettings(BaseSettings):
     """How often live inputs are compared with the champion's reference profile."""
     drift_window_seconds: Annotated[float, Field(gt=0)] = 3600.0
     """How far back the drift window reaches (at most drift.max_rows of params.yaml rows)."""
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
     def drift_config(self) -> DriftParams:
         """The `drift` section of params.yaml; its defaults when the file cannot be read."""

@@ -192,3 +192,11 @@ def test_every_answered_prediction_is_logged(
     client.post("/predict", json={"bad": 1})
     client.__exit__(None, None, None)  # shutdown drains the writer
     assert count_rows(log_path) == 5
+
+
+def test_an_empty_api_key_means_no_key() -> None:
+    """Compose passes BITLOOP_API_API_KEY through as "" when .env leaves it unset."""
+    from api.settings import ApiSettings
+
+    assert ApiSettings(api_key="").api_key is None
+    assert ApiSettings(api_key="k").api_key is not None

@@ -43,6 +43,7 @@ def project(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.mark.repro
 def test_repro_twice_runs_nothing_and_forced_runs_are_identical(project: Path, mlflow_uri: str) -> None:
     first = dvc(project, mlflow_uri, "repro")
     assert "Running stage 'promote'" in first

@@ -1,0 +1,122 @@
+"""Deployment files are valid: the compose stack, the Kubernetes manifests, the CI workflow."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.factories import PROJECT
+
+BIN = Path(sys.executable).parent
+SECRETS = (
+    "POSTGRES_PASSWORD",
+    "MLFLOW_DB_PASSWORD",
+    "AIRFLOW_DB_PASSWORD",
+    "AIRFLOW_ADMIN_PASSWORD",
+    "AIRFLOW_JWT_SECRET",
+    "GRAFANA_ADMIN_PASSWORD",
+)
+
+
+def compose(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    if shutil.which("docker-compose") is None:
+        if os.environ.get("CI"):
+            pytest.fail("docker-compose missing: .ci/run installs Debian's docker-compose")
+        pytest.skip("docker-compose not installed (apt-get install docker-compose)")
+    clean = {k: v for k, v in os.environ.items() if k not in SECRETS}
+    return subprocess.run(
+        ["docker-compose", "--project-directory", str(PROJECT), "-f", "docker-compose.yml", *args],
+        cwd=PROJECT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_compose_file_is_valid_and_documents_every_secret() -> None:
+    values = dict.fromkeys(SECRETS, "test-only-secret")
+    checked = compose("config", env=values)
+    assert checked.returncode == 0, checked.stderr
+    config = yaml.safe_load(checked.stdout)
+    example = (PROJECT / ".env.example").read_text()
+    for secret in SECRETS:
+        assert f"\n{secret}=\n" in example, secret
+    services = config["services"]
+    for name, service in services.items():
+        assert "healthcheck" in service, name
+        for port in service.get("ports", []):
+            published = port if isinstance(port, str) else f"{port.get('host_ip')}:{port['published']}"
+            assert published.startswith("127.0.0.1:"), (name, port)
+    ours = {n for n, s in services.items() if s["image"].startswith("bitloop-")}
+    assert ours >= {"api", "mlflow", "datasource", "airflow-init", "airflow-api", "airflow-scheduler"}
+    third_party = [s["image"] for n, s in services.items() if n not in ours]
+    assert all(":" in image and not image.endswith(":latest") for image in third_party), third_party
+    assert set(config["volumes"]) >= {"postgres", "mlflow-artifacts", "prometheus", "grafana", "predictions"}
+
+
+def test_compose_refuses_to_start_without_its_secrets() -> None:
+    for missing in SECRETS:
+        values = {s: "x" for s in SECRETS if s != missing}
+        checked = compose("config", "-q", env=values)
+        assert checked.returncode != 0
+        assert missing in checked.stderr
+
+
+def test_kubernetes_manifests_validate_against_the_api_schemas() -> None:
+    kustomization = yaml.safe_load((PROJECT / "ops" / "k8s" / "kustomization.yaml").read_text())
+    files = [str(PROJECT / "ops" / "k8s" / name) for name in kustomization["resources"]]
+    kinds = {yaml.safe_load(Path(f).read_text())["kind"] for f in files}
+    assert kinds == {"Namespace", "ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler"}
+    checked = subprocess.run(
+        [str(BIN / "kubernetes-validate"), "--strict", *files], capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    deployment = yaml.safe_load((PROJECT / "ops" / "k8s" / "deployment.yaml").read_text())
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["resources"]["requests"]
+    assert container["resources"]["limits"]
+
+
+def test_github_workflows_pass_actionlint() -> None:
+    workflows = sorted((PROJECT / ".github" / "workflows").glob("*.yml"))
+    assert workflows
+    checked = subprocess.run(
+        [str(BIN / "actionlint"), *map(str, workflows)], capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_flake_parses() -> None:
+    """Nix cannot fetch nixpkgs here, so evaluation happens elsewhere; the syntax is checked here."""
+    if shutil.which("nix-instantiate") is None:
+        if os.environ.get("CI"):
+            pytest.fail("nix-instantiate missing: .ci/run installs Debian's nix-bin")
+        pytest.skip("nix-instantiate not installed (apt-get install nix-bin)")
+    checked = subprocess.run(
+        ["nix-instantiate", "--parse", str(PROJECT / "flake.nix")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr
+    for output in ("api-image", "pipeline-image", "mlflow-image", "datasource-image", "devShells"):
+        assert output.split("-image")[0] in checked.stdout, output
+
+
+def test_uv_lock_matches_pyproject() -> None:
+    uv = [found] if (found := shutil.which("uv")) else ["python3", "-m", "uv"]
+    checked = subprocess.run(
+        [*uv, "lock", "--check"], cwd=PROJECT, capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stderr
