@@ -13,6 +13,7 @@ export PATH := $(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export UV_LINK_MODE := copy
+export STACK
 
 .PHONY: help setup test test-stack test-compose images repro-check lint format repro bench up down status logs drift-demo clean
 
@@ -60,10 +61,10 @@ repro: $(STAMP) ## run the DVC pipeline (needs MLflow: `make up`) and push data 
 bench: $(STAMP) ## benchmark the model server against mlflow models serve (needs wrk); writes docs/benchmarks.md
 	$(BIN)/python bench/serving.py
 
-up: $(STAMP) ## start the local stack, train a champion if there is none, print every URL
+up: $(STAMP) ## start the stack (compose with a Docker engine, else local; STACK=compose|local), print every URL
 	$(BIN)/python ops/local/stack.py up
 
-down: $(STAMP) ## stop every service of the local stack
+down: $(STAMP) ## stop every service (compose or local)
 	$(BIN)/python ops/local/stack.py down
 
 status: $(STAMP) ## show the state of each service

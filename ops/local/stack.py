@@ -321,7 +321,69 @@ def start_optional(settings: StackSettings, env: dict[str, str]) -> None:
             _supervisorctl(settings, "start", name)
 
 
+def compose_command() -> list[str] | None:
+    """The compose client of a Docker engine that answers, if there is one."""
+    if shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True).returncode:
+        return None
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    return ["docker-compose"] if shutil.which("docker-compose") else None
+
+
+def stack_mode() -> tuple[str, list[str] | None]:
+    """compose when a Docker engine answers, else local; STACK=compose|local decides instead."""
+    chosen = os.environ.get("STACK", "")
+    if chosen not in ("", "compose", "local"):
+        raise SystemExit(f"STACK must be `compose` or `local`, not {chosen!r}")
+    compose = None if chosen == "local" else compose_command()
+    if chosen == "compose" and compose is None:
+        raise SystemExit(
+            "STACK=compose, but no Docker engine answers `docker info` (with `docker compose` or "
+            "docker-compose): start Docker, or leave STACK unset for the local stack"
+        )
+    return ("compose", compose) if compose else ("local", None)
+
+
+def compose_up(settings: StackSettings, compose: list[str]) -> None:
+    """Start the compose stack and wait until the model server serves the champion it trains."""
+    if not (PROJECT / ".env").is_file():
+        raise SystemExit(
+            "the compose stack reads its secrets from .env: `cp .env.example .env` and fill in every value"
+        )
+    print(f"starting the compose stack ({' '.join(compose)})", flush=True)
+    subprocess.run([*compose, "up", "-d"], cwd=PROJECT, check=True)
+    api = f"http://127.0.0.1:{settings.api_port}"
+    deadline = time.monotonic() + settings.training_timeout
+    while not _ready(api):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no champion served at {api}/ready in time; see `{' '.join(compose)} logs`")
+        print("  waiting for the training DAG's first run and the model server (GET /ready)", flush=True)
+        time.sleep(10.0)
+    grafana = os.environ.get("BITLOOP_GRAFANA_PORT", "3000")
+    print(
+        f"\nbitloop compose stack is up:\n  api         {api}\n"
+        f"  mlflow      http://127.0.0.1:{settings.mlflow_port}\n"
+        f"  airflow     http://127.0.0.1:{settings.airflow_port}  (admin, AIRFLOW_ADMIN_PASSWORD in .env)\n"
+        f"  datasource  http://127.0.0.1:{settings.data_source_port}\n"
+        f"  prometheus  http://127.0.0.1:{settings.prometheus_port}\n"
+        f"  grafana     http://127.0.0.1:{grafana}  (admin, GRAFANA_ADMIN_PASSWORD in .env)\n"
+        f"  stop: make down",
+        flush=True,
+    )
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/ready", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def up(settings: StackSettings) -> None:
+    _, compose = stack_mode()
+    if compose is not None:
+        compose_up(settings, compose)
+        return
     for sub in ("logs", "mlflow", "prometheus"):
         (settings.state_dir / sub).mkdir(parents=True, exist_ok=True)
     env = _environment(settings)
@@ -358,6 +420,13 @@ def print_urls(settings: StackSettings) -> None:
 
 
 def down(settings: StackSettings) -> None:
+    compose = None if os.environ.get("STACK") == "local" else compose_command()
+    if (
+        compose is not None
+        and subprocess.run([*compose, "ps", "-q"], cwd=PROJECT, capture_output=True, text=True).stdout.strip()
+    ):
+        subprocess.run([*compose, "down"], cwd=PROJECT, check=True)
+        print("the compose stack is stopped")
     if not supervisor_running(settings):
         print("the local stack is not running")
         return

@@ -180,3 +180,18 @@ def test_make_up_refuses_a_busy_port_at_once(tmp_path: Path) -> None:
     assert f"port {port} on 127.0.0.1 is already in use" in result.stderr
     assert "BITLOOP_MLFLOW_PORT" in result.stderr
     assert not (tmp_path / "state" / "supervisord.pid").exists()
+
+
+def test_stack_choice_is_checked_before_anything_starts(tmp_path: Path) -> None:
+    env = {**os.environ, "BITLOOP_STATE_DIR": str(tmp_path / "state")}
+    bogus = make("up", {**env, "STACK": "kubernetes"}, timeout=120)
+    assert bogus.returncode != 0
+    assert "STACK must be `compose` or `local`" in bogus.stderr
+    engine = (
+        shutil.which("docker") and subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+    )
+    if not engine:
+        compose = make("up", {**env, "STACK": "compose"}, timeout=120)
+        assert compose.returncode != 0
+        assert "no Docker engine answers" in compose.stderr
+    assert not (tmp_path / "state" / "supervisord.pid").exists()
