@@ -12,12 +12,12 @@ import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from api.predlog import Row, connect
 from pipeline.drift import detect, feature_drift, read_prediction_log
 from pipeline.params import DriftParams
 from pipeline.profile import build_profile
 from pipeline.schema import DatasetSchema, FeatureSpec
 from pipeline.sources.simulated import simulate_churn
+from tests.factories import log_predictions
 
 CONFIG = DriftParams()
 CATEGORIES = ["a", "b", "c", "d"]
@@ -220,26 +220,16 @@ def test_the_simulators_drift_knob_drifts_the_dataset() -> None:
 
 def test_prediction_log_window_skips_shadow_rows_and_other_models(tmp_path: Path) -> None:
     path = tmp_path / "predictions.sqlite"
-    conn = connect(path)
     now = time.time()
-    rows = [
-        Row(now - 100, "r1", "m", "1", "champion", {"x": 1.0}, 0, None),
-        Row(now - 50, "r2", "m", "1", "champion", {"x": 2.0}, 0, None),
-        Row(now - 50, "r2", "m", "2", "shadow", {"x": 2.0}, 0, None),
-        Row(now - 40, "r3", "m", "2", "challenger", {"x": 3.0}, 0, None),
-        Row(now - 30, "r4", "other", "1", "champion", {"x": 9.0}, 0, None),
-        Row(now - 10, "r5", "m", "1", "champion", {"x": 4.0}, 0, None),
-    ]
-    conn.executemany(
-        "INSERT INTO predictions (ts, request_id, model_name, model_version, variant, features, prediction)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [
-            (r.ts, r.request_id, r.model_name, r.model_version, r.variant, json.dumps(r.features), "0")
-            for r in rows
-        ],
-    )
-    conn.commit()
-    conn.close()
+    for ago, model, variant, x in [
+        (100, "m", "champion", 1.0),
+        (50, "m", "champion", 2.0),
+        (50, "m", "shadow", 2.0),
+        (40, "m", "challenger", 3.0),
+        (30, "other", "champion", 9.0),
+        (10, "m", "champion", 4.0),
+    ]:
+        log_predictions(path, model, pd.DataFrame({"x": [x]}), now - ago, variant)
     assert read_prediction_log(path, "m")["x"].tolist() == [1.0, 2.0, 3.0, 4.0]
     assert read_prediction_log(path, "m", since=now - 60, until=now - 20)["x"].tolist() == [2.0, 3.0]
     assert read_prediction_log(path, "m", limit=2)["x"].tolist() == [3.0, 4.0]
