@@ -38,7 +38,7 @@ test-stack: $(STAMP) ## smoke-test the local stack: make up, probe every service
 test-compose: $(STAMP) ## build every image with podman, run the compose stack, smoke-test it, remove it all
 	$(BIN)/pytest -m "compose and not repro" -s $(PYTEST_ARGS)
 
-images: ## build the service images (docker or podman; BASE_IMAGE=... for another base)
+images: ## build the service images and load them into docker/podman (BUILDER=nix|dockerfile, BASE_IMAGE=...)
 	bash ops/docker/build.sh
 
 repro-check: $(STAMP) ## uv.lock is current; dvc repro and image layers are byte-for-byte reproducible

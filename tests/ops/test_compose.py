@@ -58,7 +58,7 @@ def build_images() -> dict[str, int]:
     """Build every image of ours and the test stand-ins; returns our images' sizes in MB."""
     run("bash", str(PROJECT / "ops" / "compose" / "base-image.sh"), BASE)
     ca = os.environ.get("SSL_CERT_FILE") or "/etc/ssl/certs/ca-certificates.crt"
-    env = {**os.environ, "ENGINE": "podman", "BASE_IMAGE": BASE, "SSL_CERT_FILE": ca}
+    env = {**os.environ, "ENGINE": "podman", "BUILDER": "dockerfile", "BASE_IMAGE": BASE, "SSL_CERT_FILE": ca}
     run("bash", str(PROJECT / "ops" / "docker" / "build.sh"), env=env)
     for target in TEST_IMAGES:
         run(
