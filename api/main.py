@@ -21,7 +21,7 @@ from api.batching import MicroBatcher
 from api.drift import DriftWatcher
 from api.manager import ModelManager
 from api.predlog import PredictionLog
-from api.routes import admin, health, predict
+from api.routes import admin, health, page, predict
 from api.settings import ApiSettings
 from api.state import ServerState
 from api.validation import render_errors
@@ -138,6 +138,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(predict.router)
     app.include_router(health.router)
     app.include_router(admin.router)
+    app.include_router(page.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
 
     @app.exception_handler(RequestValidationError)

@@ -38,6 +38,14 @@ class ServedModel:
     """The training data's reference profile, which drift detection compares live inputs with."""
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
+    def typical(self, feature: str) -> float | str | None:
+        """The feature's training median or most frequent category, from the reference profile."""
+        entry = (self.profile or {}).get("features", {}).get(feature) or {}
+        if entry.get("sample"):
+            return float(np.median(entry["sample"]))
+        frequencies: dict[str, float] = entry.get("frequencies") or {}
+        return max(frequencies, key=lambda category: frequencies[category]) if frequencies else None
+
     @property
     def classes(self) -> list[Any]:
         return [c.item() if isinstance(c, np.generic) else c for c in getattr(self.estimator, "classes_", [])]

@@ -47,6 +47,9 @@ class FeatureOut(BaseModel):
     kind: Literal["numeric", "categorical"]
     categories: list[str]
     nullable: bool
+    typical: float | str | None = Field(
+        None, description="the training median (numeric) or most frequent category, when profiled"
+    )
 
 
 class ModelInfo(BaseModel):

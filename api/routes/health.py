@@ -59,7 +59,13 @@ async def model_info(state: StateDep) -> ModelInfo:
         data_version=model.data_version,
         loaded_at=model.loaded_at.isoformat(),
         features=[
-            FeatureOut(name=f.name, kind=f.kind, categories=list(f.categories), nullable=f.nullable)
+            FeatureOut(
+                name=f.name,
+                kind=f.kind,
+                categories=list(f.categories),
+                nullable=f.nullable,
+                typical=model.typical(f.name),
+            )
             for f in model.schema.features
         ],
         challenger_version=None if challenger is None else challenger.version,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from pipeline.schema import DatasetSchema
 from pipeline.settings import PipelineSettings
 from pipeline.workspace import Workspace, read_json
 from tests.factories import DIABETES, light_params, make_workspace
+from tests.servers import free_port, serve
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,22 @@ def diabetes_model(tmp_path_factory: pytest.TempPathFactory, mlflow_uri: str) ->
         "api-diabetes",
         data=DIABETES,
     )
+
+
+@contextmanager
+def api_server(tmp_path: Path, uri: str, model: str, **env: str) -> Iterator[str]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    settings = {
+        "MLFLOW_TRACKING_URI": uri,
+        "BITLOOP_API_MODEL_NAME": model,
+        "BITLOOP_API_PORT": str(port),
+        "BITLOOP_API_PREDICTION_LOG": str(tmp_path / "predictions.sqlite"),
+        "BITLOOP_API_RELOAD_INTERVAL_SECONDS": "0.5",
+        **env,
+    }
+    with serve([sys.executable, "-m", "api"], f"{base}/health", tmp_path, settings, timeout=60):
+        yield base
 
 
 def sample_record(schema: DatasetSchema) -> dict[str, Any]:

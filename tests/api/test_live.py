@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,26 +13,10 @@ import pytest
 from mlflow import MlflowClient
 
 from api.predlog import count_rows
-from tests.api.conftest import Trained, sample_record, train_model
-from tests.servers import free_port, mlflow_server, serve
+from tests.api.conftest import Trained, api_server, sample_record, train_model
+from tests.servers import mlflow_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@contextmanager
-def api_server(tmp_path: Path, uri: str, model: str, **env: str) -> Iterator[str]:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    settings = {
-        "MLFLOW_TRACKING_URI": uri,
-        "BITLOOP_API_MODEL_NAME": model,
-        "BITLOOP_API_PORT": str(port),
-        "BITLOOP_API_PREDICTION_LOG": str(tmp_path / "predictions.sqlite"),
-        "BITLOOP_API_RELOAD_INTERVAL_SECONDS": "0.5",
-        **env,
-    }
-    with serve([sys.executable, "-m", "api"], f"{base}/health", tmp_path, settings, timeout=60):
-        yield base
 
 
 def wait_for(predicate: Any, timeout: float = 30.0) -> None:

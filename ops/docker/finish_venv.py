@@ -1,0 +1,30 @@
+"""Finish a virtual environment for an image: drop bundled test suites, then compile bytecode.
+
+The scientific packages ship their own test suites (about 120 MB) that nothing imports at run
+time. Bytecode is compiled once, in unchecked-hash mode: valid whatever the file times in the
+layers, and identical from build to build.
+"""
+
+import compileall
+import py_compile
+import shutil
+import sys
+from pathlib import Path
+
+TESTED_PACKAGES = ("numpy", "scipy", "pandas", "sklearn", "pyarrow", "matplotlib")
+
+
+def main(venv: Path) -> None:
+    site_packages = next((venv / "lib").glob("python3.*/site-packages"))
+    for package in TESTED_PACKAGES:
+        for tests in sorted((site_packages / package).rglob("tests")):
+            if tests.is_dir():  # a parent removed earlier takes its nested suites with it
+                shutil.rmtree(tests)
+    # Some packages ship files that are not Python 3; compileall reports and skips them (quiet=2).
+    compileall.compile_dir(
+        venv / "lib", quiet=2, workers=0, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH
+    )
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
