@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import metrics
@@ -133,7 +134,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             state.log.close()
             log.info("model server stopped; prediction log flushed")
 
-    app = FastAPI(title="bitloop model server", version="1", description=DESCRIPTION, lifespan=lifespan)
+    # /docs and /redoc serve Swagger UI and ReDoc from the package, not a CDN: they work offline.
+    app = FastAPIOffline(
+        title="bitloop model server",
+        version="1",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        static_url="/static/docs",
+    )
     app.add_middleware(MetricsMiddleware)
     app.include_router(predict.router)
     app.include_router(health.router)

@@ -137,6 +137,24 @@ def test_model_endpoint_describes_the_champion(make_client: Client, churn_model:
     assert info["metrics"]["roc_auc"] > 0.6
     assert [f["name"] for f in info["features"]] == churn_model.schema.feature_names
     assert info["classes"] == [0, 1]
+    for spec, feature in zip(churn_model.schema.features, info["features"], strict=True):
+        if spec.kind == "categorical":
+            assert feature["typical"] in spec.categories
+        else:
+            assert isinstance(feature["typical"], float)
+
+
+def test_the_page_and_the_api_docs_need_no_network(make_client: Client, churn_model: Trained) -> None:
+    client = make_client(churn_model.name)
+    page = client.get("/")
+    assert page.headers["content-type"].startswith("text/html")
+    assert 'fetch("/predict"' in page.text
+    docs = client.get("/docs").text
+    assert "cdn." not in docs
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        assert f"/static/docs/{asset}" in docs
+        assert client.get(f"/static/docs/{asset}").status_code == 200
+    assert "/" not in client.get("/openapi.json").json()["paths"]
 
 
 def test_openapi_documents_the_served_schema(make_client: Client, churn_model: Trained) -> None:

@@ -100,17 +100,3 @@ def test_a_refused_value_is_shown_next_to_its_field(browser: Any, served: str, c
     assert page.inner_text(f'label[data-feature="{required[0].name}"] .field-error')
     assert page.is_hidden("#answer")
     page.close()
-
-
-def test_the_page_and_the_features_it_reads_are_served(served: str, churn_model: Trained) -> None:
-    page = httpx.get(served + "/", timeout=10)
-    assert page.status_code == 200
-    assert page.headers["content-type"].startswith("text/html")
-    assert "/predict" in page.text
-    features = {f["name"]: f for f in httpx.get(served + "/model", timeout=10).json()["features"]}
-    for spec in churn_model.schema.features:
-        typical = features[spec.name]["typical"]
-        if spec.kind == "categorical":
-            assert typical in spec.categories
-        else:
-            assert isinstance(typical, float)
