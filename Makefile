@@ -15,7 +15,7 @@ export DO_NOT_TRACK := true
 export UV_LINK_MODE := copy
 export STACK
 
-.PHONY: help setup test test-stack test-compose images repro-check lint format repro bench up down status logs drift-demo clean
+.PHONY: help setup test test-stack test-compose images repro-check lint format repro bench up down status logs drift-demo screenshots clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "; printf "bitloop: make <target>\n\n"} \
@@ -75,6 +75,9 @@ logs: $(STAMP) ## follow the logs of every service (Ctrl-C to stop)
 
 drift-demo: $(STAMP) ## with the stack up: drift the world, send its traffic, watch drift retrain and swap the champion
 	$(BIN)/python -m ops.local.drift_demo
+
+screenshots: $(STAMP) ## the README's pictures in docs/img/ (needs chromium; starts the stack when it is down)
+	$(BIN)/python -m ops.local.screenshots $(if $(GRAFANA_URL),--grafana-url $(GRAFANA_URL))
 
 clean: ## stop the stack and remove its state (.bitloop/) and the pipeline outputs
 	@if [ -x $(BIN)/python ]; then $(BIN)/python ops/local/stack.py down; fi

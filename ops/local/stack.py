@@ -414,6 +414,7 @@ def print_urls(settings: StackSettings) -> None:
     for s in services(settings):
         print(f"  {s.name:<11} {s.url:<28} login: {s.login}")
     print(f"  {'api docs':<11} http://127.0.0.1:{settings.api_port}/docs")
+    print(f"  {'predict':<11} http://127.0.0.1:{settings.api_port}/  (a form for the served model)")
     for name, reason in skipped_services().items():
         print(f"  {name:<11} skipped: {reason}")
     print(f"\n  state: {settings.state_dir}   logs: make logs   stop: make down")

@@ -1,65 +1,189 @@
-"""The README's commands, variables and params keys exist, so it cannot drift from the code."""
+"""The README and docs/ cannot drift from the code.
+
+The configuration reference lists exactly the params keys and environment variables the code
+reads; every `bash` block (the runnable ones: output is shown in json/yaml/text blocks) uses
+make targets, files, pipeline commands, routes and variables that exist.
+"""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import re
+import shlex
 import sys
+from collections.abc import Iterator
+from typing import Any
 
+import pytest
 import yaml
 
+from api.main import create_app
 from api.settings import ApiSettings
-from pipeline.logs import configure_logging
+from pipeline.__main__ import _parser
 from tests.factories import PROJECT
 
 README = (PROJECT / "README.md").read_text()
+DOCS = {
+    path.name: path.read_text() for path in [PROJECT / "README.md", *sorted((PROJECT / "docs").glob("*.md"))]
+}
+SECTIONS = ("data", "model", "validate", "split", "train", "evaluate", "promote", "drift")
+# Made by running the system, not kept in git.
+GENERATED = (".bitloop", ".env", "data/", "models/", "reports/", "metrics.json", "bitloop.sql")
+# Variables of make and of the scripts that only the command line sets.
+# Words shaped like paths that name something else.
+NOT_FILES = {"deployment/bitloop-api", "application/json"}
+COMMAND_VARIABLES = {"STACK", "BUILDER", "ENGINE", "BASE_IMAGE", "GRAFANA_URL", "PYTEST_ARGS"}
 
 
-def _stack_fields() -> set[str]:
+def _stack_settings() -> Any:
     spec = importlib.util.spec_from_file_location("stack", PROJECT / "ops" / "local" / "stack.py")
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["stack"] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
-    return set(module.StackSettings.model_fields)
+    return module.StackSettings
 
 
-def test_every_make_target_in_the_readme_exists() -> None:
+def variables_the_code_reads() -> set[str]:
+    """Every environment variable a settings class, a DAG, the logging setup or the stack reads."""
+    api = {
+        f"BITLOOP_API_{name.upper()}" for name in ApiSettings.model_fields if name != "mlflow_tracking_uri"
+    }
+    stack = {f"BITLOOP_{name.upper()}" for name in _stack_settings().model_fields}
+    read = {
+        variable
+        for folder in ("dags", "pipeline", "api", "ops/local")
+        for path in (PROJECT / folder).glob("*.py")
+        for variable in re.findall(r'os\.environ\.get\("([A-Z][A-Z_]+)"', path.read_text())
+    }
+    return api | stack | read | {"MLFLOW_TRACKING_URI"}
+
+
+def configuration_reference() -> str:
+    start = README.index("## Configuration reference")
+    return README[start : README.index("\n## ", start + 1)]
+
+
+def test_the_configuration_reference_lists_exactly_the_variables_the_code_reads() -> None:
+    documented = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)` \|", configuration_reference(), flags=re.MULTILINE))
+    read = variables_the_code_reads()
+    assert read - documented == set(), "read by the code but missing from the README's reference"
+    assert documented - read == set(), "in the README's reference but read by nothing"
+
+
+def test_every_variable_the_docs_mention_exists() -> None:
+    known = variables_the_code_reads() | COMMAND_VARIABLES
+    compose_and_env = (PROJECT / ".env.example").read_text() + (PROJECT / "docker-compose.yml").read_text()
+    for name, text in DOCS.items():
+        for variable in set(re.findall(r"\bBITLOOP_[A-Z_]*[A-Z]\b", text)):
+            assert variable in known or variable in compose_and_env, f"{name}: {variable}"
+
+
+def _params_keys() -> set[str]:
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    return {f"{section}.{key}" for section, values in params.items() for key in values}
+
+
+def test_the_configuration_reference_lists_exactly_the_params_keys() -> None:
+    documented = set(re.findall(r"^\| `([a-z]+\.[a-z_]+)` \|", configuration_reference(), flags=re.MULTILINE))
+    assert documented == _params_keys()
+
+
+def test_every_params_key_the_docs_mention_exists() -> None:
+    pattern = rf"`((?:{'|'.join(SECTIONS)})\.[a-z_]+)"
+    for name, text in DOCS.items():
+        for key in set(re.findall(pattern, text)):
+            assert key in _params_keys(), f"{name}: {key}"
+
+
+def runnable_commands() -> Iterator[tuple[str, str]]:
+    """(document, command) for every command line of every bash block, continuations joined."""
+    for name, text in DOCS.items():
+        for block in re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL):
+            for command in block.replace("\\\n", " ").splitlines():
+                if command.strip():
+                    yield name, command.split(" #")[0].strip()
+
+
+COMMANDS = list(runnable_commands())
+
+
+def test_there_are_runnable_blocks_to_check() -> None:
+    assert len(COMMANDS) > 20
+    assert {name for name, _ in COMMANDS} >= {"README.md", "operations.md"}
+
+
+def _words(command: str) -> list[str]:
+    try:
+        return shlex.split(command)
+    except ValueError:
+        return command.split()
+
+
+@pytest.mark.parametrize(("document", "command"), COMMANDS)
+def test_runnable_commands_use_what_exists(document: str, command: str) -> None:
     makefile = (PROJECT / "Makefile").read_text()
     targets = set(re.findall(r"^([a-z][a-z-]*):", makefile, flags=re.MULTILINE))
-    mentioned = set(re.findall(r"\bmake ([a-z][a-z-]+)", README))
-    assert mentioned
-    assert mentioned <= targets
+    commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    stages = set(commands.choices)
+    routes = {getattr(route, "path", "") for route in create_app().routes}
+    known = variables_the_code_reads() | COMMAND_VARIABLES
+    for part in re.split(r"&&|\|", command):
+        words = _words(part.strip())
+        for word in words:
+            if re.fullmatch(r"[A-Z][A-Z0-9_]*=(?!\$\().*", word):
+                assert word.split("=")[0] in known, f"{document}: unknown variable in `{command}`"
+            else:
+                break
+        for target in re.findall(r"\bmake ([a-z][a-z-]+)", part):
+            assert target in targets, f"{document}: no make target {target!r}"
+        if "-m pipeline" in part:
+            stage = part.split("-m pipeline", 1)[1].split()[0]
+            assert stage in stages, f"{document}: no pipeline command {stage!r}"
+        for path in re.findall(r"http://127\.0\.0\.1:8000(/[^\s'\"?]*)", part):
+            assert path in routes, f"{document}: the model server has no route {path}"
+    _check_files(document, command)
 
 
-def test_every_documented_variable_is_read_by_a_settings_class() -> None:
-    api = {f"BITLOOP_API_{name.upper()}" for name in ApiSettings.model_fields}
-    stack = {f"BITLOOP_{name.upper()}" for name in _stack_fields()}
-    logging_vars = set(re.findall(r"BITLOOP_LOG_\w+", (PROJECT / "pipeline" / "logs.py").read_text()))
-    assert configure_logging is not None
-    dag_vars = {
-        v
-        for path in (PROJECT / "dags").glob("*.py")
-        for v in re.findall(r'os\.environ\.get\("(BITLOOP_\w+)"', path.read_text())
-    }
-    mentioned = set(re.findall(r"\bBITLOOP_[A-Z_]+[A-Z]", README))
-    assert mentioned
-    assert mentioned <= api | stack | logging_vars | dag_vars
+def _check_files(document: str, command: str) -> None:
+    cwd = PROJECT
+    for part in re.split(r"&&", command):
+        words = _words(part.strip())
+        if words[:1] == ["cd"]:
+            cwd = PROJECT / words[1]
+            assert cwd.is_dir(), f"{document}: no directory {words[1]}"
+            continue
+        for word in words:
+            path_like = re.fullmatch(r"\.?[\w.-]+(/[\w.-]+)+/?", word) or re.fullmatch(
+                r"[\w-]+\.(ya?ml|md)", word
+            )
+            if not path_like or word.startswith(GENERATED) or word in NOT_FILES:
+                continue
+            assert (cwd / word).exists() or (PROJECT / word).exists(), (
+                f"{document}: no file {word} in `{command}`"
+            )
 
 
-def test_every_params_key_in_the_readme_exists() -> None:
-    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    mentioned = set(
-        re.findall(r"`((?:data|model|validate|split|train|evaluate|promote|drift)\.[a-z_]+)`", README)
-    )
-    assert mentioned
-    for key in mentioned:
-        section, name = key.split(".")
-        assert name in params[section], key
+def test_files_and_pictures_the_docs_link_exist() -> None:
+    for name, text in DOCS.items():
+        base = PROJECT if name == "README.md" else PROJECT / "docs"
+        for link in re.findall(r"\]\(([^)#\s]+)", text):
+            if not link.startswith("http"):
+                assert (base / link).exists(), f"{name}: {link}"
 
 
-def test_files_the_readme_links_exist() -> None:
-    for link in re.findall(r"\]\(([^)#]+)\)", README):
-        if not link.startswith("http"):
-            assert (PROJECT / link).exists(), link
+def test_every_picture_in_docs_img_is_shown_and_small() -> None:
+    pictures = sorted((PROJECT / "docs" / "img").glob("*.png"))
+    assert pictures
+    shown = set(re.findall(r"\(docs/img/([\w.-]+\.png)\)", README))
+    for picture in pictures:
+        assert picture.name in shown, f"{picture.name} is not in the README"
+        assert picture.stat().st_size < 400_000, f"{picture.name} is not optimised"
+
+
+def test_the_readme_urls_are_the_stacks_defaults() -> None:
+    defaults = _stack_settings()()
+    for port in (defaults.api_port, defaults.mlflow_port, defaults.airflow_port, defaults.data_source_port):
+        assert f"http://127.0.0.1:{port}" in README
