@@ -259,8 +259,8 @@ def shoot_everything(camera: Camera, settings: StackSettings, run_id: str, grafa
     missing = []
     if grafana is None:
         missing.append(
-            "grafana-service.png: no Grafana server here (the local stack has none; the compose stack "
-            "and `nix develop` do): run `make screenshots GRAFANA_URL=http://127.0.0.1:3000` with one"
+            "grafana-service.png: no Grafana server here (the local stack has none); with the compose "
+            "stack up, run `make screenshots GRAFANA_URL=http://127.0.0.1:3000`"
         )
     else:
         camera.shoot(
@@ -285,19 +285,23 @@ def main() -> int:
         raise SystemExit("make screenshots needs Chromium: apt-get install chromium (and pngquant to shrink)")
     settings = StackSettings()
     IMAGES.mkdir(parents=True, exist_ok=True)
-    summary = make_test_summary(args.test_log)
+    only = set(args.only) if args.only else None
+    summary = make_test_summary(args.test_log) if only is None or "make-test" in only else ""
 
     from playwright.sync_api import sync_playwright
 
-    with running_stack(settings), sync_playwright() as playwright:
-        airflow_secrets(settings)
-        run_id = successful_training_run(settings)
-        send_traffic(settings, args.traffic_seconds)
+    with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=chromium, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
         )
-        camera = Camera(browser, IMAGES, set(args.only) if args.only else None)
-        missing = shoot_everything(camera, settings, run_id, args.grafana_url)
+        camera = Camera(browser, IMAGES, only)
+        missing: list[str] = []
+        if only is None or only - {"make-test"}:
+            with running_stack(settings):
+                airflow_secrets(settings)
+                run_id = successful_training_run(settings)
+                send_traffic(settings, args.traffic_seconds)
+                missing = shoot_everything(camera, settings, run_id, args.grafana_url)
         camera.render_text("make-test", summary)
         browser.close()
     note("\ntaken:\n  " + "\n  ".join(camera.taken))
