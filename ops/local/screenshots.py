@@ -113,8 +113,13 @@ def make_test_summary(log: Path | None) -> str:
             skipping = True
         elif skipping and line.startswith("-- Docs:"):
             skipping = False
+        elif not skipping and re.fullmatch(r"\s+\[\s*\d+%\]", line):
+            # pytest wraps a long line of dots and puts its percentage alone on the next line
+            shown[-1] = re.sub(r"\[\s*\d+%\]$", line.strip(), shown[-1])
         elif not skipping and line.strip():
             shown.append(line)
+        if line == final:
+            break
     return "\n".join(shown)
 
 
