@@ -95,6 +95,9 @@ def send_traffic(settings: StackSettings, seconds: float) -> None:
     note(f"sent {sent} predictions and a batch of 200 in {seconds:.0f} s")
 
 
+PROGRESS = re.compile(r"\[\s*\d+%\]$")  # pytest's "[ 58%]" at the end of a progress line
+
+
 def make_test_summary(log: Path | None) -> str:
     """The test files, their results and the final count of a passing `make test` (this log, or a new run)."""
     if log is not None:
@@ -113,9 +116,9 @@ def make_test_summary(log: Path | None) -> str:
             skipping = True
         elif skipping and line.startswith("-- Docs:"):
             skipping = False
-        elif not skipping and re.fullmatch(r"\s+\[\s*\d+%\]", line):
+        elif not skipping and PROGRESS.fullmatch(line.strip()):
             # pytest wraps a long line of dots and puts its percentage alone on the next line
-            shown[-1] = re.sub(r"\[\s*\d+%\]$", line.strip(), shown[-1])
+            shown[-1] = PROGRESS.sub(line.strip(), shown[-1])
         elif not skipping and line.strip():
             shown.append(line)
         if line == final:
