@@ -6,6 +6,7 @@ import os
 
 import uvicorn
 
+from api.predlog import PredictionLogUnavailable, open_for_writing
 from api.settings import ApiSettings
 from pipeline.logs import configure_logging
 
@@ -13,6 +14,10 @@ from pipeline.logs import configure_logging
 def main() -> None:
     settings = ApiSettings()
     configure_logging()
+    try:
+        open_for_writing(settings.prediction_log).close()
+    except PredictionLogUnavailable as err:
+        raise SystemExit(f"bitloop model server cannot start: {err}") from None
     for switch in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
         os.environ.setdefault(switch, "true")
     uvicorn.run(

@@ -3,7 +3,8 @@
 Batches form while the previous batch is being computed, so an idle server scores a request at
 once and a busy one answers many per call. With several requests already waiting, the batcher
 waits at most `max_wait_ms` for more, up to `max_size` rows. Inference runs in worker threads,
-never on the event loop.
+never on the event loop. A record the model cannot score fails alone: `ServedModel.score` finds it
+by bisection and the others in its batch are answered.
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ from typing import Any
 from threadpoolctl import threadpool_limits
 
 from api import metrics
-from api.model import ServedModel
+from api.model import Outcome, ServedModel
 
 log = logging.getLogger(__name__)
-Result = tuple[Any, dict[str, float] | None]
 
 
 def _single_native_thread() -> None:
@@ -37,7 +37,7 @@ class _Item:
     model: ServedModel
     variant: str
     record: dict[str, Any]
-    future: asyncio.Future[Result]
+    future: asyncio.Future[Outcome]
 
 
 class MicroBatcher:
@@ -64,8 +64,8 @@ class MicroBatcher:
             await asyncio.gather(*self._running, return_exceptions=True)
         self._executor.shutdown(wait=True)
 
-    async def submit(self, model: ServedModel, variant: str, record: dict[str, Any]) -> Result:
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+    async def submit(self, model: ServedModel, variant: str, record: dict[str, Any]) -> Outcome:
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Item(model, variant, record, future))
         return await future
 
@@ -110,21 +110,20 @@ class MicroBatcher:
                 model, variant = items[0].model, items[0].variant
                 started = time.perf_counter()
                 try:
-                    labels, probabilities = await loop.run_in_executor(
-                        self._executor, model.predict, [i.record for i in items]
+                    outcomes = await loop.run_in_executor(
+                        self._executor, model.score, [i.record for i in items]
                     )
-                except Exception as err:
+                except Exception as err:  # score() isolates model failures; this is the batcher's own
                     log.exception("inference failed", extra={"model": model.name, "version": model.version})
-                    for i in items:
-                        if not i.future.done():
-                            i.future.set_exception(err)
-                    continue
+                    outcomes = [err] * len(items)
                 metrics.INFERENCE.labels(model.name, variant).observe(time.perf_counter() - started)
                 metrics.BATCH_ROWS.labels(variant).observe(len(items))
-                for index, i in enumerate(items):
-                    if not i.future.done():
-                        i.future.set_result(
-                            (labels[index], None if probabilities is None else probabilities[index])
-                        )
+                for item, outcome in zip(items, outcomes, strict=True):
+                    if item.future.done():  # the client went away
+                        continue
+                    if isinstance(outcome, Exception):
+                        item.future.set_exception(outcome)
+                    else:
+                        item.future.set_result(outcome)
         finally:
             self._slots.release()

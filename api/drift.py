@@ -26,16 +26,25 @@ class DriftWatcher:
         self.manager = manager
         self.config = config
         self.last: DriftReport | None = None
-        self._lock = threading.Lock()  # the periodic run and GET /drift?fresh=true may overlap
-        self._watcher = Periodic(
-            "drift evaluation", settings.drift_interval_seconds, lambda: asyncio.to_thread(self.evaluate)
-        )
+        self._lock = threading.Lock()
+        self._inflight: asyncio.Future[DriftReport | None] | None = None
+        self._watcher = Periodic("drift evaluation", settings.drift_interval_seconds, self.evaluate_shared)
 
     def start(self) -> None:
         self._watcher.start()
 
     async def stop(self) -> None:
         await self._watcher.stop()
+
+    async def evaluate_shared(self) -> DriftReport | None:
+        """Evaluate now, or join the evaluation already running: callers never queue behind each other."""
+        if self._inflight is None:
+            self._inflight = asyncio.ensure_future(asyncio.to_thread(self.evaluate))
+            self._inflight.add_done_callback(self._finished)
+        return await asyncio.shield(self._inflight)
+
+    def _finished(self, _: asyncio.Future[DriftReport | None]) -> None:
+        self._inflight = None
 
     def evaluate(self) -> DriftReport | None:
         """Evaluate the window now and publish it; None while no champion with a profile is served."""

@@ -69,6 +69,38 @@ class MetricsMiddleware:
             metrics.LATENCY.labels(method, template).observe(time.perf_counter() - started)
 
 
+class InternalErrorMiddleware:
+    """A 500 for an unexpected error, sent as an ordinary response.
+
+    Starlette's own handler re-raises after answering, which makes uvicorn drop the keep-alive
+    connection without `Connection: close`: clients see a reset. Here the error is logged and the
+    connection stays usable.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking)
+        except Exception as err:
+            log.error("unhandled error", exc_info=err, extra={"path": scope["path"]})
+            if started:  # the answer is half sent: nothing better than closing is left
+                raise
+            response = JSONResponse({"detail": "internal error: the server logged it"}, status_code=500)
+            await response(scope, receive, send)
+
+
 def _openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema:
         return app.openapi_schema
@@ -107,7 +139,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             manager,
             batcher,
             PredictionLog(
-                settings.prediction_log, settings.prediction_log_flush_rows, settings.prediction_log_flush_ms
+                settings.prediction_log,
+                settings.prediction_log_flush_rows,
+                settings.prediction_log_flush_ms,
+                settings.prediction_log_max_pending_rows,
+                settings.prediction_log_retention_days,
             ),
             watcher,
         )
@@ -120,7 +156,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         # which otherwise stall every request for ~0.2 s now and then under load.
         gc.collect()
         gc.freeze()
-        log.info("model server starting", extra={"model": manager.name, "detail": result.detail})
+        log.info(
+            "model server starting",
+            extra={"model": manager.name, "registry": settings.mlflow_tracking_uri, "detail": result.detail},
+        )
         manager.start()
         watcher.start()
         try:
@@ -131,8 +170,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             await batcher.stop()
             if state.background:
                 await asyncio.gather(*state.background, return_exceptions=True)
-            state.log.close()
-            log.info("model server stopped; prediction log flushed")
+            written = state.log.close(settings.prediction_log_shutdown_seconds)
+            log.info(
+                "model server stopped",
+                extra={"prediction_log_dropped_rows": written.dropped_rows, "log_error": written.error},
+            )
 
     # /docs and /redoc serve Swagger UI and ReDoc from the package, not a CDN: they work offline.
     app = FastAPIOffline(
@@ -142,7 +184,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         lifespan=lifespan,
         static_url="/static/docs",
     )
-    app.add_middleware(MetricsMiddleware)
+    app.add_middleware(InternalErrorMiddleware)
+    app.add_middleware(MetricsMiddleware)  # outermost: counts the 500s the inner one answers
     app.include_router(predict.router)
     app.include_router(health.router)
     app.include_router(admin.router)
@@ -152,10 +195,5 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": render_errors(exc.errors())}, status_code=422)
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
-        return JSONResponse({"detail": "internal error: the server logged it"}, status_code=500)
 
     return app

@@ -1,9 +1,11 @@
 """Which model versions are served, and the watcher that swaps them when registry aliases move.
 
 A swap is one reference assignment: requests already holding the old model finish on it, new
-requests get the new one. A version that cannot load, or whose features differ from the one
-being served, is refused and counted; the old one keeps serving. An unreachable registry
-changes nothing.
+requests get the new one. A version that cannot load, cannot score its own stored sample, or whose
+features differ from the one being served, is refused and counted; the old one keeps serving. A
+refused version is tried again after REFUSAL_RETRY_SECONDS or on POST /admin/reload. An
+unreachable registry changes nothing. What went wrong is kept in two forms: words fit for open
+endpoints (`status`), and the details, which only the log gets.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import logging
 import os
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +24,15 @@ from api.periodic import Periodic
 from api.settings import ApiSettings
 
 log = logging.getLogger(__name__)
+REFUSAL_RETRY_SECONDS = 300.0
+
+
+@dataclass(frozen=True)
+class Refusal:
+    version: str
+    reason: str
+    """Public words: no URLs, paths or exception text."""
+    at: float
 
 
 @dataclass(frozen=True)
@@ -35,7 +47,9 @@ class ModelManager:
         self.name = model_name
         self.champion: ServedModel | None = None
         self.challenger: ServedModel | None = None
-        self.last_error: str | None = None
+        self.registry_down_since: float | None = None
+        self.refusals: dict[str, Refusal] = {}
+        """The version each variant's alias points at that was refused, while it still points there."""
         self._lock = asyncio.Lock()
         self._watcher = Periodic("registry check", settings.reload_interval_seconds, self.refresh)
         self.on_swap: list[Any] = []
@@ -47,9 +61,21 @@ class ModelManager:
             return challenger, "challenger"
         return self.champion, "champion"
 
-    async def refresh(self) -> RefreshResult:
+    async def refresh(self, retry_refused: bool = False) -> RefreshResult:
         async with self._lock:
+            if retry_refused:
+                self.refusals.clear()
             return await asyncio.to_thread(self._refresh)
+
+    def problems(self) -> list[str]:
+        """What is wrong with the registry or the aliased versions, in words fit for open endpoints."""
+        notes = []
+        if self.registry_down_since is not None:
+            since = time.strftime("%H:%M:%S UTC", time.gmtime(self.registry_down_since))
+            notes.append(f"the registry has been unreachable since {since}; serving the loaded versions")
+        for variant, refusal in self.refusals.items():
+            notes.append(f"@{variant} version {refusal.version} was refused: {refusal.reason}")
+        return notes
 
     def start(self) -> None:
         self._watcher.start()
@@ -84,43 +110,57 @@ class ModelManager:
                 "challenger": self._alias(client, "challenger"),
             }
         except Exception as err:  # registry down: keep serving what is loaded
-            self.last_error = f"registry unreachable: {type(err).__name__}: {err}"
+            if self.registry_down_since is None:
+                self.registry_down_since = time.time()
             log.warning("registry unreachable; serving the loaded model", extra={"error": str(err)[:300]})
-            return RefreshResult(False, self.last_error)
+            return RefreshResult(False, "registry unreachable; serving the loaded versions")
+        if self.registry_down_since is not None:
+            log.info("registry reachable again")
+        self.registry_down_since = None
         changed, notes = False, []
         for variant in ("champion", "challenger"):
             version = wanted[variant]
             current: ServedModel | None = getattr(self, variant)
-            if version is None:
+            wanted_version = None if version is None else str(version.version)
+            refusal = self.refusals.get(variant)
+            if refusal is not None and refusal.version != wanted_version:
+                del self.refusals[variant]  # the alias moved on
+            if wanted_version is None:
                 if variant == "challenger" and current is not None:
                     self._install(variant, None)
                     changed = True
                 continue
-            if current is not None and current.version == str(version.version):
+            if current is not None and current.version == wanted_version:
+                continue
+            refusal = self.refusals.get(variant)
+            if refusal is not None and time.monotonic() - refusal.at < REFUSAL_RETRY_SECONDS:
+                notes.append(f"version {wanted_version} stays refused: {refusal.reason}")
                 continue
             try:
                 model = load_version(
                     client,
                     self.name,
-                    str(version.version),
+                    wanted_version,
                     closed_categories=self.settings.closed_categories,
                     max_rows=self.settings.max_batch_rows,
                 )
                 reference = self.champion if variant == "challenger" else current
                 if reference is not None and model.schema.fingerprint() != reference.schema.fingerprint():
-                    raise ModelLoadError(
+                    difference = (
                         f"version {model.version} has a different task or feature set than "
                         f"version {reference.version}; not swapped in"
                     )
+                    raise ModelLoadError(difference, public=difference)
             except ModelLoadError as err:
                 metrics.RELOADS.labels(variant, "failure").inc()
-                self.last_error = str(err)
+                self.refusals[variant] = Refusal(wanted_version, err.public, time.monotonic())
                 log.error(
                     "model swap refused; still serving the loaded version",
-                    extra={"variant": variant, "error": str(err)[:500]},
+                    extra={"variant": variant, "version": wanted_version, "error": str(err)[:500]},
                 )
-                notes.append(str(err))
+                notes.append(f"version {wanted_version} refused: {err.public}")
                 continue
+            self.refusals.pop(variant, None)
             self._install(variant, model)
             metrics.RELOADS.labels(variant, "success").inc()
             changed = True
@@ -128,8 +168,6 @@ class ModelManager:
             log.info(
                 "model swapped in", extra={"variant": variant, "model": self.name, "version": model.version}
             )
-        if changed:
-            self.last_error = None
         return RefreshResult(changed, "; ".join(notes) or "already serving the registry's versions")
 
     def _install(self, variant: str, model: ServedModel | None) -> None:

@@ -75,6 +75,27 @@ LOG_QUEUE = Gauge(
     "Rows waiting to be written to the prediction log",
     multiprocess_mode="livesum",
 )
+LOG_DROPPED = Counter(
+    "bitloop_prediction_log_dropped_rows_total",
+    "Answered predictions never written to the log (its memory budget was full, or shutdown timed out)",
+)
+LOG_WRITE_FAILURES = Counter(
+    "bitloop_prediction_log_write_failures_total", "Failed prediction log writes (each one is retried)"
+)
+LOG_DEGRADED = Gauge(
+    "bitloop_prediction_log_degraded",
+    "1 while writes to the prediction log fail and rows wait in memory",
+    multiprocess_mode="max",
+)
+LOG_EXPIRED = Counter(
+    "bitloop_prediction_log_expired_rows_total", "Rows deleted from the prediction log by retention"
+)
+PREDICTION_FAILURES = Counter(
+    "bitloop_prediction_failures_total",
+    "Records the model could not score: cause 'input' (answered 422) or 'model' (answered 500)",
+    ["model", "version", "variant", "cause"],
+)
+BODY_TIMEOUTS = Counter("bitloop_request_body_timeouts_total", "Requests whose body did not arrive in time")
 
 # Drift of the served champion's live inputs (a sliding window of the prediction log).
 DRIFT_SCORE = Gauge(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,8 +21,49 @@ from pipeline.schema import DatasetSchema
 log = logging.getLogger(__name__)
 
 
+ERROR_WINDOW_SECONDS = 60.0
+ERROR_WINDOW_MIN_OUTCOMES = 20
+Outcome = tuple[Any, dict[str, float] | None]
+
+
 class ModelLoadError(RuntimeError):
-    """A registry version could not be turned into a servable model."""
+    """A registry version could not be turned into a servable model.
+
+    `public` says why in words fit for an unauthenticated answer; the message has the details.
+    """
+
+    def __init__(self, message: str, public: str = "it cannot be loaded (the server log says why)") -> None:
+        super().__init__(message)
+        self.public = public
+
+
+class UnscorableRecord(ValueError):
+    """A record the schema accepts but the model cannot score: the input's fault, answered with a 422."""
+
+    def __init__(self, field: str | None, cause: Exception) -> None:
+        where = f"the value of {field!r}" if field else "this record"
+        super().__init__(f"the model cannot score {where} ({type(cause).__name__}); send a typical value")
+        self.field = field
+
+
+class FaultWindow:
+    """Outcomes of recent model calls: the share of records the model failed on, over a time window.
+
+    Appends come from the inference threads; deque appends are atomic, and a reader copies first.
+    """
+
+    def __init__(self) -> None:
+        self._events: deque[tuple[float, int, int]] = deque(maxlen=4096)
+
+    def add(self, scored: int, faults: int) -> None:
+        self._events.append((time.monotonic(), scored, faults))
+
+    def ratio(self) -> tuple[float, int]:
+        """(fault share, records) over the last ERROR_WINDOW_SECONDS."""
+        since = time.monotonic() - ERROR_WINDOW_SECONDS
+        recent = [(n, f) for at, n, f in list(self._events) if at >= since]
+        total = sum(n for n, _ in recent)
+        return (sum(f for _, f in recent) / total if total else 0.0), total
 
 
 @dataclass
@@ -37,6 +80,7 @@ class ServedModel:
     profile: dict[str, Any] | None = None
     """The training data's reference profile, which drift detection compares live inputs with."""
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    faults: FaultWindow = field(default_factory=FaultWindow)
 
     def typical(self, feature: str) -> float | str | None:
         """The feature's training median or most frequent category, from the reference profile."""
@@ -63,15 +107,120 @@ class ServedModel:
         )
 
     def predict(self, records: list[dict[str, Any]]) -> tuple[list[Any], list[dict[str, float]] | None]:
-        """Predictions (and class probabilities for classification) for validated records."""
+        """Predictions (and class probabilities for classification) for validated records.
+
+        Raises when the model fails or answers something that is not a number for every record.
+        """
         x = self.frame(records)
         if self.schema.task == "regression":
-            return [float(v) for v in self.estimator.predict(x)], None
-        proba = self.estimator.predict_proba(x)
+            values = np.asarray(self.estimator.predict(x), dtype=float)
+            if values.shape != (len(records),) or not np.isfinite(values).all():
+                raise ValueError(f"the model answered {values.shape} values, not {len(records)} finite ones")
+            return values.tolist(), None
+        proba = np.asarray(self.estimator.predict_proba(x), dtype=float)
+        if proba.shape != (len(records), len(self.classes)) or not np.isfinite(proba).all():
+            raise ValueError(
+                f"the model answered probabilities of shape {proba.shape}, not {len(records)} finite rows "
+                f"over {len(self.classes)} classes"
+            )
         classes = self.classes
         labels = [classes[i] for i in np.argmax(proba, axis=1).tolist()]
         names = [str(c) for c in classes]
         return labels, [dict(zip(names, row, strict=True)) for row in proba.tolist()]
+
+    def score(self, records: list[dict[str, Any]]) -> list[Outcome | Exception]:
+        """Each record's outcome: one model call when all succeed; otherwise the failing records are
+        found by bisection, so a record the model cannot score never fails the others beside it."""
+        outcomes = self._score_isolating(records)
+        faults = sum(isinstance(o, Exception) and not isinstance(o, UnscorableRecord) for o in outcomes)
+        self.faults.add(len(records), faults)
+        return outcomes
+
+    def _score_isolating(self, records: list[dict[str, Any]]) -> list[Outcome | Exception]:
+        try:
+            labels, probabilities = self.predict(records)
+        except Exception as err:
+            if len(records) == 1:
+                return [self._diagnose(records[0], err)]
+            middle = len(records) // 2
+            return self._score_isolating(records[:middle]) + self._score_isolating(records[middle:])
+        if probabilities is None:
+            return [(label, None) for label in labels]
+        return list(zip(labels, probabilities, strict=True))
+
+    def _diagnose(self, record: dict[str, Any], err: Exception) -> Exception:
+        """UnscorableRecord naming the field when the record is at fault; `err` itself when the model
+        cannot score even its own typical record (a server fault)."""
+        typical = self.typical_record()
+        try:
+            self.predict([typical])
+        except Exception:
+            log.exception("the served model fails on its typical record", extra={"version": self.version})
+            return err
+        for spec in self.schema.features:
+            if record[spec.name] == typical[spec.name]:
+                continue
+            try:
+                self.predict([{**record, spec.name: typical[spec.name]}])
+            except Exception:  # noqa: S112 - this field is not the culprit; try the next one
+                continue
+            return UnscorableRecord(spec.name, err)
+        return UnscorableRecord(None, err)
+
+    def typical_record(self) -> dict[str, Any]:
+        """A record of typical training values (0 or the first category where none was profiled)."""
+        record: dict[str, Any] = {}
+        for spec in self.schema.features:
+            value = self.typical(spec.name)
+            if value is None and spec.kind == "numeric":
+                value = 0.0
+            elif value is None:
+                value = spec.categories[0] if spec.categories else (None if spec.nullable else "unknown")
+            record[spec.name] = value
+        return record
+
+    def sample_records(self, example: pd.DataFrame | None, rows: int = 20) -> list[dict[str, Any]]:
+        """What a version must score before it serves: its input example, typical values, values drawn
+        from its reference profile, and (where the schema allows) a record of missing values."""
+        records = [self.typical_record()]
+        if example is not None and set(self.schema.feature_names) <= set(example.columns):
+            frame = example[self.schema.feature_names].astype(object)
+            records += [
+                {str(k): v for k, v in row.items()}
+                for row in frame.where(frame.notna(), None).to_dict(orient="records")
+            ]
+        features = (self.profile or {}).get("features", {})
+        for i in range(rows):
+            record = dict(records[0])
+            for spec in self.schema.features:
+                entry = features.get(spec.name) or {}
+                if entry.get("sample"):
+                    record[spec.name] = float(entry["sample"][(i * 7919) % len(entry["sample"])])
+                elif entry.get("frequencies"):
+                    categories = sorted(entry["frequencies"])
+                    record[spec.name] = categories[i % len(categories)]
+            records.append(record)
+        if all(spec.nullable for spec in self.schema.features):
+            records.append(dict.fromkeys(self.schema.feature_names))
+        return records
+
+    def check(self, example: pd.DataFrame | None) -> None:
+        """Score the stored sample; ModelLoadError unless every record gets a well-formed answer."""
+        records = self.sample_records(example)
+        try:
+            self.predict(records)
+        except Exception as err:
+            raise ModelLoadError(
+                f"version {self.version} cannot predict its own sample of {len(records)} records: "
+                f"{type(err).__name__}: {str(err)[:300]}",
+                public="it cannot predict its own input example and reference sample",
+            ) from err
+        known = {str(c) for c in self.schema.classes}
+        if self.schema.task == "classification" and known and not {str(c) for c in self.classes} <= known:
+            raise ModelLoadError(
+                f"version {self.version} predicts classes {self.classes}, not the schema's {sorted(known)}",
+                public="it predicts classes its feature schema does not have",
+            )
 
 
 def load_version(
@@ -92,6 +241,7 @@ def load_version(
                 location, dst_path=f"{scratch}/model", tracking_uri=uri
             )
             estimator = mlflow.sklearn.load_model(local)
+            example = _input_example(local)
             schema_file = mlflow.artifacts.download_artifacts(
                 run_id=mv.run_id,
                 artifact_path="feature_schema.json",
@@ -106,7 +256,7 @@ def load_version(
     except Exception as err:  # anything MLflow, skops or pydantic raises means "cannot serve this version"
         raise ModelLoadError(f"cannot load {name!r} version {version}: {type(err).__name__}: {err}") from err
     record = build_record_model(schema, closed_categories)
-    return ServedModel(
+    model = ServedModel(
         name=name,
         version=str(version),
         run_id=mv.run_id,
@@ -118,6 +268,20 @@ def load_version(
         batch_model=build_batch_model(record, max_rows),
         profile=profile,
     )
+    model.check(example)
+    return model
+
+
+def _input_example(model_dir: str) -> pd.DataFrame | None:
+    """The input example logged with the model (MLflow keeps it beside the model files)."""
+    from mlflow.models import Model
+
+    try:
+        example = Model.load(model_dir).load_input_example(model_dir)
+    except Exception as err:  # an example is optional; the profile's sample is checked regardless
+        log.warning("the model's input example cannot be read", extra={"error": str(err)[:300]})
+        return None
+    return example if isinstance(example, pd.DataFrame) else None
 
 
 def _reference_profile(run_id: str, tracking_uri: str) -> dict[str, Any] | None:

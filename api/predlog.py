@@ -1,18 +1,21 @@
 """The prediction log: every prediction's inputs and outputs, appended to SQLite (WAL mode).
 
-Requests only enqueue rows; one writer thread commits them in batches off the request path.
-Shutdown drains the queue, so a restart loses nothing that was answered. Drift detection reads
-the same table; several worker processes may append to one file.
+Requests only enqueue rows; one writer thread commits them in batches off the request path. The
+queue is bounded: while the file cannot be written (a full or failing disk) rows wait in memory and
+the write is retried with back-off; past `max_pending` rows, new rows are dropped and counted, never
+lost in silence. Shutdown waits a bounded time for the backlog, then reports what it could not
+write. What a SIGKILL can lose is what was answered in the last flush interval.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
-import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +37,16 @@ CREATE TABLE IF NOT EXISTS predictions (
     probabilities TEXT
 );
 CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
+CREATE INDEX IF NOT EXISTS predictions_model_ts ON predictions (model_name, ts);
 """
+RETENTION_CHUNK = 1000
+RETENTION_PERIOD_SECONDS = 60.0
+MAX_BACKOFF_SECONDS = 5.0
+SETTING = "BITLOOP_API_PREDICTION_LOG"
+
+
+class PredictionLogUnavailable(RuntimeError):
+    """The prediction log cannot be opened for writing."""
 
 
 @dataclass(frozen=True)
@@ -49,57 +61,143 @@ class Row:
     probabilities: dict[str, float] | None
 
 
+@dataclass(frozen=True)
+class LogStatus:
+    pending_rows: int
+    dropped_rows: int
+    error: str | None
+    """Why the last write failed, while writes are failing; None when the log is healthy."""
+
+
 def connect(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=30.0, check_same_thread=False)
+    conn = sqlite3.connect(path, timeout=5.0, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.executescript(SCHEMA)
     return conn
 
 
-class PredictionLog:
-    """Batched, durable appends from any thread; `close()` flushes everything queued."""
+def open_for_writing(path: Path) -> sqlite3.Connection:
+    """The log's connection, after proving it can take a write lock; a clear error naming the path."""
+    try:
+        conn = connect(path)
+        conn.execute("BEGIN IMMEDIATE")
+        conn.rollback()
+    except (OSError, sqlite3.Error) as err:
+        raise PredictionLogUnavailable(
+            f"cannot write the prediction log {path} ({err}): make its directory writable "
+            f"or point {SETTING} at a writable file"
+        ) from None
+    return conn
 
-    def __init__(self, path: Path, flush_rows: int = 512, flush_ms: float = 50.0) -> None:
+
+class PredictionLog:
+    """Batched, bounded appends from any thread; `close()` flushes within a time budget."""
+
+    def __init__(
+        self,
+        path: Path,
+        flush_rows: int = 512,
+        flush_ms: float = 50.0,
+        max_pending: int = 100_000,
+        retention_days: float = 0.0,
+    ) -> None:
         self.path = path
         self._flush_rows = flush_rows
         self._flush_seconds = flush_ms / 1000
-        self._queue: queue.SimpleQueue[Row | None] = queue.SimpleQueue()
-        self._conn = connect(path)
+        self._max_pending = max_pending
+        self._retention_seconds = retention_days * 86400
+        self._pending: deque[Row] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._abandoned = False
+        self._dropped = 0
+        self._error: str | None = None
+        self._conn = open_for_writing(path)
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
     def append(self, rows: list[Row]) -> None:
-        for row in rows:
-            self._queue.put(row)
-        metrics.LOG_QUEUE.inc(len(rows))
+        with self._cond:
+            accepted = rows[: max(self._max_pending - len(self._pending), 0)]
+            self._pending.extend(accepted)
+            lost = len(rows) - len(accepted)
+            self._dropped += lost
+            self._cond.notify()
+        metrics.LOG_QUEUE.inc(len(accepted))
+        if lost:
+            metrics.LOG_DROPPED.inc(lost)
+            if self._dropped == lost or self._dropped // 1000 != (self._dropped - lost) // 1000:
+                log.error(
+                    "prediction log full: rows dropped",
+                    extra={
+                        "dropped_total": self._dropped,
+                        "pending": self._max_pending,
+                        "error": self._error,
+                    },
+                )
 
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        self._conn.close()
+    def status(self) -> LogStatus:
+        with self._cond:
+            return LogStatus(len(self._pending), self._dropped, self._error)
+
+    def close(self, timeout: float = 10.0) -> LogStatus:
+        """Write what is queued, waiting at most `timeout` seconds; rows still unwritten are counted
+        as dropped and reported."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout)
+        with self._cond:
+            if self._thread.is_alive():
+                self._abandoned = True
+                lost = len(self._pending)
+                self._dropped += lost
+                self._pending.clear()
+                metrics.LOG_DROPPED.inc(lost)
+                metrics.LOG_QUEUE.dec(lost)
+                log.error(
+                    "prediction log not flushed in time: rows lost at shutdown",
+                    extra={"lost": lost, "seconds": timeout, "error": self._error, "path": str(self.path)},
+                )
+            status = LogStatus(len(self._pending), self._dropped, self._error)
+        if not self._thread.is_alive():
+            self._conn.close()
+        return status
 
     def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is None:
-                break
-            batch = [first]
-            deadline = time.monotonic() + self._flush_seconds
-            while len(batch) < self._flush_rows:
-                try:
-                    item = self._queue.get(timeout=max(deadline - time.monotonic(), 0))
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
-            self._write(batch)
+        backoff = 0.0
+        retention_due = time.monotonic()
+        while True:
+            with self._cond:
+                while not self._pending and not self._stopping:
+                    if self._retention_seconds and time.monotonic() >= retention_due:
+                        break
+                    idle = max(retention_due - time.monotonic(), 0.1) if self._retention_seconds else None
+                    self._cond.wait(idle)
+                if self._abandoned or (self._stopping and not self._pending):
+                    return
+                deadline = time.monotonic() + self._flush_seconds
+                while (
+                    self._pending
+                    and len(self._pending) < self._flush_rows
+                    and not self._stopping
+                    and (remaining := deadline - time.monotonic()) > 0
+                ):
+                    self._cond.wait(remaining)
+                batch = list(itertools.islice(self._pending, self._flush_rows))
+            if batch and not self._write(batch):
+                backoff = min(max(backoff * 2, 0.1), MAX_BACKOFF_SECONDS)
+                with self._cond:
+                    self._cond.wait_for(lambda: self._abandoned, backoff)
+                continue
+            backoff = 0.0
+            if self._retention_seconds and time.monotonic() >= retention_due:
+                full = self._expire()
+                retention_due = time.monotonic() + (0 if full else RETENTION_PERIOD_SECONDS)
 
-    def _write(self, batch: list[Row]) -> None:
+    def _write(self, batch: list[Row]) -> bool:
         values = [
             (
                 r.ts,
@@ -113,23 +211,57 @@ class PredictionLog:
             )
             for r in batch
         ]
-        while True:
-            try:
-                with self._conn:
-                    self._conn.executemany(
-                        "INSERT INTO predictions (ts, request_id, model_name, model_version, variant, "
-                        "features, prediction, probabilities) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        values,
-                    )
-                break
-            except sqlite3.OperationalError as err:  # a locked database is retried, never dropped
-                log.warning("prediction log write failed; retrying", extra={"error": str(err)})
-                time.sleep(0.2)
+        try:
+            with self._conn:
+                self._conn.executemany(
+                    "INSERT INTO predictions (ts, request_id, model_name, model_version, variant, "
+                    "features, prediction, probabilities) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    values,
+                )
+        except sqlite3.Error as err:  # full disk, I/O error, a lock held too long: retried, never dropped
+            metrics.LOG_WRITE_FAILURES.inc()
+            with self._cond:
+                first = self._error is None
+                self._error = f"{type(err).__name__}: {err}"
+            metrics.LOG_DEGRADED.set(1)
+            if first:
+                log.error(
+                    "prediction log write failed; rows are kept in memory and retried",
+                    extra={"error": str(err), "path": str(self.path)},
+                )
+            return False
         now = time.time()
+        with self._cond:
+            if self._abandoned:
+                return True
+            for _ in batch:
+                self._pending.popleft()
+            recovered, self._error = self._error is not None, None
+        if recovered:
+            log.info("prediction log writes succeed again", extra={"path": str(self.path)})
+        metrics.LOG_DEGRADED.set(0)
         metrics.LOG_QUEUE.dec(len(batch))
         metrics.LOG_ROWS.inc(len(batch))
         for row in batch:
             metrics.LOG_LAG.observe(now - row.ts)
+        return True
+
+    def _expire(self) -> bool:
+        """Delete one chunk of rows past retention; True when there may be more."""
+        cutoff = time.time() - self._retention_seconds
+        try:
+            with self._conn:
+                deleted = self._conn.execute(
+                    "DELETE FROM predictions WHERE id IN "
+                    "(SELECT id FROM predictions WHERE ts < ? ORDER BY ts LIMIT ?)",
+                    (cutoff, RETENTION_CHUNK),
+                ).rowcount
+        except sqlite3.Error as err:
+            log.warning("prediction log retention failed", extra={"error": str(err)})
+            return False
+        if deleted:
+            metrics.LOG_EXPIRED.inc(deleted)
+        return bool(deleted == RETENTION_CHUNK)
 
 
 def count_rows(path: Path) -> int:

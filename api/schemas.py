@@ -6,6 +6,7 @@ import keyword
 import re
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from pipeline.schema import DatasetSchema, FeatureSpec
@@ -35,11 +36,24 @@ class Health(BaseModel):
     status: Literal["ok"] = "ok"
 
 
+class PredictionLogOut(BaseModel):
+    status: Literal["ok", "degraded"]
+    pending_rows: int = Field(description="rows answered and not yet written")
+    dropped_rows: int = Field(description="rows answered and never written, since start-up")
+
+
 class Readiness(BaseModel):
     ready: bool
     model_name: str
     model_version: str | None
     detail: str
+    prediction_log: PredictionLogOut
+
+
+class RefusalOut(BaseModel):
+    variant: str
+    version: str
+    reason: str
 
 
 class FeatureOut(BaseModel):
@@ -64,6 +78,9 @@ class ModelInfo(BaseModel):
     loaded_at: str
     features: list[FeatureOut]
     challenger_version: str | None
+    refused: list[RefusalOut] = Field(
+        default_factory=list, description="versions the aliases point at that this server refused to serve"
+    )
 
 
 class ReloadOut(BaseModel):
@@ -89,9 +106,16 @@ def _field_name(name: str, taken: set[str]) -> str:
     return candidate
 
 
+# Every candidate kind can hold this: forests cast inputs to float32, and the float64 models
+# (scaling, linear terms) keep ~10^270 of headroom above it. Larger values are refused as input.
+NUMERIC_LIMIT = float(np.finfo(np.float32).max)
+
+
 def _annotation(spec: FeatureSpec, closed_categories: bool) -> Any:
     if spec.kind == "numeric":
-        value: Any = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+        value: Any = Annotated[
+            float, Field(strict=True, allow_inf_nan=False, ge=-NUMERIC_LIMIT, le=NUMERIC_LIMIT)
+        ]
     elif closed_categories and spec.categories:
         value = Literal[tuple(spec.categories)]
     else:

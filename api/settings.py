@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,6 +29,10 @@ class ApiSettings(BaseSettings):
     registry_timeout_seconds: Annotated[float, Field(gt=0)] = 5.0
     max_batch_rows: Annotated[int, Field(ge=1)] = 1000
     max_body_bytes: Annotated[int, Field(ge=1024)] = 2 * 1024 * 1024
+    body_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+    """A request body that has not fully arrived after this long is refused with 408."""
+    max_error_ratio: Annotated[float, Field(gt=0, le=1)] = 0.25
+    """A served version failing more than this share of records over a minute is reported not ready."""
     closed_categories: bool = True
     """Reject categories the model never saw in training (422) instead of scoring them as unknown."""
     micro_batch_max_size: Annotated[int, Field(ge=1)] = 64
@@ -37,6 +41,17 @@ class ApiSettings(BaseSettings):
     prediction_log: Path = Path(".bitloop/predictions.sqlite")
     prediction_log_flush_rows: Annotated[int, Field(ge=1)] = 512
     prediction_log_flush_ms: Annotated[float, Field(gt=0)] = 50.0
+    """The longest an answered prediction waits to be written: what a SIGKILL can lose."""
+    prediction_log_max_pending_rows: Annotated[int, Field(ge=1)] = 100_000
+    """Rows held in memory while the log cannot be written; beyond them rows are dropped and counted."""
+    prediction_log_shutdown_seconds: Annotated[float, Field(ge=0)] = 10.0
+    """How long shutdown waits for the log to be written before it reports what it could not write."""
+    prediction_log_retention_days: Annotated[float, Field(ge=0)] = Field(
+        30.0, validation_alias="BITLOOP_PREDICTION_LOG_RETENTION_DAYS"
+    )
+    """Rows older than this are deleted, a few at a time; 0 keeps every row."""
+    log_failure: Literal["degrade", "refuse"] = "degrade"
+    """When the log cannot keep up: keep answering and count dropped rows, or refuse predictions (503)."""
     challenger_share: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     """Share of /predict traffic answered by @challenger (A/B); 0 disables."""
     shadow: bool = False

@@ -1,67 +1,114 @@
-"""Reading and validating request bodies against the served model's schema, with 422s that name fields."""
+"""Reading and validating request bodies against the served model's schema, with 4xx that name fields.
+
+Bodies are parsed and validated in one pass by pydantic's JSON parser, which bounds what hostile
+input can cost: nesting deeper than its recursion limit, numbers too long to represent and strings
+that are not valid Unicode (lone surrogates) are all `json_invalid`, a 422, never a crash.
+"""
 
 from __future__ import annotations
 
-import json
+import asyncio
 import math
 from typing import Any
 
-from fastapi import Request
+from fastapi import HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
+
+from api import metrics
+
+JSON = "application/json"
+MAX_ERRORS = 50
+"""Errors listed in one 422; a batch of a thousand bad records would otherwise answer megabytes."""
+MAX_ECHO = 200
 
 
 def _error(loc: tuple[Any, ...], msg: str, kind: str) -> dict[str, Any]:
     return {"type": kind, "loc": ("body", *loc), "msg": msg}
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """The JSON body, refusing more than `limit` bytes without reading them all."""
+def require_json(request: Request) -> None:
+    """415 unless the body is declared JSON: a cross-site form post (text/plain) is never answered."""
+    declared = request.headers.get("content-type", "")
+    media = declared.split(";", 1)[0].strip().lower()
+    if media != JSON and not (media.startswith("application/") and media.endswith("+json")):
+        shown = f", not {declared[:100]!r}" if declared else ""
+        raise HTTPException(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, f"send the body as Content-Type: {JSON}{shown}"
+        )
+
+
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The body, refusing more than `limit` bytes without reading them all, within `timeout` seconds."""
+    require_json(request)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestValidationError(
             [_error((), f"body is {declared} bytes; the limit is {limit}", "too_large")]
         )
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestValidationError(
-                [_error((), f"body exceeds the limit of {limit} bytes", "too_large")]
-            )
-        chunks.append(chunk)
     try:
-        return json.loads(b"".join(chunks))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RequestValidationError([_error((), f"body is not valid JSON: {err}", "json_invalid")]) from None
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise RequestValidationError(
+                        [_error((), f"body exceeds the limit of {limit} bytes", "too_large")]
+                    )
+                chunks.append(chunk)
+    except TimeoutError:
+        metrics.BODY_TIMEOUTS.inc()
+        # The rest of the body will never be read: the connection cannot be reused.
+        raise HTTPException(
+            status.HTTP_408_REQUEST_TIMEOUT,
+            f"the request body did not arrive within {timeout:g} s",
+            headers={"Connection": "close"},
+        ) from None
+    return b"".join(chunks)
 
 
-def parse(model: type[BaseModel], payload: Any) -> BaseModel:
+def parse(model: type[BaseModel], body: bytes) -> BaseModel:
+    """Parse and validate a JSON body in one pass; every problem is a 422 naming its field."""
     try:
-        return model.model_validate(payload)
+        return model.model_validate_json(body)
     except ValidationError as err:
         raise RequestValidationError(
-            [
-                {"type": e["type"], "loc": ("body", *e["loc"]), "msg": e["msg"], "input": e.get("input")}
-                for e in err.errors()
-            ]
+            [{**e, "loc": ("body", *e["loc"])} for e in err.errors(include_url=False, include_context=False)]
         ) from None
 
 
+def _text(value: str) -> str:
+    """Short, and encodable: a lone surrogate is shown escaped instead of crashing the response."""
+    return value[:MAX_ECHO].encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _safe(value: Any) -> Any:
-    if value is None or isinstance(value, bool | str | int):
-        return value if not isinstance(value, str) else value[:200]
+    if value is None or isinstance(value, bool | int):
+        return value if not isinstance(value, int) or abs(value) < 10**18 else _text(str(value)[:40]) + "…"
+    if isinstance(value, str):
+        return _text(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
-    return repr(value)[:200]
+    return None
 
 
 def render_errors(errors: Any) -> list[dict[str, Any]]:
-    """Validation errors as JSON-safe dicts (NaN inputs and large values are shown as short text)."""
+    """Validation errors as JSON-safe dicts: short inputs only, at most MAX_ERRORS of them."""
+    errors = list(errors)
     out = []
-    for e in errors:
-        item = {"type": e.get("type"), "loc": list(e.get("loc", ())), "msg": e.get("msg")}
-        if "input" in e and not isinstance(e["input"], dict | list):
-            item["input"] = _safe(e["input"])
+    for e in errors[:MAX_ERRORS]:
+        loc = [part if isinstance(part, int) else _text(str(part)) for part in e.get("loc", ())]
+        item: dict[str, Any] = {"type": e.get("type"), "loc": loc, "msg": _text(str(e.get("msg", "")))}
+        # The whole body is the input of a body-level error: never echo it.
+        if len(loc) > 1 and "input" in e and (shown := _safe(e["input"])) is not None:
+            item["input"] = shown
         out.append(item)
+    if len(errors) > MAX_ERRORS:
+        out.append(
+            {
+                "type": "too_many_errors",
+                "loc": ["body"],
+                "msg": f"{len(errors) - MAX_ERRORS} more errors not shown; fix these and send again",
+            }
+        )
     return out

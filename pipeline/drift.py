@@ -224,6 +224,13 @@ def detect(
     )
 
 
+# Served newest first by the (model_name, ts) index: no sort, and at most `limit` rows are read.
+WINDOW_QUERY = (
+    "SELECT features FROM predictions WHERE model_name = ? AND ts >= ? AND ts < ?"
+    " AND variant IN (?, ?) ORDER BY ts DESC LIMIT ?"
+)
+
+
 def read_prediction_log(
     path: Path,
     model_name: str,
@@ -238,14 +245,10 @@ def read_prediction_log(
     """
     if not path.exists():
         return pd.DataFrame()
-    query = (
-        "SELECT features FROM predictions WHERE model_name = ? AND variant IN (?, ?)"
-        " AND ts >= ? AND ts < ? ORDER BY id DESC LIMIT ?"
-    )
-    args = (model_name, *SERVED_VARIANTS, since or 0.0, until or math.inf, limit)
+    args = (model_name, since or 0.0, until or math.inf, *SERVED_VARIANTS, limit)
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
     try:
-        rows = conn.execute(query, args).fetchall()
+        rows = conn.execute(WINDOW_QUERY, args).fetchall()
     finally:
         conn.close()
     return pd.DataFrame([json.loads(r[0]) for r in reversed(rows)])

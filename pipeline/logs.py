@@ -5,8 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from typing import Any
+
+# user:password@ in any URL (MLflow, PostgreSQL, S3 endpoints): the password never reaches a log line.
+_CREDENTIALS = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]*@")
+
+
+def redact(text: str) -> str:
+    """`text` with the password of every URL replaced by ***."""
+    return _CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)
+
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
@@ -25,7 +35,7 @@ class KeyValueFormatter(logging.Formatter):
         when = self.formatTime(record, "%H:%M:%S")
         base = f"{when} {record.levelname:<7} {record.name}: {record.getMessage()}"
         text = f"{base} {fields}" if fields else base
-        return text + ("\n" + self.formatException(record.exc_info) if record.exc_info else "")
+        return redact(text + ("\n" + self.formatException(record.exc_info) if record.exc_info else ""))
 
 
 class JsonFormatter(logging.Formatter):
@@ -39,7 +49,40 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             payload["exception"] = self.formatException(record.exc_info)
-        return json.dumps(payload, default=str)
+        return redact(json.dumps(payload, default=str))
+
+
+def _redacted(value: Any) -> Any:
+    return redact(value) if isinstance(value, str) else value
+
+
+def _install_redaction() -> None:
+    """Redact every record as it is made, whichever handler (ours, MLflow's, uvicorn's) prints it."""
+    make = logging.getLogRecordFactory()
+    if getattr(make, "redacts", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        if record.args:
+            record.msg, record.args = record.getMessage(), None
+        record.msg = _redacted(record.msg)
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        return record
+
+    factory.redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
+
+class _RedactExtras(logging.Filter):
+    """Extras are set on the record after the factory made it: redact them on the way out."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in _extras(record).items():
+            if isinstance(value, str):
+                setattr(record, key, redact(value))
+        return True
 
 
 def configure_logging(level: str | None = None) -> None:
@@ -47,6 +90,8 @@ def configure_logging(level: str | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     json_lines = os.environ.get("BITLOOP_LOG_FORMAT", "text").lower() == "json"
     handler.setFormatter(JsonFormatter() if json_lines else KeyValueFormatter())
+    handler.addFilter(_RedactExtras())
+    _install_redaction()
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level or os.environ.get("BITLOOP_LOG_LEVEL", "INFO").upper())

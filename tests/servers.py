@@ -75,9 +75,9 @@ def serve(
 
 
 @contextmanager
-def mlflow_server(workdir: Path) -> Iterator[str]:
+def mlflow_server(workdir: Path, port: int | None = None) -> Iterator[str]:
     """A lean MLflow tracking server: SQLite backend, local artefacts, one worker, no job runner."""
-    port = free_port()
+    port = port or free_port()
     uri = f"http://127.0.0.1:{port}"
     command = [
         str(BIN / "mlflow"),

@@ -15,10 +15,10 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(requir
     "/reload",
     response_model=ReloadOut,
     responses={401: ERRORS[401]},
-    summary="Check the registry aliases now and swap models if they moved",
+    summary="Check the registry aliases now and swap models if they moved (refused versions are tried again)",
 )
 async def reload(state: StateDep) -> ReloadOut:
-    result = await state.manager.refresh()
+    result = await state.manager.refresh(retry_refused=True)
     champion, challenger = state.manager.champion, state.manager.challenger
     return ReloadOut(
         changed=result.changed,

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Response, status
 
 from api import metrics
-from api.schemas import ErrorOut, FeatureOut, Health, ModelInfo, Readiness
-from api.state import StateDep
+from api.schemas import ErrorOut, FeatureOut, Health, ModelInfo, PredictionLogOut, Readiness, RefusalOut
+from api.state import StateDep, require_api_key
 
 router = APIRouter(tags=["operations"])
 
@@ -27,16 +26,21 @@ async def health() -> Health:
 )
 async def ready(state: StateDep, response: Response) -> Readiness:
     model = state.manager.champion
-    if model is None:
+    ready, problems = state.readiness()
+    if not ready:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-        return Readiness(
-            ready=False,
-            model_name=state.manager.name,
-            model_version=None,
-            detail=state.manager.last_error or "no champion loaded yet",
-        )
-    detail = "serving" if state.manager.last_error is None else f"serving; {state.manager.last_error}"
-    return Readiness(ready=True, model_name=model.name, model_version=model.version, detail=detail)
+    log = state.log.status()
+    return Readiness(
+        ready=ready,
+        model_name=state.manager.name,
+        model_version=None if model is None else model.version,
+        detail="; ".join(problems) if not ready else "; ".join(["serving", *problems]),
+        prediction_log=PredictionLogOut(
+            status="ok" if log.error is None else "degraded",
+            pending_rows=log.pending_rows,
+            dropped_rows=log.dropped_rows,
+        ),
+    )
 
 
 @router.get(
@@ -69,17 +73,23 @@ async def model_info(state: StateDep) -> ModelInfo:
             for f in model.schema.features
         ],
         challenger_version=None if challenger is None else challenger.version,
+        refused=[
+            RefusalOut(variant=variant, version=r.version, reason=r.reason)
+            for variant, r in state.manager.refusals.items()
+        ],
     )
 
 
 @router.get(
     "/drift",
-    responses={503: {"model": ErrorOut}, 409: {"model": ErrorOut}},
+    dependencies=[Depends(require_api_key)],
+    responses={401: {"model": ErrorOut}, 503: {"model": ErrorOut}, 409: {"model": ErrorOut}},
     summary="Drift of recent live inputs from the champion's reference profile",
     description=(
         "The latest sliding-window drift report (per-feature test, score, threshold, PSI, and the "
         "dataset verdict). `fresh=true` evaluates the window now instead of returning the report of "
-        "the last periodic evaluation."
+        "the last periodic evaluation; concurrent callers share one evaluation. Needs the API key "
+        "when the server has one."
     ),
 )
 async def drift(state: StateDep, fresh: bool = False) -> dict[str, Any]:
@@ -91,7 +101,7 @@ async def drift(state: StateDep, fresh: bool = False) -> dict[str, Any]:
         )
     report = state.drift.last
     if fresh or report is None or report.model.get("version") != champion.version:
-        report = await asyncio.to_thread(state.drift.evaluate)
+        report = await state.drift.evaluate_shared()
     return {} if report is None else report.to_dict()
 
 

@@ -8,19 +8,26 @@ import uuid
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 
-from api.model import ServedModel
+from api import metrics
+from api.model import ServedModel, UnscorableRecord
 from api.schemas import BatchPredictionOut, ErrorOut, PredictionOut
 from api.state import ServerState, StateDep, require_api_key
-from api.validation import parse, read_json
+from api.validation import JSON, parse, read_body
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key)])
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "an API key is required and was missing or wrong"},
-    422: {"description": "invalid input: `detail` names each offending field (`loc`)"},
-    503: {"model": ErrorOut, "description": "no model has been promoted yet"},
+    408: {"model": ErrorOut, "description": "the request body did not arrive in time"},
+    415: {"model": ErrorOut, "description": f"the body is not declared as `{JSON}`"},
+    422: {
+        "description": "invalid input: `detail` names each offending field (`loc`), including values "
+        "the schema accepts but the model cannot score"
+    },
+    503: {"model": ErrorOut, "description": "no model has been promoted yet, or the prediction log refuses"},
 }
 
 
@@ -38,6 +45,32 @@ def _body(ref: str) -> dict[str, Any]:
     }
 
 
+def _failure(model: ServedModel, variant: str, failures: dict[tuple[Any, ...], Exception]) -> Exception:
+    """What to raise for records the model failed on: a 422 naming each record's field when the input
+    is at fault, else the model's own error (a 500, logged)."""
+    fault = None
+    for err in failures.values():
+        cause = "input" if isinstance(err, UnscorableRecord) else "model"
+        metrics.PREDICTION_FAILURES.labels(model.name, model.version, variant, cause).inc()
+        fault = fault or (None if isinstance(err, UnscorableRecord) else err)
+    if fault is not None:
+        return fault
+    return RequestValidationError(
+        [
+            {
+                "type": "unscorable",
+                "loc": (
+                    "body",
+                    *where,
+                    *((err.field,) if isinstance(err, UnscorableRecord) and err.field else ()),
+                ),
+                "msg": str(err),
+            }
+            for where, err in failures.items()
+        ]
+    )
+
+
 def _shadow(state: ServerState, request_id: str, records: list[dict[str, Any]]) -> None:
     """Score @challenger on the same records without touching the response."""
     challenger = state.manager.challenger
@@ -46,10 +79,22 @@ def _shadow(state: ServerState, request_id: str, records: list[dict[str, Any]]) 
 
     async def score() -> None:
         try:
-            labels, probabilities = await state.batcher.run_in_thread(challenger.predict, records)
-            state.record(challenger, "shadow", request_id, records, labels, probabilities)
+            outcomes = await state.batcher.run_in_thread(challenger.score, records)
         except Exception:
             log.exception("shadow scoring failed", extra={"version": challenger.version})
+            return
+        scored = [(r, o) for r, o in zip(records, outcomes, strict=True) if not isinstance(o, Exception)]
+        if len(scored) < len(records):
+            log.warning("shadow scoring failed on some records", extra={"version": challenger.version})
+        if scored:
+            state.record(
+                challenger,
+                "shadow",
+                request_id,
+                [r for r, _ in scored],
+                [o[0] for _, o in scored],
+                None if challenger.schema.task == "regression" else [o[1] or {} for _, o in scored],
+            )
 
     task = asyncio.get_running_loop().create_task(score())
     state.background.add(task)
@@ -80,9 +125,12 @@ def _account(
 )
 async def predict(request: Request, state: StateDep) -> Response:
     model, variant = state.require_model()
-    payload = await read_json(request, state.settings.max_body_bytes)
-    record = parse(model.record_model, payload).model_dump(by_alias=True)
-    label, probabilities = await state.batcher.submit(model, variant, record)
+    body = await read_body(request, state.settings.max_body_bytes, state.settings.body_timeout_seconds)
+    record = parse(model.record_model, body).model_dump(by_alias=True)
+    try:
+        label, probabilities = await state.batcher.submit(model, variant, record)
+    except Exception as err:
+        raise _failure(model, variant, {(): err}) from None
     request_id = _account(
         state, model, variant, [record], [label], None if probabilities is None else [probabilities]
     )
@@ -107,10 +155,14 @@ async def predict(request: Request, state: StateDep) -> Response:
 )
 async def predict_batch(request: Request, state: StateDep) -> Response:
     model, variant = state.require_model()
-    payload = await read_json(request, state.settings.max_body_bytes)
-    batch = parse(model.batch_model, payload)
-    records: list[dict[str, Any]] = batch.model_dump(by_alias=True)["records"]
-    labels, probabilities = await state.batcher.run_in_thread(model.predict, records)
+    body = await read_body(request, state.settings.max_body_bytes, state.settings.body_timeout_seconds)
+    records: list[dict[str, Any]] = parse(model.batch_model, body).model_dump(by_alias=True)["records"]
+    outcomes = await state.batcher.run_in_thread(model.score, records)
+    failures = {("records", i): o for i, o in enumerate(outcomes) if isinstance(o, Exception)}
+    if failures:
+        raise _failure(model, variant, failures)
+    labels = [o[0] for o in outcomes]
+    probabilities = None if model.schema.task == "regression" else [o[1] or {} for o in outcomes]
     request_id = _account(state, model, variant, records, labels, probabilities)
     return _json(
         BatchPredictionOut(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -87,7 +88,8 @@ def main() -> int:
     source = f"http://127.0.0.1:{settings.data_source_port}"
     started = time.monotonic()
     deadline = started + args.timeout
-    with httpx.Client(timeout=60) as client:
+    key = os.environ.get("BITLOOP_API_API_KEY")
+    with httpx.Client(timeout=60, headers={"X-API-Key": key} if key else {}) as client:
         before = fetch(client, "GET", f"{api}/model").json()
         step(started, f"serving {before['name']} version {before['version']}")
         fetch(client, "PUT", f"{source}/world", json={"drift": args.drift})

@@ -77,13 +77,13 @@ def make_client(tmp_path: Path, mlflow_uri: str) -> Iterator[Callable[..., TestC
     clients: list[TestClient] = []
 
     def build(model_name: str, **overrides: Any) -> TestClient:
-        settings = ApiSettings(
-            mlflow_tracking_uri=mlflow_uri,
-            model_name=model_name,
-            prediction_log=tmp_path / f"log-{len(clients)}.sqlite",
-            reload_interval_seconds=3600,
-            **overrides,
-        )
+        defaults: dict[str, Any] = {
+            "mlflow_tracking_uri": mlflow_uri,
+            "model_name": model_name,
+            "prediction_log": tmp_path / f"log-{len(clients)}.sqlite",
+            "reload_interval_seconds": 3600,
+        }
+        settings = ApiSettings(**(defaults | overrides))
         client = TestClient(create_app(settings))
         client.__enter__()
         clients.append(client)

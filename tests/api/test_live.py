@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import mlflow
@@ -14,46 +12,10 @@ from mlflow import MlflowClient
 
 from api.predlog import count_rows
 from tests.api.conftest import Trained, api_server, sample_record, train_model
+from tests.api.traffic import Traffic, wait_for
 from tests.servers import mlflow_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def wait_for(predicate: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.2)
-
-
-class Traffic:
-    """Clients sending single-record predictions until stopped; every answer is kept."""
-
-    def __init__(self, base: str, record: dict[str, Any], clients: int = 4) -> None:
-        self.base, self.record = base, record
-        self.answers: list[tuple[int, str | None]] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run) for _ in range(clients)]
-
-    def _run(self) -> None:
-        with httpx.Client(base_url=self.base, timeout=10) as client:
-            while not self._stop.is_set():
-                try:
-                    response = client.post("/predict", json=self.record)
-                    version = response.json().get("model_version") if response.status_code == 200 else None
-                    self.answers.append((response.status_code, version))
-                except httpx.HTTPError as err:
-                    self.answers.append((-1, repr(err)))
-
-    def __enter__(self) -> Traffic:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join()
 
 
 def test_promotion_under_load_drops_nothing_and_logs_every_answer(
@@ -117,7 +79,7 @@ def test_broken_or_incompatible_versions_are_refused(
         assert "different task or feature set" in ready["detail"]
 
 
-def test_registry_outage_changes_nothing_for_clients(tmp_path: Path) -> None:
+def test_registry_outage_changes_nothing_for_clients_and_its_report_clears(tmp_path: Path) -> None:
     tracking = mlflow_server(tmp_path / "own-mlflow")
     uri = tracking.__enter__()
     running = True
@@ -126,6 +88,7 @@ def test_registry_outage_changes_nothing_for_clients(tmp_path: Path) -> None:
         with api_server(tmp_path, uri, "outage-churn") as base:
             record = sample_record(trained.schema)
             assert httpx.post(f"{base}/predict", json=record).status_code == 200
+            assert httpx.get(f"{base}/ready").json()["detail"] == "serving"
             tracking.__exit__(None, None, None)
             running = False
             time.sleep(2.0)  # several registry checks fail meanwhile
@@ -133,10 +96,16 @@ def test_registry_outage_changes_nothing_for_clients(tmp_path: Path) -> None:
                 answer = httpx.post(f"{base}/predict", json=record)
                 assert answer.status_code == 200
                 assert answer.json()["model_version"] == trained.version
-            assert httpx.get(f"{base}/ready").json()["ready"] is True
+            ready = httpx.get(f"{base}/ready").json()
+            assert ready["ready"] is True
+            assert "the registry has been unreachable since" in ready["detail"]
             reload = httpx.post(f"{base}/admin/reload").json()
             assert reload["changed"] is False
             assert "registry unreachable" in reload["detail"]
+            tracking = mlflow_server(tmp_path / "own-mlflow", port=int(uri.rsplit(":", 1)[1]))
+            tracking.__enter__()
+            running = True
+            wait_for(lambda: httpx.get(f"{base}/ready").json()["detail"] == "serving")
     finally:
         if running:
             tracking.__exit__(None, None, None)
