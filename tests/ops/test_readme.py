@@ -49,7 +49,8 @@ def _stack_settings() -> Any:
 def variables_the_code_reads() -> set[str]:
     """Every environment variable a settings class, a DAG, the logging setup or the stack reads."""
     api = {
-        f"BITLOOP_API_{name.upper()}" for name in ApiSettings.model_fields if name != "mlflow_tracking_uri"
+        str(field.validation_alias or f"BITLOOP_API_{name.upper()}")
+        for name, field in ApiSettings.model_fields.items()
     }
     stack = {f"BITLOOP_{name.upper()}" for name in _stack_settings().model_fields}
     read = {
@@ -58,7 +59,7 @@ def variables_the_code_reads() -> set[str]:
         for path in (PROJECT / folder).glob("*.py")
         for variable in re.findall(r'os\.environ\.get\("([A-Z][A-Z_]+)"', path.read_text())
     }
-    return api | stack | read | {"MLFLOW_TRACKING_URI"}
+    return api | stack | read
 
 
 def configuration_reference() -> str:
