@@ -5,7 +5,7 @@ requests get the new one. A version that cannot load, cannot score its own store
 features differ from the one being served, is refused and counted; the old one keeps serving. A
 refused version is tried again after REFUSAL_RETRY_SECONDS or on POST /admin/reload. An
 unreachable registry changes nothing. What went wrong is kept in two forms: words fit for open
-endpoints (`status`), and the details, which only the log gets.
+endpoints (`problems()`), and the details, which only the log gets.
 """
 
 from __future__ import annotations

@@ -60,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
         default=Path(".bitloop/predictions.sqlite"),
         help="the model server's prediction log (relative paths are under --root)",
     )
+    batches = sub.add_parser("batches", help="list the raw store's batches, or withdraw a bad one")
+    action = batches.add_subparsers(dest="action", required=True, metavar="action")
+    action.add_parser("list", help="every batch with its rows, status and problems")
+    withdraw = action.add_parser("withdraw", help="exclude a batch from now on (its file stays)")
+    withdraw.add_argument("batch", help="the batch file, e.g. batch-00005.parquet")
+    withdraw.add_argument("--reason", default="withdrawn by hand", help="recorded in the manifest")
     sub.add_parser("rollback", help="move @champion back to @previous")
     sub.add_parser("champion", help="show the versions behind @champion, @challenger and @previous")
     serve = sub.add_parser("serve-data", help="serve simulated batches over HTTP (GET /batch)")
@@ -84,6 +90,7 @@ def _show(result: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from pipeline.ingest import UnknownBatch
     from pipeline.logs import configure_logging
     from pipeline.promote import RollbackError, SchemaMismatch
     from pipeline.settings import TrackingUnavailable
@@ -105,6 +112,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from pipeline.sources.service import create_app
 
             uvicorn.run(create_app(args.drift), host=args.host, port=args.port, log_level="info")
+            return 0
+        if args.command == "batches":
+            from pipeline.ingest import list_batches, withdraw_batch
+
+            if args.action == "list":
+                _show(list_batches(workspace))
+            else:
+                _show(withdraw_batch(workspace, args.batch, args.reason))
             return 0
         params = load_params(workspace.params_file)
         if args.command == "rollback":
@@ -138,9 +153,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationFailed as err:
         print(f"{err}\n\nfull report: {workspace.validation_report}", file=sys.stderr)
         return EXIT_INVALID_DATA
-    except (ParamsError, SourceError, RollbackError, SchemaMismatch, TrackingUnavailable) as err:
+    except (
+        ParamsError,
+        SourceError,
+        RollbackError,
+        SchemaMismatch,
+        TrackingUnavailable,
+        UnknownBatch,
+    ) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2 if isinstance(err, ParamsError) else 1
+        return 2 if isinstance(err, ParamsError | UnknownBatch) else 1
     return 0
 
 

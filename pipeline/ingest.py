@@ -2,8 +2,9 @@
 
 The raw store (`data/raw/`) holds one Parquet file per batch plus `manifest.json`; batches are
 never rewritten. Rows already in the store (same id, or same cells when there is no id) are
-not appended again, so re-running ingest on the same source is a no-op. The dataset version is
-the DVC content hash of `data/raw` (what `dvc.lock` records) plus a counter: v<number of batches>.
+not appended again, so re-running ingest on the same source is a no-op; rows of a withdrawn
+batch may be ingested again (corrected). The dataset version is the DVC content hash of
+`data/raw` (what `dvc.lock` records) plus a counter: v<number of batches and withdrawals>.
 """
 
 from __future__ import annotations
@@ -82,10 +83,65 @@ def read_raw_batches(raw_dir: Path) -> list[tuple[str, pd.DataFrame]]:
     return [(b["file"], pd.read_parquet(raw_dir / b["file"])) for b in read_manifest(raw_dir)]
 
 
+def withdrawn_batches(raw_dir: Path) -> dict[str, str]:
+    """Withdrawn batch file -> the reason given."""
+    return {b["file"]: b["withdrawn"]["reason"] for b in read_manifest(raw_dir) if b.get("withdrawn")}
+
+
+class UnknownBatch(ValueError):
+    """A batch name that is not in the raw store."""
+
+
+def withdraw_batch(workspace: Workspace, batch: str, reason: str) -> dict[str, Any]:
+    """Mark a batch as excluded from every later validation. Its file stays, unchanged; the exclusion
+    is a manifest change, so the store gets a new content hash and version like any other change."""
+    raw_dir = workspace.raw_dir
+    manifest = read_manifest(raw_dir)
+    entry = next((b for b in manifest if b["file"] == batch), None)
+    if entry is None:
+        known = ", ".join(b["file"] for b in manifest) or "none"
+        raise UnknownBatch(f"no batch {batch!r} in {raw_dir}; the batches are: {known}")
+    if not entry.get("withdrawn"):
+        withdrawals = sum(1 for b in manifest if b.get("withdrawn"))
+        entry["withdrawn"] = {"reason": reason, "order": withdrawals + 1}
+        write_json(raw_dir / MANIFEST, {"batches": manifest})
+        log.info("withdrew batch", extra={"batch": batch, "reason": reason})
+    version = dataset_version(raw_dir)
+    write_json(workspace.version_file, version.as_dict())
+    return {"batch": batch, "withdrawn": entry["withdrawn"], "version": version.as_dict()}
+
+
+def list_batches(workspace: Workspace) -> list[dict[str, Any]]:
+    """Every batch with its rows, source, and status in the last validation report."""
+    report = read_json(workspace.validation_report) if workspace.validation_report.is_file() else {}
+    validated = {b["batch"]: b for b in report.get("batches", [])}
+    out = []
+    for entry in read_manifest(workspace.raw_dir):
+        checked = validated.get(entry["file"], {})
+        status = "withdrawn" if entry.get("withdrawn") else checked.get("status", "not validated yet")
+        out.append(
+            {
+                "batch": entry["file"],
+                "rows": entry["rows"],
+                "status": status,
+                "problems": [
+                    f"[{p['check']}] {p['column'] or '(batch)'}: {p['message']}"
+                    for p in checked.get("errors", [])
+                ],
+                "dropped_rows": checked.get("dropped_rows", {}),
+                "source": entry["source"],
+                **({"withdrawn": entry["withdrawn"]["reason"]} if entry.get("withdrawn") else {}),
+            }
+        )
+    return out
+
+
 def dataset_version(raw_dir: Path) -> DatasetVersion:
+    """v<batches + withdrawals>: every change to the store (an append or a withdrawal) is a version."""
     batches = read_manifest(raw_dir)
+    withdrawals = sum(1 for b in batches if b.get("withdrawn"))
     return DatasetVersion(
-        label=f"v{len(batches)}",
+        label=f"v{len(batches) + withdrawals}",
         md5=dvc_dir_md5(raw_dir),
         batches=len(batches),
         rows=sum(b["rows"] for b in batches),
@@ -115,8 +171,10 @@ def ingest(
     manifest = read_manifest(raw_dir)
 
     known: set[str] = set()
-    for _, stored in read_raw_batches(raw_dir):
-        known.update(row_ids(stored, data.id_column))
+    withdrawn = withdrawn_batches(raw_dir)
+    for name, stored in read_raw_batches(raw_dir):
+        if name not in withdrawn:  # a withdrawn batch's rows may come again, corrected
+            known.update(row_ids(stored, data.id_column))
     fresh = frame[~row_ids(frame, data.id_column).isin(known).to_numpy()]
 
     batch_file = None

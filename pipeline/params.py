@@ -24,6 +24,10 @@ class ParamsError(ValueError):
     """`params.yaml` is missing, malformed or inconsistent."""
 
 
+RowPolicy = Literal["drop", "reject"]
+"""What validation does with a row it finds a problem in: leave it out (counted), or refuse the batch."""
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -59,6 +63,12 @@ class ValidateParams(_Section):
     max_duplicate_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
     min_class_rows: Annotated[int, Field(ge=1)] = 10
     ranges: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    range_tolerance: Annotated[float, Field(ge=0.0)] = 1.0
+    """Learned ranges are widened by this many times their width on each side (never below 0 for a
+    column that has never been negative)."""
+    unlabelled: RowPolicy = "drop"
+    unparseable: RowPolicy = "drop"
+    out_of_range: RowPolicy = "drop"
 
 
 class SplitParams(_Section):

@@ -106,18 +106,33 @@ def check_compatible(
     if champion_schema.fingerprint() == candidate.fingerprint():
         return
 
-    def describe(s: DatasetSchema) -> str:
-        return (
-            f"{s.task} of {s.target!r} from {len(s.features)} features ({', '.join(s.feature_names[:8])}"
-            f"{', ...' if len(s.features) > 8 else ''})"
-        )
-
     raise SchemaMismatch(
-        f"model {model_name!r} @champion (version {champion.version}) predicts {describe(champion_schema)}; "
-        f"this candidate predicts {describe(candidate)}. They cannot be compared on one holdout. "
-        "Set a new model.name in params.yaml for this dataset, or run "
+        f"model {model_name!r} @champion (version {champion.version}) and this candidate differ: "
+        f"{'; '.join(schema_differences(champion_schema, candidate))}. They cannot be compared on one "
+        "holdout. Set a new model.name in params.yaml for this dataset, or run "
         "`python -m pipeline promote --allow-schema-change` to replace the champion deliberately."
     )
+
+
+def schema_differences(old: DatasetSchema, new: DatasetSchema) -> list[str]:
+    """Exactly what changes between two schemas' tasks, targets and features."""
+    changes = []
+    if old.task != new.task:
+        changes.append(f"task {old.task} -> {new.task}")
+    if old.target != new.target:
+        changes.append(f"target {old.target!r} -> {new.target!r}")
+    before = {f.name: f.kind for f in old.features}
+    after = {f.name: f.kind for f in new.features}
+    if removed := [n for n in before if n not in after]:
+        changes.append(f"features only the champion has: {', '.join(removed)}")
+    if added := [n for n in after if n not in before]:
+        changes.append(f"features only the candidate has: {', '.join(added)}")
+    changes += [
+        f"{n} is {before[n]} for the champion, {after[n]} here"
+        for n in after
+        if before.get(n, after[n]) != after[n]
+    ]
+    return changes
 
 
 def _score_version(name: str, version: str, test: pd.DataFrame, schema: DatasetSchema) -> dict[str, float]:

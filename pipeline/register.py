@@ -141,6 +141,8 @@ def _log_candidate(
         mlflow.log_artifacts(str(workspace.evaluation_dir / name), artifact_path="evaluation")
         mlflow.log_artifact(str(workspace.profile_file))
         mlflow.log_artifact(str(workspace.validation_report))
+        if workspace.contract_file.is_file():
+            mlflow.log_artifact(str(workspace.contract_file), artifact_path="data")
         mlflow.log_dict(schema.model_dump(mode="json"), "feature_schema.json")
         example = _input_example(test[schema.feature_names])
         signature = infer_signature(example, model.predict(example))

@@ -39,6 +39,10 @@ class Workspace:
         return self.prepared_dir / "schema.json"
 
     @property
+    def contract_file(self) -> Path:
+        return self.prepared_dir / "contract.json"
+
+    @property
     def split_dir(self) -> Path:
         return self.root / "data" / "split"
 

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.contract import DataContract
 from pipeline.ingest import ingest
 from pipeline.params import Params, ValidateParams, parse_params
 from pipeline.schema import DatasetSchema, infer_schema, normalise_missing
@@ -34,10 +35,15 @@ def reference(params: Params) -> DatasetSchema:
     return infer_schema(normalise_missing(simulate_churn(500, 0)), params.data)
 
 
-def check(batch: pd.DataFrame, schema: DatasetSchema, params: Params) -> list[tuple[str, str | None]]:
-    report, _ = check_batch(
-        "b", normalise_missing(batch), schema, effective_rules(params), params.data.id_column
-    )
+STRICT = {"unlabelled": "reject", "unparseable": "reject", "out_of_range": "reject"}
+
+
+def check(
+    batch: pd.DataFrame, schema: DatasetSchema | DataContract, params: Params, **rules: str
+) -> list[tuple[str, str | None]]:
+    contract = schema if isinstance(schema, DataContract) else DataContract(dataset=schema)
+    strict = effective_rules(params).model_copy(update=rules)
+    report, _ = check_batch("b", normalise_missing(batch), contract, strict, params.data.id_column)
     return [(p.check, p.column) for p in report.errors]
 
 
@@ -105,7 +111,7 @@ def test_each_kind_of_broken_numeric_column_is_rejected_by_name(
     seed: int, kind: str, column: str, reference: DatasetSchema, params: Params
 ) -> None:
     batch = BREAKERS[kind](column)(simulate_churn(600, seed))
-    problems = check(batch, reference, params)
+    problems = check(batch, reference, params, **STRICT)
     assert problems, f"{kind} in {column} was accepted"
     assert all(c == column for _, c in problems), problems
 
@@ -128,14 +134,14 @@ def test_missing_or_blank_categorical_columns_are_rejected_by_name(
             lambda f: f.assign(churned=f["churned"].astype(object).where(f.index > 5, None)),
             "labels",
             "churned",
-        ),
+        ),  # validate.unlabelled=reject
         (lambda f: f.assign(churned=2), "labels", "churned"),
         (lambda f: f.assign(churned=0), "labels", "churned"),
         (
             lambda f: f.assign(churned=f["churned"].astype(object).where(f.index > 5, "maybe")),
-            "labels",
+            "types",
             "churned",
-        ),
+        ),  # validate.unparseable=reject
         (lambda f: pd.concat([f, f.iloc[:100]], ignore_index=True), "duplicates", None),
         (lambda f: f.assign(loyalty_score=1.0), "columns", "loyalty_score"),
         (lambda f: f.iloc[:10], "rows", None),
@@ -157,7 +163,7 @@ def test_batch_level_problems_are_named(
     reference: DatasetSchema,
     params: Params,
 ) -> None:
-    problems = check(change(simulate_churn(600, 5)), reference, params)
+    problems = check(change(simulate_churn(600, 5)), reference, params, **STRICT)
     assert (check_name, column) in problems, problems
 
 
