@@ -122,7 +122,7 @@ def test_a_version_that_loads_but_cannot_predict_never_serves(
     tmp_path: Path, mlflow_uri: str, churn_model: Trained
 ) -> None:
     """A pipeline fitted on a column the schema does not have, logged with the champion's schema."""
-    name = "guarded-churn"
+    name = "unpredictable-churn"
     client = MlflowClient(mlflow_uri)
     good = register_version(mlflow_uri, name, fitted(churn_model), churn_model)
     client.set_registered_model_alias(name, "champion", good)
