@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from tests.api.conftest import Trained, api_server
+from tests.tools import require
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -20,7 +21,7 @@ API_KEY = "page-test-key"
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if CHROMIUM is None:
-        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
+        require("chromium", install="apt-get install chromium")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

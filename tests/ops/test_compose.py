@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import threading
 import time
@@ -25,6 +24,7 @@ import pytest
 
 from tests.factories import PROJECT
 from tests.servers import free_port
+from tests.tools import require
 
 pytestmark = pytest.mark.compose
 
@@ -143,11 +143,9 @@ def wait_for(check: Any, what: str, timeout: float) -> Any:
 
 @pytest.mark.timeout(2400)
 def test_the_compose_stack_serves_a_champion_trained_by_airflow(tmp_path: Path) -> None:
-    missing = [tool for tool in ("podman", "docker-compose", "debootstrap") if shutil.which(tool) is None]
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"{missing} missing: .ci/run installs them")
-        pytest.skip(f"{missing} not installed")
+    require(
+        "podman", "docker-compose", "debootstrap", install="apt-get install podman docker-compose debootstrap"
+    )
     started = time.monotonic()
     sizes = build_images()
     built = time.monotonic()
@@ -265,8 +263,7 @@ def test_the_compose_stack_serves_a_champion_trained_by_airflow(tmp_path: Path) 
 @pytest.mark.timeout(1200)
 def test_rebuilding_an_image_gives_identical_layers() -> None:
     """Two --no-cache builds of the model server image have the same layer digests."""
-    if shutil.which("podman") is None:
-        pytest.skip("podman not installed")
+    require("podman", install="apt-get install podman")
     run("bash", str(PROJECT / "ops" / "compose" / "base-image.sh"), BASE)
     ca = os.environ.get("SSL_CERT_FILE") or "/etc/ssl/certs/ca-certificates.crt"
     secret = ["--secret", f"id=ca,src={ca}"] if Path(ca).is_file() else []

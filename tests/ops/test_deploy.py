@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 from tests.factories import PROJECT
+from tests.tools import require
 
 BIN = Path(sys.executable).parent
 SECRETS = (
@@ -25,10 +25,7 @@ SECRETS = (
 
 
 def compose(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    if shutil.which("docker-compose") is None:
-        if os.environ.get("CI"):
-            pytest.fail("docker-compose missing: .ci/run installs Debian's docker-compose")
-        pytest.skip("docker-compose not installed (apt-get install docker-compose)")
+    require("docker-compose", install="apt-get install docker-compose")
     clean = {k: v for k, v in os.environ.items() if k not in SECRETS}
     return subprocess.run(
         ["docker-compose", "--project-directory", str(PROJECT), "-f", "docker-compose.yml", *args],
@@ -99,10 +96,7 @@ def test_github_workflows_pass_actionlint() -> None:
 
 def test_the_flake_parses() -> None:
     """Nix cannot fetch nixpkgs here, so evaluation happens elsewhere; the syntax is checked here."""
-    if shutil.which("nix-instantiate") is None:
-        if os.environ.get("CI"):
-            pytest.fail("nix-instantiate missing: .ci/run installs Debian's nix-bin")
-        pytest.skip("nix-instantiate not installed (apt-get install nix-bin)")
+    require("nix-instantiate", install="apt-get install nix-bin")
     checked = subprocess.run(
         ["nix-instantiate", "--parse", str(PROJECT / "flake.nix")],
         capture_output=True,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from pipeline.params import HIGHER_IS_BETTER
@@ -28,15 +28,36 @@ def test_never_promotes_a_candidate_that_is_not_better(
         assert abs(candidate - champion) >= margin
 
 
-@given(metric=metrics, candidate=values, champion=values, margin=margins)
-def test_promotes_when_better_by_the_margin(
-    metric: str, candidate: float, champion: float, margin: float
+def shifted(metric: str, value: float, by: float) -> float:
+    """`value` made better (by > 0) or worse (by < 0) on `metric` by `by`."""
+    return value + by if HIGHER_IS_BETTER[metric] else value - by
+
+
+@given(metric=metrics, champion=values, margin=margins, extra=st.floats(min_value=1e-6, max_value=10.0))
+def test_promotes_a_candidate_better_than_the_margin(
+    metric: str, champion: float, margin: float, extra: float
 ) -> None:
-    gain = candidate - champion if HIGHER_IS_BETTER[metric] else champion - candidate
+    candidate = shifted(metric, champion, margin + extra)
     decision = decide({metric: candidate}, {metric: champion}, metric, margin, floors={})
-    assert decision.promote == (gain >= margin and gain > 0)
-    assert decision.champion == champion
-    assert decision.candidate == candidate
+    assert decision.promote
+    assert (decision.candidate, decision.champion) == (candidate, champion)
+
+
+@given(metric=metrics, candidate=values, champion=values, margin=margins, better_by=values, less=margins)
+def test_a_better_candidate_or_a_smaller_margin_never_reverses_a_promotion(
+    metric: str, candidate: float, champion: float, margin: float, better_by: float, less: float
+) -> None:
+    assume(decide({metric: candidate}, {metric: champion}, metric, margin, floors={}).promote)
+    stronger = shifted(metric, candidate, better_by)
+    assert decide({metric: stronger}, {metric: champion}, metric, margin, floors={}).promote
+    assert decide({metric: candidate}, {metric: champion}, metric, margin * less, floors={}).promote
+
+
+@given(metric=metrics, a=values, b=values, margin=margins)
+def test_two_models_never_both_beat_each_other(metric: str, a: float, b: float, margin: float) -> None:
+    forward = decide({metric: a}, {metric: b}, metric, margin, floors={}).promote
+    backward = decide({metric: b}, {metric: a}, metric, margin, floors={}).promote
+    assert not (forward and backward)
 
 
 @given(metric=metrics, candidate=values, floor=values)
@@ -51,10 +72,11 @@ def test_without_a_champion_promotes_exactly_when_the_floors_pass(
         assert "floor" in decision.reason
 
 
-@given(candidate=values, champion=values)
+@given(candidate=st.floats(0.0, 0.59), champion=st.floats(0.0, 1.0))
 def test_floors_bind_even_when_the_champion_is_worse(candidate: float, champion: float) -> None:
-    decision = decide({"roc_auc": 0.55, "r2": candidate}, {"roc_auc": 0.1}, "roc_auc", 0.0, {"roc_auc": 0.6})
+    decision = decide({"roc_auc": candidate}, {"roc_auc": champion}, "roc_auc", 0.0, {"roc_auc": 0.6})
     assert not decision.promote
+    assert "below the floors" in decision.reason
 
 
 def test_nan_candidate_never_passes_a_floor() -> None:
