@@ -14,7 +14,7 @@ from typing import Any
 from pipeline.params import ParamsError, load_params
 from pipeline.run import run_all, run_stage
 from pipeline.settings import PipelineSettings
-from pipeline.workspace import Workspace
+from pipeline.workspace import Workspace, params_file
 
 EXIT_INVALID_DATA = 3  # a bad batch: retrying cannot help, so orchestrators should not retry
 
@@ -28,16 +28,18 @@ def _parser() -> argparse.ArgumentParser:
         help="project directory holding params.yaml (default: the current one)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    ingest = sub.add_parser("ingest", help="append a new batch from the source to data/raw")
+    ingest = sub.add_parser("ingest", help="append a new batch from the source to data/<model>/raw")
     ingest.add_argument("--seed", type=int, help="simulated source: draw this batch instead of data.seed")
     ingest.add_argument("--drift", type=float, help="simulated source: drift of this batch (0-1)")
     ingest.add_argument(
         "--source-url", help="simulated source: draw from this data-source service instead of data.path"
     )
-    sub.add_parser("validate", help="check the raw batches; build data/prepared")
-    sub.add_parser("split", help="stable hash split into data/split/{train,test}.parquet")
+    sub.add_parser("validate", help="check the raw batches; build data/<model>/prepared")
+    sub.add_parser("split", help="stable hash split into data/<model>/split/{train,test}.parquet")
     sub.add_parser("train", help="fit every candidate in params.yaml")
-    sub.add_parser("evaluate", help="score candidates on the holdout; write metrics.json and plots")
+    sub.add_parser(
+        "evaluate", help="score candidates on the holdout; write reports/<model>/metrics.json and plots"
+    )
     sub.add_parser("register", help="log candidates to MLflow; register those passing the floors")
     promote = sub.add_parser("promote", help="gate the best candidate against @champion")
     promote.add_argument(
@@ -60,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         default=Path(".bitloop/predictions.sqlite"),
         help="the model server's prediction log (relative paths are under --root)",
     )
+    sub.add_parser("datasets", help="every model's workspace with its dataset version")
     batches = sub.add_parser("batches", help="list the raw store's batches, or withdraw a bad one")
     action = batches.add_subparsers(dest="action", required=True, metavar="action")
     action.add_parser("list", help="every batch with its rows, status and problems")
@@ -104,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     args = _parser().parse_args(argv)
     settings = PipelineSettings()
-    workspace = Workspace(args.root.resolve())
+    root = args.root.resolve()
+    workspace: Workspace | None = None
     try:
         if args.command == "serve-data":
             import uvicorn
@@ -113,16 +117,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             uvicorn.run(create_app(args.drift), host=args.host, port=args.port, log_level="info")
             return 0
-        if args.command == "batches":
+        params = load_params(params_file(root))
+        workspace = Workspace(root, params.model.name)
+        if args.command == "datasets":
+            from pipeline.ingest import list_datasets
+
+            _show(list_datasets(root, params.model.name))
+        elif args.command == "batches":
             from pipeline.ingest import list_batches, withdraw_batch
 
             if args.action == "list":
                 _show(list_batches(workspace))
             else:
                 _show(withdraw_batch(workspace, args.batch, args.reason))
-            return 0
-        params = load_params(workspace.params_file)
-        if args.command == "rollback":
+        elif args.command == "rollback":
             from pipeline.promote import rollback
 
             _show(rollback(params.model.name, settings))
@@ -135,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             until = args.until or datetime.now(UTC)
             since = args.since or until - timedelta(hours=1)
-            log_path = args.log if args.log.is_absolute() else workspace.root / args.log
+            log_path = args.log if args.log.is_absolute() else root / args.log
             _show(monitor_drift(params, workspace, settings, log_path, since, until, args.label))
         elif args.command == "champion":
             from pipeline.promote import aliases
@@ -151,7 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
             _show(run_stage(args.command, params, workspace, settings, **options))
     except ValidationFailed as err:
-        print(f"{err}\n\nfull report: {workspace.validation_report}", file=sys.stderr)
+        report = "" if workspace is None else f"\n\nfull report: {workspace.validation_report}"
+        print(f"{err}{report}", file=sys.stderr)
         return EXIT_INVALID_DATA
     except (
         ParamsError,

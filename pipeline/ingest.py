@@ -1,10 +1,10 @@
 """Append new rows from the configured source to the immutable raw store and version it.
 
-The raw store (`data/raw/`) holds one Parquet file per batch plus `manifest.json`; batches are
+The raw store (`data/<model.name>/raw/`) holds one Parquet file per batch plus `manifest.json`; batches are
 never rewritten. Rows already in the store (same id, or same cells when there is no id) are
 not appended again, so re-running ingest on the same source is a no-op; rows of a withdrawn
 batch may be ingested again (corrected). The dataset version is the DVC content hash of
-`data/raw` (what `dvc.lock` records) plus a counter: v<number of batches and withdrawals>.
+the raw store (what `dvc.lock` records) plus a counter: v<number of batches and withdrawals>.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ MANIFEST = "manifest.json"
 @dataclass(frozen=True)
 class DatasetVersion:
     label: str  # v1, v2, ...
-    md5: str  # DVC's content hash of data/raw
+    md5: str  # DVC's content hash of the raw store
     batches: int
     rows: int
 
@@ -133,6 +133,15 @@ def list_batches(workspace: Workspace) -> list[dict[str, Any]]:
                 **({"withdrawn": entry["withdrawn"]["reason"]} if entry.get("withdrawn") else {}),
             }
         )
+    return out
+
+
+def list_datasets(root: Path, current: str) -> list[dict[str, Any]]:
+    """Every model's workspace under `root` with its dataset version; `current` is params.yaml's."""
+    out = []
+    for version_file in sorted((root / "data").glob("*/version.json")):
+        model = version_file.parent.name
+        out.append({"model": model, "current": model == current, **read_json(version_file)})
     return out
 
 

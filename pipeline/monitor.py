@@ -2,7 +2,7 @@
 
 `python -m pipeline drift --since T0 --until T1 --label RUN` reads the prediction log rows of
 [T0, T1), compares them with the reference profile logged with the @champion version, writes
-`reports/drift.json` and `reports/drift.html`, and logs both to MLflow (experiment
+`reports/<model>/drift.json` and `reports/<model>/drift.html`, and logs both to MLflow (experiment
 `<model.name>-monitoring`, once per label). Too few rows, or no champion yet, is a clean skip.
 """
 

@@ -1,4 +1,9 @@
-"""Where every stage reads and writes, relative to one project root."""
+"""Where every stage reads and writes: one workspace per registered model, under one project root.
+
+Each `model.name` has its own raw store, prepared data, splits, candidates and reports
+(`data/<name>/`, `models/<name>/`, `reports/<name>/`), so switching datasets never mixes them and
+switching back finds the old state intact. `dvc.yaml` names the same paths with `${model.name}`.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +13,37 @@ from pathlib import Path
 from typing import Any
 
 
+def params_file(root: Path) -> Path:
+    return root / "params.yaml"
+
+
 @dataclass(frozen=True)
 class Workspace:
     """The file layout shared by `dvc.yaml`, the CLI, the DAGs and the tests."""
 
     root: Path
+    model: str
+    """The registered model's name (`model.name`): the workspace's folder name."""
 
     @property
     def params_file(self) -> Path:
-        return self.root / "params.yaml"
+        return params_file(self.root)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data" / self.model
 
     @property
     def raw_dir(self) -> Path:
-        return self.root / "data" / "raw"
+        return self.data_dir / "raw"
 
     @property
     def version_file(self) -> Path:
-        return self.root / "data" / "version.json"
+        return self.data_dir / "version.json"
 
     @property
     def prepared_dir(self) -> Path:
-        return self.root / "data" / "prepared"
+        return self.data_dir / "prepared"
 
     @property
     def dataset_file(self) -> Path:
@@ -44,7 +59,7 @@ class Workspace:
 
     @property
     def split_dir(self) -> Path:
-        return self.root / "data" / "split"
+        return self.data_dir / "split"
 
     @property
     def train_file(self) -> Path:
@@ -56,7 +71,7 @@ class Workspace:
 
     @property
     def models_dir(self) -> Path:
-        return self.root / "models"
+        return self.root / "models" / self.model
 
     @property
     def candidates_dir(self) -> Path:
@@ -68,7 +83,7 @@ class Workspace:
 
     @property
     def reports_dir(self) -> Path:
-        return self.root / "reports"
+        return self.root / "reports" / self.model
 
     @property
     def validation_report(self) -> Path:
@@ -80,7 +95,7 @@ class Workspace:
 
     @property
     def metrics_file(self) -> Path:
-        return self.root / "metrics.json"
+        return self.reports_dir / "metrics.json"
 
     @property
     def registered_file(self) -> Path:

@@ -67,7 +67,8 @@ def light_params(**sections: dict[str, Any]) -> dict[str, Any]:
 def make_workspace(root: Path, raw: dict[str, Any]) -> tuple[Workspace, Params]:
     root.mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    return Workspace(root), parse_params(raw)
+    params = parse_params(raw)
+    return Workspace(root, params.model.name), params
 
 
 def copy_project(dest: Path) -> Path:

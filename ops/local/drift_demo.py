@@ -117,7 +117,7 @@ def main() -> int:
         after = fetch(client, "GET", f"{api}/model").json()
         if after["version"] == before["version"]:
             raise SystemExit(
-                "training finished but no new champion was promoted: see reports/promotion.json "
+                "training finished but no new champion was promoted: see reports/<model.name>/promotion.json "
                 "(the candidate must beat the champion on the same holdout)"
             )
         step(started, f"the model server now serves version {after['version']} (was {before['version']})")

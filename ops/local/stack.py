@@ -261,7 +261,9 @@ def ensure_champion(settings: StackSettings) -> None:
     print("no champion yet: running the training DAG in Airflow", flush=True)
     run_training_dag(settings)
     if not _has_champion(settings):
-        raise SystemExit("the training DAG ran but no candidate was promoted: see reports/promotion.json")
+        raise SystemExit(
+            "the training DAG ran but no candidate was promoted: see reports/<model.name>/promotion.json"
+        )
 
 
 def wait_serving(settings: StackSettings) -> None:

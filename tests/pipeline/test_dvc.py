@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.factories import LIGHT_CANDIDATES, copy_project
+from tests.factories import DIABETES, LIGHT_CANDIDATES, copy_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 BIN = Path(sys.executable).parent
@@ -26,8 +26,14 @@ def dvc(project: Path, uri: str, *args: str) -> str:
 
 
 def out_hashes(project: Path) -> dict[str, str]:
+    """Each output's hash, keyed by its path inside the current model's workspace."""
     lock: dict[str, Any] = yaml.safe_load((project / "dvc.lock").read_text())
-    return {o["path"]: o["md5"] for stage in lock["stages"].values() for o in stage.get("outs", [])}
+    model = yaml.safe_load((project / "params.yaml").read_text())["model"]["name"]
+    return {
+        o["path"].replace(f"/{model}/", "/"): o["md5"]
+        for stage in lock["stages"].values()
+        for o in stage.get("outs", [])
+    }
 
 
 @pytest.fixture
@@ -48,7 +54,7 @@ def test_repro_twice_runs_nothing_and_forced_runs_are_identical(project: Path, m
     first = dvc(project, mlflow_uri, "repro")
     assert "Running stage 'promote'" in first
     hashes = out_hashes(project)
-    version = json.loads((project / "data" / "version.json").read_text())
+    version = json.loads(next((project / "data").glob("*/version.json")).read_text())
     assert hashes["data/raw"] == version["md5"]
     assert version["version"] == "v1"
 
@@ -60,7 +66,7 @@ def test_repro_twice_runs_nothing_and_forced_runs_are_identical(project: Path, m
     assert out_hashes(project) == hashes
     dvc(project, mlflow_uri, "repro", "--force")
     assert out_hashes(project) == hashes
-    assert {"models/candidates", "metrics.json", "data/split", "reports/evaluation"} <= set(hashes)
+    assert {"models/candidates", "reports/metrics.json", "data/split", "reports/evaluation"} <= set(hashes)
 
 
 def test_a_new_seed_appends_a_version_and_reruns_downstream(project: Path, mlflow_uri: str) -> None:
@@ -70,6 +76,42 @@ def test_a_new_seed_appends_a_version_and_reruns_downstream(project: Path, mlflo
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = dvc(project, mlflow_uri, "repro")
     assert "Running stage 'train'" in out
-    version = json.loads((project / "data" / "version.json").read_text())
+    version = json.loads(next((project / "data").glob("*/version.json")).read_text())
     assert (version["version"], version["rows"]) == ("v2", 3000)
     assert out_hashes(project)["data/raw"] == version["md5"]
+
+
+def test_switching_datasets_keeps_each_workspace_intact(project: Path, mlflow_uri: str) -> None:
+    """A (simulated churn) -> B (scikit-learn's diabetes) -> A: neither store mixes with the other."""
+    original = yaml.safe_load((project / "params.yaml").read_text())
+    first = original["model"]["name"]
+    dvc(project, mlflow_uri, "repro")
+    churn_raw = {p.name: p.read_bytes() for p in (project / "data" / first / "raw").iterdir()}
+    churn_version = json.loads((project / "data" / first / "version.json").read_text())
+
+    other = {**original, "data": {**DIABETES}, "model": {"name": f"{first}-diabetes"}}
+    (project / "params.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
+    dvc(project, mlflow_uri, "repro")
+    diabetes_version = json.loads((project / "data" / f"{first}-diabetes" / "version.json").read_text())
+    assert diabetes_version["version"] == "v1"
+    assert {p.name: p.read_bytes() for p in (project / "data" / first / "raw").iterdir()} == churn_raw
+
+    (project / "params.yaml").write_text(yaml.safe_dump(original, sort_keys=False))
+    dvc(project, mlflow_uri, "repro")
+    assert json.loads((project / "data" / first / "version.json").read_text()) == churn_version
+    assert {p.name: p.read_bytes() for p in (project / "data" / first / "raw").iterdir()} == churn_raw
+    listed = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--root", str(project), "datasets"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(project)},
+    )
+    datasets = {d["model"]: d for d in json.loads(listed.stdout)}
+    assert datasets[first]["current"] is True
+    assert datasets[first]["version"] == churn_version["version"]
+    assert datasets[f"{first}-diabetes"] == {
+        "model": f"{first}-diabetes",
+        "current": False,
+        **diabetes_version,
+    }
