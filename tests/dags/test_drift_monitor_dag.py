@@ -114,7 +114,7 @@ def test_drifted_traffic_emits_the_asset_and_calm_traffic_does_not(
     assert latest.data.metrics["drift_share"] == event.extra["drift_share"]
     artifacts = {a.path for a in client.list_artifacts(latest.info.run_id)}
     assert {"drift_report.json", "drift_report.html"} <= artifacts
-    report = json.loads((champion_project / "reports" / "drift.json").read_text())
+    report = json.loads((champion_project / "reports" / MODEL / "drift.json").read_text())
     assert report["dataset_drift"] is True
     assert report["model"]["name"] == MODEL
 

@@ -108,7 +108,7 @@ def test_dag_runs_end_to_end_then_fails_cleanly_on_a_bad_batch(
 
     second = dag.test()
     assert second.state == "success"
-    report = (workspace.root / "reports" / "promotion.json").read_text()
+    report = workspace.promotion_file.read_text()
     assert '"data_version": "v2"' in report
     assert '"reason"' in report
     versions = len(client.search_model_versions("name = 'dag-churn'"))
