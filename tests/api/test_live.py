@@ -109,3 +109,29 @@ def test_registry_outage_changes_nothing_for_clients_and_its_report_clears(tmp_p
     finally:
         if running:
             tracking.__exit__(None, None, None)
+
+
+def test_the_server_follows_a_rollback_at_its_next_alias_check(tmp_path: Path, mlflow_uri: str) -> None:
+    """`python -m pipeline rollback` under load, with the default 10 s check: no request fails."""
+    from pipeline.promote import rollback
+    from pipeline.settings import PipelineSettings
+
+    trained = train_model(tmp_path / "ws", mlflow_uri, "rollback-churn")
+    client = MlflowClient(mlflow_uri)
+    versions = sorted(int(v.version) for v in client.search_model_versions("name = 'rollback-churn'"))
+    previous = str(next(v for v in versions if str(v) != trained.version))
+    client.set_registered_model_alias("rollback-churn", "previous", previous)
+    env = {"BITLOOP_API_RELOAD_INTERVAL_SECONDS": "10"}
+    settings = PipelineSettings(mlflow_tracking_uri=mlflow_uri)
+    server = api_server(tmp_path, mlflow_uri, "rollback-churn", **env)
+    with server as base, Traffic(base, sample_record(trained.schema)) as traffic:
+        wait_for(lambda: len(traffic.answers) > 50)
+        outcome = rollback("rollback-churn", settings)
+        rolled_back = time.monotonic()
+        wait_for(lambda: traffic.answers[-1] == (200, previous), timeout=20)
+        followed_in = time.monotonic() - rolled_back
+    assert outcome == {"champion": previous, "demoted": trained.version}
+    assert [a for a in traffic.answers if a[0] != 200] == []
+    assert followed_in < 12  # the next check (at most 10 s away) plus loading the version
+    demoted = client.get_model_version("rollback-churn", trained.version)
+    assert demoted.tags["bitloop.decision"] == "rolled_back"
