@@ -8,7 +8,6 @@ from the last `drift_window_seconds`) are compared with the champion's reference
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from typing import Any
 
@@ -26,7 +25,6 @@ class DriftWatcher:
         self.manager = manager
         self.config = config
         self.last: DriftReport | None = None
-        self._lock = threading.Lock()
         self._inflight: asyncio.Future[DriftReport | None] | None = None
         self._watcher = Periodic("drift evaluation", settings.drift_interval_seconds, self.evaluate_shared)
 
@@ -47,12 +45,13 @@ class DriftWatcher:
         self._inflight = None
 
     def evaluate(self) -> DriftReport | None:
-        """Evaluate the window now and publish it; None while no champion with a profile is served."""
+        """Evaluate the window now and publish it; None while no champion with a profile is served.
+
+        Called through `evaluate_shared`, so two evaluations never run at once."""
         champion = self.manager.champion
         if champion is None or champion.profile is None:
             return None
-        with self._lock:
-            return self._evaluate(champion.name, champion.version, champion.profile)
+        return self._evaluate(champion.name, champion.version, champion.profile)
 
     def _evaluate(self, name: str, version: str, profile: dict[str, Any]) -> DriftReport:
         now = time.time()

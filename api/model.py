@@ -223,6 +223,12 @@ class ServedModel:
             )
 
 
+def split_outcomes(outcomes: list[Outcome], task: str) -> tuple[list[Any], list[dict[str, float]] | None]:
+    """Scored outcomes as the labels and (classification only) the class probabilities."""
+    labels = [label for label, _ in outcomes]
+    return labels, None if task == "regression" else [p or {} for _, p in outcomes]
+
+
 def load_version(
     client: Any, name: str, version: str, *, closed_categories: bool, max_rows: int
 ) -> ServedModel:

@@ -83,8 +83,10 @@ def _text(value: str) -> str:
 
 
 def _safe(value: Any) -> Any:
-    if value is None or isinstance(value, bool | int):
-        return value if not isinstance(value, int) or abs(value) < 10**18 else _text(str(value)[:40]) + "…"
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):  # a huge integer is shown by its first digits
+        return value if abs(value) < 10**18 else str(value)[:40] + "…"
     if isinstance(value, str):
         return _text(value)
     if isinstance(value, float):

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 
 from api import metrics
-from api.model import ServedModel, UnscorableRecord
+from api.model import ServedModel, UnscorableRecord, split_outcomes
 from api.schemas import BatchPredictionOut, ErrorOut, PredictionOut
 from api.state import ServerState, StateDep, require_api_key
 from api.validation import JSON, parse, read_body
@@ -87,14 +87,8 @@ def _shadow(state: ServerState, request_id: str, records: list[dict[str, Any]]) 
         if len(scored) < len(records):
             log.warning("shadow scoring failed on some records", extra={"version": challenger.version})
         if scored:
-            state.record(
-                challenger,
-                "shadow",
-                request_id,
-                [r for r, _ in scored],
-                [o[0] for _, o in scored],
-                None if challenger.schema.task == "regression" else [o[1] or {} for _, o in scored],
-            )
+            labels, probabilities = split_outcomes([o for _, o in scored], challenger.schema.task)
+            state.record(challenger, "shadow", request_id, [r for r, _ in scored], labels, probabilities)
 
     task = asyncio.get_running_loop().create_task(score())
     state.background.add(task)
@@ -161,8 +155,7 @@ async def predict_batch(request: Request, state: StateDep) -> Response:
     failures = {("records", i): o for i, o in enumerate(outcomes) if isinstance(o, Exception)}
     if failures:
         raise _failure(model, variant, failures)
-    labels = [o[0] for o in outcomes]
-    probabilities = None if model.schema.task == "regression" else [o[1] or {} for o in outcomes]
+    labels, probabilities = split_outcomes(outcomes, model.schema.task)
     request_id = _account(state, model, variant, records, labels, probabilities)
     return _json(
         BatchPredictionOut(
