@@ -30,7 +30,7 @@ $(STAMP): uv.lock pyproject.toml
 	@touch $@
 
 test: $(STAMP) ## run the test suite (unit, property, integration against real servers)
-	$(BIN)/pytest -m "not stack and not compose" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not stack and not compose and not repro" $(PYTEST_ARGS)
 
 test-stack: $(STAMP) ## smoke-test the local stack: make up, probe every service, the drift demo, make down
 	$(BIN)/pytest -m stack $(PYTEST_ARGS)
@@ -41,7 +41,7 @@ test-compose: $(STAMP) ## build every image with podman, run the compose stack, 
 images: ## build the service images and load them into docker/podman (BUILDER=nix|dockerfile, BASE_IMAGE=...)
 	bash ops/docker/build.sh
 
-repro-check: $(STAMP) ## uv.lock is current; dvc repro and image layers are byte-for-byte reproducible
+repro-check: $(STAMP) ## uv.lock is current; dvc repro, registered versions and image layers reproduce bit for bit
 	$(UV) lock --check
 	$(BIN)/pytest -m "repro" $(PYTEST_ARGS)
 
@@ -54,9 +54,8 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-repro: $(STAMP) ## run the DVC pipeline (needs MLflow: `make up`) and push data to the DVC remote
-	$(BIN)/dvc repro
-	$(BIN)/dvc push --quiet
+repro: $(STAMP) ## run the DVC pipeline (needs MLflow: `make up`), pushing each new data version to the DVC remote
+	$(BIN)/python -m pipeline repro
 
 bench: $(STAMP) ## benchmark the model server against mlflow models serve (needs wrk); writes docs/benchmarks.md
 	$(BIN)/python bench/serving.py

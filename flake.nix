@@ -42,11 +42,15 @@
         pipeline = { groups = [ "pipeline" "postgres" ]; cmd = [ "airflow" "api-server" ]; port = 8080; };
       };
 
-      # The project files the pipeline image runs from (params, DVC stages, DAGs).
+      # The project files the pipeline image runs from: a git-free DVC project (params, stages,
+      # the stages' sources, the remote's config) and the DAGs.
       projectFiles = pkgs: pkgs.runCommand "bitloop-project" { } ''
-        mkdir -p $out/opt/bitloop
+        mkdir -p $out/opt/bitloop/.dvc
         cp ${./params.yaml} $out/opt/bitloop/params.yaml
         cp ${./dvc.yaml} $out/opt/bitloop/dvc.yaml
+        cp ${./.dvcignore} $out/opt/bitloop/.dvcignore
+        cp ${./.dvc/config} $out/opt/bitloop/.dvc/config
+        cp -r ${./pipeline} $out/opt/bitloop/pipeline
         cp -r ${./dags} $out/opt/bitloop/dags
         install -D -m 0755 ${./ops/docker/healthcheck.py} $out/usr/local/bin/healthcheck
       '';
@@ -66,7 +70,7 @@
           ];
           fakeRootCommands = ''
             mkdir -p tmp var/lib/bitloop var/lib/mlflow/artifacts var/lib/mlflow/metrics opt/airflow \
-              opt/bitloop/data opt/bitloop/models opt/bitloop/reports
+              opt/bitloop/data opt/bitloop/models opt/bitloop/reports opt/bitloop/.bitloop
             chmod 1777 tmp
             chown -R 10001:10001 var/lib/bitloop var/lib/mlflow opt/airflow opt/bitloop
           '';

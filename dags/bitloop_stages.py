@@ -76,21 +76,22 @@ DEFAULT_ARGS = {
 }
 
 
-def run_stage(stage: str, *args: str) -> str:
-    """Run `python -m pipeline <stage>` in the pipeline's environment; its JSON output goes to XCom.
+def run_stage(*args: str) -> str:
+    """Run `python -m pipeline <args>` in the pipeline's environment; its JSON output goes to XCom.
 
     The interpreter is BITLOOP_PIPELINE_PYTHON and the project BITLOOP_PROJECT_DIR, so the
     pipeline may live in another environment than Airflow.
     """
     python = os.environ.get("BITLOOP_PIPELINE_PYTHON", sys.executable)
     project = os.environ.get("BITLOOP_PROJECT_DIR", str(Path(__file__).resolve().parents[1]))
-    command = [python, "-m", "pipeline", "--root", project, stage, *args]
+    command = [python, "-m", "pipeline", "--root", project, *args]
     log.info("running %s", " ".join(command))
     done = subprocess.run(command, cwd=project, capture_output=True, text=True, check=False)
     for line in done.stderr.splitlines():
         log.info(line)
+    what = " ".join(args)
     if done.returncode == EXIT_INVALID_DATA:
-        raise AirflowFailException(f"stage {stage} rejected the data (no retry):\n{done.stderr[-4000:]}")
+        raise AirflowFailException(f"{what} rejected the data (no retry):\n{done.stderr[-4000:]}")
     if done.returncode != 0:
-        raise RuntimeError(f"stage {stage} failed with exit code {done.returncode}:\n{done.stderr[-4000:]}")
+        raise RuntimeError(f"{what} failed with exit code {done.returncode}:\n{done.stderr[-4000:]}")
     return done.stdout

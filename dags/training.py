@@ -1,8 +1,10 @@
 """Training: ingest → validate → split → train → evaluate → register → promote → summary.
 
-Each task runs one stage of the pipeline in the pipeline's own environment
-(`<BITLOOP_PIPELINE_PYTHON> -m pipeline <stage>` in BITLOOP_PROJECT_DIR); no step logic lives
-here. Runs daily (BITLOOP_TRAINING_SCHEDULE) or when the drift monitor updates the drift asset.
+Each task runs one stage of dvc.yaml through DVC in the pipeline's own environment
+(`<BITLOOP_PIPELINE_PYTHON> -m pipeline repro <stage>` in BITLOOP_PROJECT_DIR), the same path as
+`make repro`, so dvc.lock describes every run and each new data version is pushed to the DVC
+remote; no step logic lives here. Runs daily (BITLOOP_TRAINING_SCHEDULE) or when the drift
+monitor updates the drift asset.
 Every stage is idempotent: a retried task never duplicates a batch or a model version.
 """
 
@@ -40,37 +42,37 @@ def training() -> None:
     @task
     def ingest() -> str:
         context = get_current_context()
-        args = ["--seed", str(batch_seed(context["run_id"]))]
+        args = ["repro", "ingest", "--seed", str(batch_seed(context["run_id"]))]
         drift = context["params"].get("drift")
         if drift is not None:
             args += ["--drift", str(drift)]
         if source := os.environ.get("BITLOOP_DATA_SOURCE_URL"):  # the data-source service's world
             args += ["--source-url", source]
-        return run_stage("ingest", *args)
+        return run_stage(*args)
 
     @task
     def validate() -> str:
-        return run_stage("validate")
+        return run_stage("repro", "validate")
 
     @task
     def split() -> str:
-        return run_stage("split")
+        return run_stage("repro", "split")
 
     @task
     def train() -> str:
-        return run_stage("train")
+        return run_stage("repro", "train")
 
     @task
     def evaluate() -> str:
-        return run_stage("evaluate")
+        return run_stage("repro", "evaluate")
 
     @task
     def register() -> str:
-        return run_stage("register")
+        return run_stage("repro", "register")
 
     @task
     def promote() -> str:
-        return run_stage("promote")
+        return run_stage("repro", "promote")
 
     @task(outlets=[CHAMPION], on_success_callback=record_success)
     def summary() -> str:

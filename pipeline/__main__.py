@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.params import ParamsError, load_params
-from pipeline.run import run_all, run_stage
+from pipeline.run import STAGES, run_all, run_stage
 from pipeline.settings import PipelineSettings
 from pipeline.workspace import Workspace, params_file
 
@@ -47,7 +47,15 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace a champion whose task or features differ, without comparison",
     )
-    run = sub.add_parser("run", help="every stage in order (what `dvc repro` runs)")
+    repro = sub.add_parser(
+        "repro",
+        help="run a stage (default: every stage) through DVC and push new data (make repro, the DAG)",
+    )
+    repro.add_argument("stage", nargs="?", choices=STAGES, help="only this stage, if it changed")
+    repro.add_argument("--seed", type=int, help="ingest: draw this simulated batch and commit it")
+    repro.add_argument("--drift", type=float, help="ingest: drift of this simulated batch (0-1)")
+    repro.add_argument("--source-url", help="ingest: draw from this data-source service")
+    run = sub.add_parser("run", help="every stage in order, without DVC")
     run.add_argument("--seed", type=int, help="simulated source: draw this batch instead of data.seed")
     run.add_argument("--drift", type=float, help="simulated source: drift of this batch (0-1)")
     summary = sub.add_parser("summary", help="record the last promotion decision as an MLflow run")
@@ -69,6 +77,11 @@ def _parser() -> argparse.ArgumentParser:
     withdraw = action.add_parser("withdraw", help="exclude a batch from now on (its file stays)")
     withdraw.add_argument("batch", help="the batch file, e.g. batch-00005.parquet")
     withdraw.add_argument("--reason", default="withdrawn by hand", help="recorded in the manifest")
+    again = sub.add_parser(
+        "reproduce", help="retrain a registered version from its record; exit 0 only if identical"
+    )
+    again.add_argument("--model", help="the registered model (default: params.yaml's model.name)")
+    again.add_argument("--version", required=True, help="the model version, e.g. 3")
     sub.add_parser("rollback", help="move @champion back to @previous")
     sub.add_parser("champion", help="show the versions behind @champion, @challenger and @previous")
     serve = sub.add_parser("serve-data", help="serve simulated batches over HTTP (GET /batch)")
@@ -96,15 +109,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.ingest import UnknownBatch
     from pipeline.logs import configure_logging
     from pipeline.promote import RollbackError, SchemaMismatch
+    from pipeline.reproduce import ReproduceError
     from pipeline.settings import TrackingUnavailable
     from pipeline.sources import SourceError
     from pipeline.validate import ValidationFailed
+    from pipeline.versioning import StageFailed, VersioningError
 
     configure_logging()
     for switch in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):  # nothing phones home
         os.environ.setdefault(switch, "true")
     # stdout carries only the command's JSON result (orchestrators parse it): no MLflow run links.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # logs, not progress bars
     args = _parser().parse_args(argv)
     settings = PipelineSettings()
     root = args.root.resolve()
@@ -130,6 +146,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _show(list_batches(workspace))
             else:
                 _show(withdraw_batch(workspace, args.batch, args.reason))
+        elif args.command == "reproduce":
+            from pipeline.reproduce import reproduce
+
+            outcome = reproduce(root, args.model or params.model.name, args.version, settings)
+            _show(outcome.as_dict())
+            return 0 if outcome.identical else 1
         elif args.command == "rollback":
             from pipeline.promote import rollback
 
@@ -149,6 +171,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             from pipeline.promote import aliases
 
             _show(aliases(params.model.name, settings))
+        elif args.command == "repro":
+            from pipeline.versioning import ingest_batch, reproduce_stages
+
+            drawn = {"seed": args.seed, "drift": args.drift, "source_url": args.source_url}
+            if any(v is not None for v in drawn.values()):
+                if args.stage != "ingest":
+                    raise ParamsError("--seed, --drift and --source-url choose a batch: use them with ingest")
+                _show(ingest_batch(params, workspace, **drawn))
+            else:
+                _show(reproduce_stages(root, args.stage))
         elif args.command == "run":
             _show(run_all(params, workspace, settings, seed=args.seed, drift=args.drift))
         else:
@@ -158,6 +190,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if hasattr(args, k)
             }
             _show(run_stage(args.command, params, workspace, settings, **options))
+    except StageFailed as err:
+        refused = err.exit_code == EXIT_INVALID_DATA and workspace is not None
+        report = f"\n\nfull report: {workspace.validation_report}" if refused and workspace else ""
+        print(f"error: {err}{report}", file=sys.stderr)
+        return EXIT_INVALID_DATA if err.exit_code == EXIT_INVALID_DATA else 1
     except ValidationFailed as err:
         report = "" if workspace is None else f"\n\nfull report: {workspace.validation_report}"
         print(f"{err}{report}", file=sys.stderr)
@@ -169,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         SchemaMismatch,
         TrackingUnavailable,
         UnknownBatch,
+        VersioningError,
+        ReproduceError,
     ) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2 if isinstance(err, ParamsError | UnknownBatch) else 1

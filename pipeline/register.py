@@ -93,6 +93,16 @@ def trusted_types(model: Any) -> list[str]:
     return list(untrusted)
 
 
+def log_reproduction_record(root: Path) -> None:
+    """What `python -m pipeline reproduce` needs: the params, the DVC lock of this run and its environment."""
+    from pipeline.reproduce import RECORD_DIR, environment_lock
+
+    mlflow.log_artifact(str(root / "params.yaml"), artifact_path=RECORD_DIR)
+    if (root / "dvc.lock").is_file():  # absent when the stages ran outside DVC (`python -m pipeline run`)
+        mlflow.log_artifact(str(root / "dvc.lock"), artifact_path=RECORD_DIR)
+    mlflow.log_text(environment_lock(), f"{RECORD_DIR}/environment.txt")
+
+
 def _input_example(features: pd.DataFrame) -> pd.DataFrame:
     complete = features.dropna()
     return (complete if len(complete) >= 3 else features).head(5).reset_index(drop=True)
@@ -143,6 +153,7 @@ def _log_candidate(
         mlflow.log_artifact(str(workspace.validation_report))
         if workspace.contract_file.is_file():
             mlflow.log_artifact(str(workspace.contract_file), artifact_path="data")
+        log_reproduction_record(workspace.root)
         mlflow.log_dict(schema.model_dump(mode="json"), "feature_schema.json")
         example = _input_example(test[schema.feature_names])
         signature = infer_signature(example, model.predict(example))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,18 @@ def copy_project(dest: Path) -> Path:
     shutil.copytree(PROJECT / "pipeline", dest / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(PROJECT / ".dvc", dest / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
     return dest
+
+
+def git_project(dest: Path, raw: dict[str, Any]) -> Workspace:
+    """A committed git + DVC project with these params, as a user's clone is: work tree clean."""
+    copy_project(dest)
+    shutil.copy(PROJECT / ".gitignore", dest / ".gitignore")
+    workspace, _ = make_workspace(dest, raw)
+    git = ["git", "-C", str(dest), "-c", "user.name=bitloop", "-c", "user.email=bitloop@localhost"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "project"], check=True)
+    return workspace
 
 
 def messy_churn_csv(path: Path, n: int = 1200, seed: int = 7) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -15,9 +16,23 @@ from mlflow import MlflowClient
 
 from pipeline.__main__ import EXIT_INVALID_DATA
 from tests.dags.conftest import DAGS
-from tests.factories import light_params, make_workspace, messy_churn_csv
+from tests.factories import git_project, light_params, make_workspace, messy_churn_csv
 
 STAGES = ["ingest", "validate", "split", "train", "evaluate", "register", "promote", "summary"]
+
+
+def dvc(project: Path, *args: str) -> str:
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), *args], cwd=project, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def git_status(project: Path) -> str:
+    return subprocess.run(
+        ["git", "-C", str(project), "status", "--porcelain"], capture_output=True, text=True, check=True
+    ).stdout
 
 
 def load_dag(airflow_db: Path) -> Any:
@@ -91,7 +106,7 @@ def test_dag_files_do_no_work_at_import() -> None:
 def test_dag_runs_end_to_end_then_fails_cleanly_on_a_bad_batch(
     airflow_db: Path, tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    workspace, _ = make_workspace(tmp_path / "project", light_params(model={"name": "dag-churn"}))
+    workspace = git_project(tmp_path / "project", light_params(model={"name": "dag-churn"}))
     monkeypatch.setenv("BITLOOP_PROJECT_DIR", str(workspace.root))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
     dag = load_dag(airflow_db)
@@ -99,6 +114,9 @@ def test_dag_runs_end_to_end_then_fails_cleanly_on_a_bad_batch(
 
     first = dag.test()
     assert first.state == "success"
+    # One path through DVC: the lock describes the DAG's run, and nothing tracked by git changed.
+    assert "Data and pipelines are up to date" in dvc(workspace.root, "status")
+    assert git_status(workspace.root) == ""
     champion = client.get_model_version_by_alias("dag-churn", "champion")
     experiment = client.get_experiment_by_name("dag-churn")
     assert experiment is not None
@@ -122,6 +140,44 @@ def test_dag_runs_end_to_end_then_fails_cleanly_on_a_bad_batch(
     assert third.state == "failed"
     states = {ti.task_id: ti.state for ti in third.get_task_instances()}
     assert states["validate"] == "failed"
+    # The refused batch was pushed when it was ingested: a later withdrawal can name it, any
+    # reproduction can restore it.
+    assert "in sync" in dvc(workspace.root, "status", "--cloud", "ingest")
     assert states["train"] != "success"
     assert client.get_model_version_by_alias("dag-churn", "champion").version == champion_after_second
     assert len(client.search_model_versions("name = 'dag-churn'")) == versions
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.repro
+def test_the_dag_trained_champion_reproduces_bit_for_bit(
+    airflow_db: Path, tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workspace = git_project(tmp_path / "project", light_params(model={"name": "dag-reproduce"}))
+    monkeypatch.setenv("BITLOOP_PROJECT_DIR", str(workspace.root))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
+    assert load_dag(airflow_db).test().state == "success"
+    client = MlflowClient(mlflow_uri)
+    champion = client.get_model_version_by_alias("dag-reproduce", "champion")
+    commit = subprocess.run(
+        ["git", "-C", str(workspace.root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    # The DAG left the work tree clean, so the version names a commit its code can be taken from.
+    assert champion.run_id is not None
+    assert client.get_run(champion.run_id).data.tags["mlflow.source.git.commit"] == commit
+
+    reproduce = ["reproduce", "--version", champion.version]
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--root", str(workspace.root), *reproduce],
+        cwd=workspace.root,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(workspace.root)},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["identical"] is True
+    assert report["differences"] == []
+    # Retrained from the recorded commit's code (git archive), so no note says otherwise.
+    assert not [n for n in report["notes"] if "code" in n], report["notes"]

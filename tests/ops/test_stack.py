@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,17 @@ def _targets_up(prometheus: str) -> dict[str, str]:
     return {r["metric"]["job"]: r["value"][1] for r in _query(prometheus, "up")}
 
 
+def _git_status() -> str:
+    return subprocess.run(
+        ["git", "-C", str(PROJECT), "status", "--porcelain"], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def _dvc_status() -> str:
+    dvc = Path(sys.executable).parent / "dvc"
+    return subprocess.run([str(dvc), "status"], cwd=PROJECT, capture_output=True, text=True).stdout
+
+
 def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path) -> None:
     ports = [free_port() for _ in range(7)]
     mlflow_port, source_port, api_port, airflow_port, prometheus_port, pushgateway_port, exporter_port = ports
@@ -67,9 +79,13 @@ def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path
         "BITLOOP_PUSHGATEWAY_PORT": str(pushgateway_port),
         "BITLOOP_PROCESS_EXPORTER_PORT": str(exporter_port),
     }
+    tracked_before = _git_status()
     try:
         up = make("up", env)
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        # The DAG ran the stages through DVC: its lock describes the run, git's files are untouched.
+        assert "Data and pipelines are up to date" in _dvc_status()
+        assert _git_status() == tracked_before
         assert f"http://127.0.0.1:{mlflow_port}" in up.stdout
         name = load_params(PROJECT / "params.yaml").model.name
         champion = MlflowClient(f"http://127.0.0.1:{mlflow_port}").get_model_version_by_alias(
@@ -139,6 +155,9 @@ def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path
             while not (_query(prometheus, served) and _query(prometheus, pushed)):
                 assert time.monotonic() < deadline, "Prometheus never saw the new champion or the DAG outcome"
                 time.sleep(2)
+
+        assert "Data and pipelines are up to date" in _dvc_status()  # the drift-triggered run too
+        assert _git_status() == tracked_before
 
         again = make("up", env, timeout=120)
         assert again.returncode == 0

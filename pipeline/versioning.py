@@ -1,0 +1,160 @@
+"""Run the stages through DVC, so `dvc.lock` always describes the last run, and push every data version.
+
+`make repro` and the training DAG's tasks both come here: a stage runs only through
+`dvc repro --single-item`, so after any run `dvc repro` has nothing to do. The one input from
+outside the repository is the batch a DAG run draws (its seed, drift and source service): the
+DAG runs the ingest command with it and commits the result as the ingest stage's new state.
+Every new state of the raw store is committed to the DVC cache and pushed to the remote
+before anything reads it, so any version's data can be restored (`pipeline.reproduce`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pipeline.params import Params
+from pipeline.run import STAGES
+from pipeline.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+class StageFailed(RuntimeError):
+    """A stage's command failed; `exit_code` is the command's own (3: the data was refused)."""
+
+    def __init__(self, stage: str, exit_code: int, message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.exit_code = exit_code
+
+
+class VersioningError(RuntimeError):
+    """DVC could not run, commit or push (not a DVC repository, a held lock, an unreachable remote)."""
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to file descriptor 1 (DVC's messages, stage commands) to stderr.
+
+    stdout carries only the command's JSON result, which orchestrators parse.
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+@contextlib.contextmanager
+def _stage_environment() -> Iterator[None]:
+    """Stage commands run with this interpreter's `python`, their output on stderr."""
+    path = os.environ["PATH"]  # the process's own search path, not a setting
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{path}"
+    try:
+        with stdout_to_stderr():
+            yield
+    finally:
+        os.environ["PATH"] = path
+
+
+@contextlib.contextmanager
+def _repo(root: Path) -> Iterator[Any]:
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    quiet_dvc()
+    try:
+        with Repo(str(root)) as repo:
+            repo.scm_context.quiet = True  # no "git add dvc.lock" hints: each version carries its own
+            yield repo
+    except DvcException as err:
+        failed = _failed_command(err)
+        if failed is not None:
+            raise failed from err
+        raise VersioningError(f"dvc: {err}") from err
+
+
+def quiet_dvc() -> None:
+    """DVC prints its own progress: its INFO log records would repeat every line."""
+    logging.getLogger("dvc").setLevel(logging.WARNING)
+
+
+def _failed_command(err: BaseException) -> StageFailed | None:
+    """The stage command's failure inside DVC's error chain, with the command's exit code.
+
+    DVC keeps a failed command's exit code only in its message ("failed to run: …, exited with 3").
+    """
+    from dvc.stage.exceptions import StageCmdFailedError
+
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, StageCmdFailedError):
+            match = re.search(r"exited with (-?\d+)", str(seen))
+            stage = re.search(r"'([^']+)'", str(err))
+            return StageFailed(
+                stage.group(1) if stage else "?", int(match.group(1)) if match else 1, str(err)
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _reproduce(repo: Any, stage: str | None) -> list[str]:
+    with _stage_environment():
+        done = repo.reproduce(stage, single_item=stage is not None)
+    return [s.name for s in done]
+
+
+def _push(repo: Any, stage: str | None) -> int:
+    pushed: int = repo.push(targets=[stage] if stage else None)
+    return pushed
+
+
+def reproduce_stages(root: Path, stage: str | None = None) -> dict[str, Any]:
+    """`dvc repro` of one stage (or the whole pipeline), each new data version pushed on creation.
+
+    The whole pipeline reproduces ingest first and pushes its new raw store before validating it,
+    so a batch that validation refuses is stored in the remote too.
+    """
+    if stage is not None and stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+    ran: list[str] = []
+    pushed = 0
+    with _repo(root) as repo:
+        if stage in (None, "ingest"):
+            ran += _reproduce(repo, "ingest")
+            pushed += _push(repo, "ingest")
+        if stage != "ingest":
+            ran += _reproduce(repo, stage)
+            pushed += _push(repo, stage)
+    log.info("reproduced", extra={"stages": ran, "pushed_files": pushed})
+    return {"ran": ran, "pushed_files": pushed, "up_to_date": not ran}
+
+
+def ingest_batch(
+    params: Params,
+    workspace: Workspace,
+    *,
+    seed: int | None = None,
+    drift: float | None = None,
+    source_url: str | None = None,
+) -> dict[str, Any]:
+    """Ingest one chosen batch (the DAG's per-run draw), commit it as the ingest stage, push it."""
+    from pipeline.ingest import ingest
+
+    result = ingest(params, workspace, seed=seed, drift=drift, source_url=source_url)
+    with _repo(workspace.root) as repo:
+        repo.commit("ingest", force=True)
+        pushed = _push(repo, "ingest")
+    log.info("committed and pushed the raw store", extra={"version": result.version.label, "pushed": pushed})
+    return {**result.version.as_dict(), "appended_rows": result.appended_rows, "pushed_files": pushed}
