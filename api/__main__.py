@@ -14,6 +14,8 @@ from pipeline.logs import configure_logging
 def main() -> None:
     settings = ApiSettings()
     configure_logging()
+    if problem := settings.startup_problem():
+        raise SystemExit(f"bitloop model server cannot start: {problem}")
     try:
         open_for_writing(settings.prediction_log).close()
     except PredictionLogUnavailable as err:

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from api.schemas import build_batch_model, build_record_model
 from pipeline.schema import DatasetSchema
+from pipeline.serialization import UntrustedModel, load_sklearn_model
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +247,7 @@ def load_version(
             local = mlflow.artifacts.download_artifacts(
                 location, dst_path=f"{scratch}/model", tracking_uri=uri
             )
-            estimator = mlflow.sklearn.load_model(local)
+            estimator = load_sklearn_model(Path(local))
             example = _input_example(local)
             schema_file = mlflow.artifacts.download_artifacts(
                 run_id=mv.run_id,
@@ -259,6 +260,11 @@ def load_version(
         metrics = dict(client.get_run(mv.run_id).data.metrics)
     except ModelLoadError:
         raise
+    except UntrustedModel as err:
+        raise ModelLoadError(
+            f"refusing {name!r} version {version}: {err}",
+            public="it is not a skops file of numpy, scikit-learn and SciPy types only",
+        ) from err
     except Exception as err:  # anything MLflow, skops or pydantic raises means "cannot serve this version"
         raise ModelLoadError(f"cannot load {name!r} version {version}: {type(err).__name__}: {err}") from err
     record = build_record_model(schema, closed_categories)

@@ -25,6 +25,8 @@ class ApiSettings(BaseSettings):
     params_file: Path = Path("params.yaml")
     api_key: SecretStr | None = None
     """When set (not empty), /predict* and /admin/* need the header X-API-Key with this value."""
+    require_api_key: bool = False
+    """Refuse to start without an API key (the Kubernetes manifests set it: a pod never runs open)."""
     reload_interval_seconds: Annotated[float, Field(gt=0)] = 10.0
     registry_timeout_seconds: Annotated[float, Field(gt=0)] = 5.0
     max_batch_rows: Annotated[int, Field(ge=1)] = 1000
@@ -65,6 +67,16 @@ class ApiSettings(BaseSettings):
     @classmethod
     def _empty_key_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    def startup_problem(self) -> str | None:
+        """Why the server must not start with these settings, if it must not."""
+        if self.require_api_key and self.api_key is None:
+            return (
+                "BITLOOP_API_REQUIRE_API_KEY is set but BITLOOP_API_API_KEY is empty or unset: give the "
+                "server its key (Kubernetes: the Secret bitloop-api, key api-key), or opt out explicitly "
+                "with BITLOOP_API_REQUIRE_API_KEY=false"
+            )
+        return None
 
     def drift_config(self) -> DriftParams:
         """The `drift` section of params.yaml; its defaults when the file cannot be read."""

@@ -24,6 +24,7 @@ from pipeline.evaluate import best_candidate
 from pipeline.ingest import DatasetVersion
 from pipeline.params import HIGHER_IS_BETTER, Params
 from pipeline.schema import DatasetSchema
+from pipeline.serialization import SKOPS, trusted_types
 from pipeline.settings import PipelineSettings, connect
 from pipeline.train import load_candidate, load_schema
 from pipeline.workspace import Workspace, read_json, write_json
@@ -80,17 +81,6 @@ def fingerprint(model_file: Path, data: DatasetVersion, schema: DatasetSchema) -
 def pip_requirements() -> list[str]:
     """Pinned requirements of a served model, without slow environment inference."""
     return [f"{name}=={package_version(name)}" for name in REQUIREMENTS]
-
-
-def trusted_types(model: Any) -> list[str]:
-    """Types skops must be told to trust: only numpy/scikit-learn/scipy ones are ever accepted."""
-    import skops.io
-
-    untrusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
-    foreign = [t for t in untrusted if t.split(".")[0] not in ("numpy", "sklearn", "scipy")]
-    if foreign:
-        raise TypeError(f"the model holds types outside numpy/scikit-learn/scipy: {foreign}")
-    return list(untrusted)
 
 
 def log_reproduction_record(root: Path) -> None:
@@ -163,6 +153,7 @@ def _log_candidate(
             signature=signature,
             input_example=example,
             pip_requirements=pip_requirements(),
+            serialization_format=SKOPS,  # the only format the model server loads
             skops_trusted_types=trusted_types(model),
         )
         mlflow.set_tag(TAG + "model_uri", info.model_uri)

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from pipeline.serialization import load_sklearn_model
 from pipeline.settings import PipelineSettings, connect
 from pipeline.workspace import Workspace
 
@@ -245,7 +246,7 @@ def _load_registered(client: Any, model: str, version: str, dest: Path) -> Any:
     local = mlflow.artifacts.download_artifacts(
         location, dst_path=str(dest), tracking_uri=client.tracking_uri
     )
-    return mlflow.sklearn.load_model(local)
+    return load_sklearn_model(Path(local))
 
 
 def _compare_predictions(registered: Any, workspace: Workspace, result: Reproduction) -> None:

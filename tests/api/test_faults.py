@@ -29,7 +29,8 @@ from sklearn.pipeline import Pipeline
 from api.predlog import count_rows
 from pipeline.models import build_pipeline
 from pipeline.params import CandidateParams
-from pipeline.register import pip_requirements, trusted_types
+from pipeline.register import pip_requirements
+from pipeline.serialization import trusted_types
 from tests.api.conftest import Trained, api_server, sample_record
 from tests.api.traffic import Traffic, wait_for
 from tests.servers import free_port, serve
@@ -37,7 +38,7 @@ from tests.servers import free_port, serve
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def register_version(uri: str, name: str, estimator: Any, trained: Trained) -> str:
+def register_version(uri: str, name: str, estimator: Any, trained: Trained, fmt: str = "skops") -> str:
     """Log a fitted scikit-learn model with `trained`'s feature schema and reference profile."""
     mlflow.set_tracking_uri(uri)
     example = pd.read_parquet(trained.workspace.test_file)[trained.schema.feature_names].head(5)
@@ -49,7 +50,8 @@ def register_version(uri: str, name: str, estimator: Any, trained: Trained) -> s
             name="model",
             input_example=example,
             pip_requirements=pip_requirements(),
-            skops_trusted_types=trusted_types(estimator),
+            serialization_format=fmt,
+            skops_trusted_types=trusted_types(estimator) if fmt == "skops" else None,
         )
     return str(mlflow.register_model(info.model_uri, name).version)
 
@@ -163,6 +165,27 @@ def test_a_version_that_loads_but_cannot_predict_never_serves(
         }
     ]
     assert loaded == 1.0
+
+
+def test_a_pickled_champion_is_refused_and_never_unpickled(
+    tmp_path: Path, mlflow_uri: str, churn_model: Trained
+) -> None:
+    """Whoever can move @champion cannot make the server run a pickle: only skops files load."""
+    name = "pickled-churn"
+    client = MlflowClient(mlflow_uri)
+    good = register_version(mlflow_uri, name, fitted(churn_model), churn_model)
+    client.set_registered_model_alias(name, "champion", good)
+    pickled = register_version(mlflow_uri, name, fitted(churn_model), churn_model, fmt="cloudpickle")
+    with api_server(tmp_path, mlflow_uri, name) as base:
+        wait_for(lambda: httpx.get(f"{base}/ready").status_code == 200)
+        client.set_registered_model_alias(name, "champion", pickled)
+        wait_for(lambda: metric(base, 'bitloop_model_reloads_total{result="failure"') == 1.0)
+        ready = httpx.get(f"{base}/ready").json()
+        log = (tmp_path / "server.log").read_text()
+    assert ready["model_version"] == good
+    assert f"@champion version {pickled} was refused: it is not a skops file" in ready["detail"]
+    assert "only the skops format is loaded" in log
+    assert "Traceback" not in log
 
 
 def test_a_failing_champion_is_reported_not_ready(make_client: Any, churn_model: Trained) -> None:
@@ -388,6 +411,23 @@ def test_an_unwritable_state_directory_is_a_clear_start_up_error(tmp_path: Path)
             assert f"cannot write the prediction log {target}" in result.stderr
             assert "BITLOOP_API_PREDICTION_LOG" in result.stderr
             assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("key", [None, ""])
+def test_a_server_that_requires_a_key_refuses_to_start_without_one(tmp_path: Path, key: str | None) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "BITLOOP_API_API_KEY"},
+        "BITLOOP_API_REQUIRE_API_KEY": "true",
+        "BITLOOP_API_PREDICTION_LOG": str(tmp_path / "predictions.sqlite"),
+        "BITLOOP_API_MODEL_NAME": "m",
+        **({} if key is None else {"BITLOOP_API_API_KEY": key}),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "api"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode != 0
+    assert "BITLOOP_API_API_KEY is empty or unset" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_credentials_never_appear_in_answers_or_logs(

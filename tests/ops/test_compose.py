@@ -2,8 +2,9 @@
 
 Our images are built with podman from a local base image; the third-party images no registry
 here can supply are replaced by ops/compose/test.override.yml (Debian-built PostgreSQL and
-Prometheus tools; Grafana and cAdvisor left out). docker-compose drives podman through its
-Docker-compatible API; podman has no systemd here, so the test runs the healthchecks itself.
+Prometheus tools; Grafana and cAdvisor left out). docker-compose (or Compose v2) drives podman
+through its Docker-compatible API; podman has no systemd here, so the test runs the healthchecks
+itself.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pytest
 
 from tests.factories import PROJECT
 from tests.servers import free_port
-from tests.tools import require
+from tests.tools import compose_client, require
 
 pytestmark = pytest.mark.compose
 
@@ -143,9 +144,8 @@ def wait_for(check: Any, what: str, timeout: float) -> Any:
 
 @pytest.mark.timeout(2400)
 def test_the_compose_stack_serves_a_champion_trained_by_airflow(tmp_path: Path) -> None:
-    require(
-        "podman", "docker-compose", "debootstrap", install="apt-get install podman docker-compose debootstrap"
-    )
+    require("podman", "debootstrap", install="apt-get install podman debootstrap")
+    client = compose_client()
     started = time.monotonic()
     sizes = build_images()
     built = time.monotonic()
@@ -169,7 +169,7 @@ def test_the_compose_stack_serves_a_champion_trained_by_airflow(tmp_path: Path) 
     with podman_service(tmp_path) as host:
         env = {**os.environ, "DOCKER_HOST": host, "COMPOSE_PROJECT_NAME": PROJECT_NAME}
         compose = [
-            "docker-compose",
+            *client,
             "--project-directory",
             str(PROJECT),
             "--env-file",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from tests.factories import PROJECT
-from tests.tools import require
+from tests.tools import compose_client, require
 
 BIN = Path(sys.executable).parent
 SECRETS = (
@@ -25,10 +26,9 @@ SECRETS = (
 
 
 def compose(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    require("docker-compose", install="apt-get install docker-compose")
     clean = {k: v for k, v in os.environ.items() if k not in SECRETS}
     return subprocess.run(
-        ["docker-compose", "--project-directory", str(PROJECT), "-f", "docker-compose.yml", *args],
+        [*compose_client(), "--project-directory", str(PROJECT), "-f", "docker-compose.yml", *args],
         cwd=PROJECT,
         env={**clean, **env},
         capture_output=True,
@@ -85,13 +85,59 @@ def test_kubernetes_manifests_validate_against_the_api_schemas() -> None:
     assert container["resources"]["limits"]
 
 
-def test_github_workflows_pass_actionlint() -> None:
-    workflows = sorted((PROJECT / ".github" / "workflows").glob("*.yml"))
-    assert workflows
-    checked = subprocess.run(
-        [str(BIN / "actionlint"), *map(str, workflows)], capture_output=True, text=True, check=False
-    )
+def test_the_kubernetes_api_key_is_required_unless_the_operator_opts_out() -> None:
+    k8s = PROJECT / "ops" / "k8s"
+    container = yaml.safe_load((k8s / "deployment.yaml").read_text())["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in container["containers"][0]["env"]}
+    reference = env["BITLOOP_API_API_KEY"]["valueFrom"]["secretKeyRef"]
+    assert reference == {"name": "bitloop-api", "key": "api-key"}  # not optional: no Secret, no pod
+    config = yaml.safe_load((k8s / "configmap.yaml").read_text())["data"]
+    assert config["BITLOOP_API_REQUIRE_API_KEY"] == "true"  # an empty key stops the server
+    opt_out = yaml.safe_load((PROJECT / "ops" / "k8s-open" / "kustomization.yaml").read_text())
+    assert opt_out["resources"] == ["../k8s"]
+    patches = "\n".join(p["patch"] for p in opt_out["patches"])
+    assert "op: remove\n  path: /spec/template/spec/containers/0/env" in patches
+    assert 'path: /data/BITLOOP_API_REQUIRE_API_KEY\n  value: "false"' in patches
+
+
+def workflows() -> list[Path]:
+    found = sorted((PROJECT / ".github" / "workflows").glob("*.yml"))
+    assert found
+    return found
+
+
+def test_github_workflows_match_githubs_schema() -> None:
+    """Offline: the workflow schema check-jsonschema ships (upstream actionlint runs in the workflow)."""
+    schema = [str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.github-workflows"]
+    checked = subprocess.run([*schema, *map(str, workflows())], capture_output=True, text=True, check=False)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_schema_check_fails_on_a_broken_workflow(tmp_path: Path) -> None:
+    broken = tmp_path / "ci.yml"
+    broken.write_text(workflows()[0].read_text().replace("runs-on:", "runs_on:", 1))
+    checked = subprocess.run(
+        [str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.github-workflows", str(broken)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 1
+
+
+def test_every_action_is_pinned_by_commit_and_every_suite_runs() -> None:
+    workflow = yaml.safe_load(workflows()[0].read_text())
+    uses = [step["uses"] for job in workflow["jobs"].values() for step in job["steps"] if "uses" in step]
+    assert uses
+    for use in uses:
+        assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", use), f"{use} is not pinned by commit"
+    runs = "\n".join(step.get("run", "") for job in workflow["jobs"].values() for step in job["steps"])
+    for target in ("lint", "test", "test-stack", "test-compose", "repro-check"):
+        assert re.search(rf"make {target}$", runs, flags=re.MULTILINE), target
+    assert "actionlint" in runs  # upstream, where its binary can be fetched
+    assert "pip-audit" in runs
+    assert workflow["env"]["CI"] == "true"
+    assert set(workflow["jobs"]["images"]["needs"]) == {"lint", "test", "stack", "compose"}
 
 
 def test_the_flake_parses() -> None:
