@@ -36,8 +36,20 @@ PREDICTIONS = Counter(
     "Predictions made, by predicted class ('value' for regression)",
     ["model", "version", "variant", "prediction"],
 )
-PREDICTED_VALUE = Histogram(
-    "bitloop_prediction_value", "Predicted values of regression models", ["model", "variant"]
+# A regression target can be in any units, and a histogram has one bucket list: predictions are
+# observed as their position in the training target's range, which is exported beside them.
+POSITION_BUCKETS = tuple(round(i * 0.05, 2) for i in range(21))
+PREDICTED_POSITION = Histogram(
+    "bitloop_prediction_position",
+    "Regression predictions as a share of the training target's range (0 its minimum, 1 its maximum)",
+    ["model", "variant"],
+    buckets=POSITION_BUCKETS,
+)
+TARGET_RANGE = Gauge(
+    "bitloop_prediction_target_range",
+    "The served regression model's training-target minimum and maximum",
+    ["model", "variant", "bound"],
+    multiprocess_mode="mostrecent",
 )
 INFERENCE = Histogram(
     "bitloop_inference_duration_seconds",

@@ -109,9 +109,14 @@ class ServerState:
             ]
         )
         if model.schema.task == "regression":
-            histogram = metrics.PREDICTED_VALUE.labels(model.name, variant)
-            for value in labels:
-                histogram.observe(value)
+            span = (model.profile or {}).get("target")
+            if span:  # a model trained before profiles held the target's range has no histogram
+                low, width = span["min"], (span["max"] - span["min"]) or 1.0
+                metrics.TARGET_RANGE.labels(model.name, variant, "min").set(span["min"])
+                metrics.TARGET_RANGE.labels(model.name, variant, "max").set(span["max"])
+                histogram = metrics.PREDICTED_POSITION.labels(model.name, variant)
+                for value in labels:
+                    histogram.observe((value - low) / width)
             metrics.PREDICTIONS.labels(model.name, model.version, variant, "value").inc(len(labels))
         else:
             for label in set(labels):

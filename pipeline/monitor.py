@@ -20,8 +20,7 @@ from mlflow.exceptions import MlflowException
 
 from pipeline.drift import DriftReport, detect, read_prediction_log
 from pipeline.params import Params
-from pipeline.register import TAG
-from pipeline.settings import PipelineSettings, connect
+from pipeline.settings import TAG, PipelineSettings, connect
 from pipeline.workspace import Workspace, write_json
 
 log = logging.getLogger(__name__)

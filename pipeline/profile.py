@@ -13,8 +13,14 @@ SAMPLE_SIZE = 5000
 BINS = 10
 
 
-def build_profile(frame: pd.DataFrame, schema: DatasetSchema, seed: int) -> dict[str, Any]:
-    """Per feature: a fixed-size sample and decile bins (numeric) or frequencies (categorical)."""
+def build_profile(
+    frame: pd.DataFrame, schema: DatasetSchema, seed: int, target: pd.Series | None = None
+) -> dict[str, Any]:
+    """Per feature: a fixed-size sample and decile bins (numeric) or frequencies (categorical).
+
+    For a regression, the training target's range too: the model server scales its
+    predicted-value histogram by it, so the buckets fit any target's units.
+    """
     features: dict[str, Any] = {}
     rng = np.random.default_rng(seed)
     for spec in schema.features:
@@ -39,4 +45,7 @@ def build_profile(frame: pd.DataFrame, schema: DatasetSchema, seed: int) -> dict
             shares = filled.astype(str).value_counts(normalize=True).sort_index()
             entry["frequencies"] = {str(k): float(v) for k, v in shares.items()}
         features[spec.name] = entry
-    return {"rows": len(frame), "features": features}
+    profile: dict[str, Any] = {"rows": len(frame), "features": features}
+    if schema.task == "regression" and target is not None and target.notna().any():
+        profile["target"] = {"min": float(target.min()), "max": float(target.max())}
+    return profile

@@ -20,9 +20,9 @@ from mlflow.exceptions import MlflowException
 
 from pipeline.evaluate import score
 from pipeline.params import HIGHER_IS_BETTER, Params
-from pipeline.register import TAG, floor_failures
+from pipeline.register import floor_failures
 from pipeline.schema import DatasetSchema
-from pipeline.settings import PipelineSettings, connect
+from pipeline.settings import TAG, PipelineSettings, connect
 from pipeline.train import load_schema
 from pipeline.workspace import Workspace, read_json, write_json
 

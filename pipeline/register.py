@@ -25,13 +25,12 @@ from pipeline.ingest import DatasetVersion
 from pipeline.params import HIGHER_IS_BETTER, Params
 from pipeline.schema import DatasetSchema
 from pipeline.serialization import SKOPS, trusted_types
-from pipeline.settings import PipelineSettings, connect
+from pipeline.settings import TAG, PipelineSettings, connect
 from pipeline.train import load_candidate, load_schema
 from pipeline.workspace import Workspace, read_json, write_json
 
 log = logging.getLogger(__name__)
 REQUIREMENTS = ("scikit-learn", "numpy", "pandas", "scipy", "skops")
-TAG = "bitloop."
 
 
 @dataclass(frozen=True)

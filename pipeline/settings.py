@@ -11,6 +11,10 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 
+TAG = "bitloop."
+"""The prefix of every tag the pipeline sets on MLflow runs and model versions."""
+
+
 class PipelineSettings(BaseSettings):
     """Where the pipeline talks to; experiment parameters live in params.yaml instead."""
 

@@ -8,8 +8,7 @@ from typing import Any
 import mlflow
 
 from pipeline.params import Params
-from pipeline.register import TAG
-from pipeline.settings import PipelineSettings, connect
+from pipeline.settings import TAG, PipelineSettings, connect
 from pipeline.workspace import Workspace, read_json
 
 log = logging.getLogger(__name__)

@@ -55,5 +55,5 @@ def train(params: Params, workspace: Workspace) -> dict[str, Path]:
             total,
             extra={"candidate": name, "seconds": round(time.perf_counter() - started, 2)},
         )
-    write_json(workspace.profile_file, build_profile(features, schema, params.train.seed))
+    write_json(workspace.profile_file, build_profile(features, schema, params.train.seed, target))
     return written

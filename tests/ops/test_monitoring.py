@@ -8,9 +8,11 @@ expression must evaluate.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
+import statistics
 import subprocess
 import sys
 import threading
@@ -22,6 +24,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import httpx
+import pandas as pd
 import pytest
 import yaml
 
@@ -169,6 +172,8 @@ class Load:
         self.drifted = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
         self.unexpected: list[str] = []
         """Answers other than the expected ones; asserted on in the test (a thread's assert is lost)."""
+        self.predicted: list[float] = []
+        """Every value the regressor answered."""
 
     def _expect(self, response: httpx.Response, status: int) -> None:
         if response.status_code != status:
@@ -196,13 +201,20 @@ class Load:
                     client.get(path)
 
     def _regression(self) -> None:
+        """The regressor's holdout rows, in turn: known predictions for the quantile panels."""
         base, trained = self.regression
         deadline = time.monotonic() + self.seconds
-        record = sample_record(trained.schema)
+        holdout = pd.read_parquet(trained.workspace.test_file)[trained.schema.feature_names]
+        records = holdout.astype(object).where(holdout.notna(), None).to_dict(orient="records")
         with httpx.Client(base_url=base, timeout=10) as client:
-            while time.monotonic() < deadline:
-                self._expect(client.post("/predict", json=record), 200)
-                time.sleep(0.05)
+            for record in itertools.cycle(records):
+                if time.monotonic() >= deadline:
+                    break
+                answer = client.post("/predict", json=record)
+                self._expect(answer, 200)
+                if answer.status_code == 200:
+                    self.predicted.append(answer.json()["prediction"])
+                time.sleep(0.02)
 
     def _batches(self) -> None:
         deadline = time.monotonic() + self.seconds
@@ -344,6 +356,22 @@ def test_every_panel_query_and_alert_expression_works_against_a_real_prometheus(
                     if not any(math.isfinite(v) for v in values):  # NaN is "No data" in Grafana too
                         empty.append(f"{path.stem}: {panel['title']} [{target['refId']}]")
         assert empty == [], "panels without data:\n" + "\n".join(empty)
+
+        # The predicted-value panel shows the quantiles of what the regressor answered, within one
+        # bucket (5% of the training target's range; 25-346 for this data).
+        span = json.loads(regression.workspace.profile_file.read_text())["target"]
+        bucket = 0.05 * (span["max"] - span["min"])
+        assert span["max"] - span["min"] > 100
+        board = json.loads((PROJECT / "ops" / "grafana" / "dashboards" / "model.json").read_text())
+        panel = next(p for p in panels(board) if p["title"] == "Predicted value (regression models)")
+        known = statistics.quantiles(load.predicted, n=10)
+        assert len(load.predicted) > 50
+        for target, expected in zip(
+            panel["targets"], (statistics.median(load.predicted), known[8]), strict=True
+        ):
+            result = query(prometheus, substitute(target["expr"]))["data"]["result"]
+            shown = {r["metric"]["model"]: float(r["value"][1]) for r in result}
+            assert abs(shown[regression.name] - expected) <= bucket, (target["refId"], shown, expected)
 
         groups = yaml.safe_load((PROMETHEUS_DIR / "rules" / "bitloop.yml").read_text())["groups"]
         for rule in (r for g in groups for r in g["rules"]):

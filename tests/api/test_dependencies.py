@@ -1,0 +1,27 @@
+"""The model server imports only what its image installs: no MLflow server, no Parquet, no plots."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.factories import PROJECT
+
+# What the api and datasource images leave out (mlflow-skinny instead of mlflow; no pyarrow in the api).
+ABSENT = ("pyarrow", "matplotlib", "flask", "sqlalchemy", "alembic", "gunicorn")
+
+
+def test_the_model_server_starts_without_the_packages_its_image_leaves_out() -> None:
+    code = (
+        "import sys\n"
+        f"for name in {ABSENT!r}:\n"
+        "    sys.modules[name] = None  # any import of it fails\n"
+        "import api.main, api.model, api.manager, pipeline.monitor, pipeline.serialization\n"
+        "from api.main import create_app\n"
+        "create_app()\n"
+        "print('imported')\n"
+    )
+    command = [sys.executable, "-c", code]
+    done = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("imported")
