@@ -69,6 +69,7 @@ class ValidateParams(_Section):
     unlabelled: RowPolicy = "drop"
     unparseable: RowPolicy = "drop"
     out_of_range: RowPolicy = "drop"
+    duplicate_ids: RowPolicy = "drop"
 
 
 class SplitParams(_Section):

@@ -122,6 +122,7 @@ ROW_PROBLEMS = {
     "unparseable": ("types", "do not parse as the column's type"),
     "out_of_range": ("ranges", "lie outside the accepted range"),
     "unlabelled": ("labels", "have no label"),
+    "duplicate_ids": ("ids", "repeat the id of an earlier row in the batch"),
 }
 
 
@@ -153,6 +154,11 @@ def _row_problems(
         unlabelled = raw[schema.target].isna()
         if unlabelled.any():
             found["unlabelled"][schema.target] = (unlabelled, "")
+    if schema.id_column and schema.id_column in raw.columns:
+        # Two rows with one id are one entity described twice: only the first is kept, counted.
+        repeated = raw[schema.id_column].notna() & raw[schema.id_column].duplicated(keep="first")
+        if repeated.any():
+            found["duplicate_ids"][schema.id_column] = (repeated, _examples(raw[schema.id_column][repeated]))
     return found
 
 

@@ -136,6 +136,28 @@ def test_the_unlabelled_policy_drops_exactly_the_unlabelled_rows(
     assert ("labels", "churned") in errors(strict) if blanks else strict.ok
 
 
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10_000), copies=st.lists(st.integers(0, 299), max_size=5))
+def test_a_repeated_id_keeps_only_its_first_row_counted_or_refuses_the_batch(
+    learned: DataContract, seed: int, copies: list[int]
+) -> None:
+    batch = simulate_churn(300, seed)
+    repeats = batch.iloc[copies].assign(monthly_charges=1.0)  # the same customers, described again
+    doubled = pd.concat([batch, repeats], ignore_index=True)
+    loose = {"min_rows": 1, "max_invalid_rate": 0.05}  # a few repeats are noise, not a broken id column
+    report, typed = judge(doubled, learned, **loose)
+    assert report.ok, report.errors
+    assert len(typed) == len(batch)
+    assert typed["row_id"].is_unique
+    kept = typed.set_index("row_id")["monthly_charges"]
+    originals = batch.set_index("customer_id")["monthly_charges"]
+    first = kept.loc[originals.index].to_numpy(float)
+    assert np.array_equal(first, originals.to_numpy(float), equal_nan=True)  # the first description wins
+    assert report.dropped.get("duplicate_ids", {}) == ({"customer_id": len(copies)} if copies else {})
+    strict, _ = judge(doubled, learned, **loose, duplicate_ids="reject")
+    assert ("ids", "customer_id") in errors(strict) if copies else strict.ok
+
+
 def write_csv(path: Path, frame: pd.DataFrame) -> Path:
     frame.to_csv(path, index=False)
     return path
