@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     raise ParamsError("--seed, --drift and --source-url choose a batch: use them with ingest")
                 _show(ingest_batch(params, workspace, **drawn))
             else:
-                _show(reproduce_stages(root, args.stage))
+                _show(reproduce_stages(params, workspace, args.stage))
         elif args.command == "run":
             _show(run_all(params, workspace, settings, seed=args.seed, drift=args.drift))
         else:

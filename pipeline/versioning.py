@@ -2,8 +2,9 @@
 
 `make repro` and the training DAG's tasks both come here: a stage runs only through
 `dvc repro --single-item`, so after any run `dvc repro` has nothing to do. The one input from
-outside the repository is the batch a DAG run draws (its seed, drift and source service): the
-DAG runs the ingest command with it and commits the result as the ingest stage's new state.
+outside the repository is the data source, which DVC cannot hash (an updated CSV export, the
+batch a DAG run draws with its seed, drift and service): ingest always asks it for new rows and
+commits the result as the ingest stage's new state.
 Every new state of the raw store is committed to the DVC cache and pushed to the remote
 before anything reads it, so any version's data can be restored (`pipeline.reproduce`).
 """
@@ -120,25 +121,34 @@ def _push(repo: Any, stage: str | None) -> int:
     return pushed
 
 
-def reproduce_stages(root: Path, stage: str | None = None) -> dict[str, Any]:
-    """`dvc repro` of one stage (or the whole pipeline), each new data version pushed on creation.
+def reproduce_stages(params: Params, workspace: Workspace, stage: str | None = None) -> dict[str, Any]:
+    """Ingest what is new, then `dvc repro` one stage (or the rest of the pipeline), pushing new data.
 
-    The whole pipeline reproduces ingest first and pushes its new raw store before validating it,
-    so a batch that validation refuses is stored in the remote too.
+    Ingest always asks the source for new rows (an updated CSV export, a new draw), commits the
+    store and pushes it before anything validates it, so a batch validation refuses is in the
+    remote too; when nothing is new the store, its lock entry and every later stage stay as they were.
     """
     if stage is not None and stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
     ran: list[str] = []
     pushed = 0
-    with _repo(root) as repo:
-        if stage in (None, "ingest"):
-            ran += _reproduce(repo, "ingest")
-            pushed += _push(repo, "ingest")
-        if stage != "ingest":
+    if stage in (None, "ingest"):
+        drawn = ingest_batch(params, workspace)
+        pushed += drawn["pushed_files"]
+        ran += ["ingest"] if drawn["recorded"] else []
+    if stage != "ingest":
+        with _repo(workspace.root) as repo:
             ran += _reproduce(repo, stage)
             pushed += _push(repo, stage)
     log.info("reproduced", extra={"stages": ran, "pushed_files": pushed})
     return {"ran": ran, "pushed_files": pushed, "up_to_date": not ran}
+
+
+def _lock_entry(root: Path, stage: str) -> Any:
+    import yaml
+
+    lock = root / "dvc.lock"
+    return yaml.safe_load(lock.read_text()).get("stages", {}).get(stage) if lock.is_file() else None
 
 
 def ingest_batch(
@@ -149,12 +159,22 @@ def ingest_batch(
     drift: float | None = None,
     source_url: str | None = None,
 ) -> dict[str, Any]:
-    """Ingest one chosen batch (the DAG's per-run draw), commit it as the ingest stage, push it."""
+    """Ingest a batch (params.yaml's source, or the DAG run's draw), commit it as the ingest stage, push it.
+
+    `recorded` says whether DVC's lock changed: a new data version, new params or new ingest code.
+    """
     from pipeline.ingest import ingest
 
+    before = _lock_entry(workspace.root, "ingest")
     result = ingest(params, workspace, seed=seed, drift=drift, source_url=source_url)
     with _repo(workspace.root) as repo:
         repo.commit("ingest", force=True)
         pushed = _push(repo, "ingest")
+    recorded = _lock_entry(workspace.root, "ingest") != before
     log.info("committed and pushed the raw store", extra={"version": result.version.label, "pushed": pushed})
-    return {**result.version.as_dict(), "appended_rows": result.appended_rows, "pushed_files": pushed}
+    return {
+        **result.version.as_dict(),
+        "appended_rows": result.appended_rows,
+        "pushed_files": pushed,
+        "recorded": recorded,
+    }

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from pipeline.sources.simulated import simulate_churn
 from tests.factories import DIABETES, LIGHT_CANDIDATES, copy_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -115,3 +116,35 @@ def test_switching_datasets_keeps_each_workspace_intact(project: Path, mlflow_ur
         "current": False,
         **diabetes_version,
     }
+
+
+def test_an_updated_csv_export_is_ingested_committed_and_pushed(project: Path, tmp_path: Path) -> None:
+    """DVC cannot hash the source, so `repro` always asks it for new rows; nothing new changes nothing."""
+    export = tmp_path / "customers.csv"
+    rows = simulate_churn(900, 5)
+    rows.iloc[:600].to_csv(export, index=False)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"] = {**params["data"], "source": "csv", "path": str(export)}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    def repro_ingest() -> dict[str, Any]:
+        done = subprocess.run(
+            [sys.executable, "-m", "pipeline", "--root", str(project), "repro", "ingest"],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(project)},
+        )
+        assert done.returncode == 0, done.stderr
+        result: dict[str, Any] = json.loads(done.stdout)
+        return result
+
+    assert repro_ingest()["ran"] == ["ingest"]
+    assert repro_ingest() == {"ran": [], "pushed_files": 0, "up_to_date": True}
+    rows.to_csv(export, index=False)  # the same path, 300 more customers
+    again = repro_ingest()
+    assert again["ran"] == ["ingest"]
+    assert again["pushed_files"] > 0
+    version = json.loads(next((project / "data").glob("*/version.json")).read_text())
+    assert (version["version"], version["rows"]) == ("v2", 900)
+    assert "in sync" in dvc(project, "", "status", "--cloud", "ingest")
