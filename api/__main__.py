@@ -22,6 +22,8 @@ def main() -> None:
         raise SystemExit(f"bitloop model server cannot start: {err}") from None
     for switch in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
         os.environ.setdefault(switch, "true")
+    # Models are read by pipeline.serialization (skops, our trust list); MLflow itself never unpickles.
+    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
     uvicorn.run(
         "api.main:create_app",
         factory=True,

@@ -88,8 +88,6 @@ class ModelManager:
 
         # Fail fast and retry on the next tick rather than block on MLflow's long backoff.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        # Models are read by pipeline.serialization (skops, our trust list); MLflow never unpickles.
-        os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(self.settings.registry_timeout_seconds)))
         return MlflowClient(self.settings.mlflow_tracking_uri)

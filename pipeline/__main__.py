@@ -110,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.logs import configure_logging
     from pipeline.promote import RollbackError, SchemaMismatch
     from pipeline.reproduce import ReproduceError
+    from pipeline.serialization import UntrustedModel
     from pipeline.settings import TrackingUnavailable
     from pipeline.sources import SourceError
     from pipeline.validate import ValidationFailed
@@ -208,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         UnknownBatch,
         VersioningError,
         ReproduceError,
+        UntrustedModel,
     ) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2 if isinstance(err, ParamsError | UnknownBatch) else 1

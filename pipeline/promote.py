@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -22,6 +23,7 @@ from pipeline.evaluate import score
 from pipeline.params import HIGHER_IS_BETTER, Params
 from pipeline.register import floor_failures
 from pipeline.schema import DatasetSchema
+from pipeline.serialization import load_sklearn_model
 from pipeline.settings import TAG, PipelineSettings, connect
 from pipeline.train import load_schema
 from pipeline.workspace import Workspace, read_json, write_json
@@ -137,8 +139,8 @@ def schema_differences(old: DatasetSchema, new: DatasetSchema) -> list[str]:
 
 def _score_version(name: str, version: str, test: pd.DataFrame, schema: DatasetSchema) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bitloop-champion-") as scratch:
-        model = mlflow.sklearn.load_model(f"models:/{name}/{version}", dst_path=scratch)
-        return score(model, test, schema)
+        local = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=scratch)
+        return score(load_sklearn_model(Path(local)), test, schema)
 
 
 def _tag(client: MlflowClient, name: str, version: str, values: dict[str, Any]) -> None:

@@ -70,6 +70,7 @@ def test_repro_twice_runs_nothing_and_forced_runs_are_identical(project: Path, m
     assert {"models/candidates", "reports/metrics.json", "data/split", "reports/evaluation"} <= set(hashes)
 
 
+@pytest.mark.repro
 def test_a_new_seed_appends_a_version_and_reruns_downstream(project: Path, mlflow_uri: str) -> None:
     dvc(project, mlflow_uri, "repro")
     params = yaml.safe_load((project / "params.yaml").read_text())
@@ -82,6 +83,7 @@ def test_a_new_seed_appends_a_version_and_reruns_downstream(project: Path, mlflo
     assert out_hashes(project)["data/raw"] == version["md5"]
 
 
+@pytest.mark.repro
 def test_switching_datasets_keeps_each_workspace_intact(project: Path, mlflow_uri: str) -> None:
     """A (simulated churn) -> B (scikit-learn's diabetes) -> A: neither store mixes with the other."""
     original = yaml.safe_load((project / "params.yaml").read_text())
