@@ -106,15 +106,7 @@ def _show(result: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pipeline.ingest import UnknownBatch
     from pipeline.logs import configure_logging
-    from pipeline.promote import RollbackError, SchemaMismatch
-    from pipeline.reproduce import ReproduceError
-    from pipeline.serialization import UntrustedModel
-    from pipeline.settings import TrackingUnavailable
-    from pipeline.sources import SourceError
-    from pipeline.validate import ValidationFailed
-    from pipeline.versioning import StageFailed, VersioningError
 
     configure_logging()
     for switch in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):  # nothing phones home
@@ -123,17 +115,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # logs, not progress bars
     args = _parser().parse_args(argv)
+    if args.command == "serve-data":  # the data-source image has no training libraries: import nothing else
+        import uvicorn
+
+        from pipeline.sources.service import create_app
+
+        uvicorn.run(create_app(args.drift), host=args.host, port=args.port, log_level="info")
+        return 0
+
+    from pipeline.ingest import UnknownBatch
+    from pipeline.promote import RollbackError, SchemaMismatch
+    from pipeline.reproduce import ReproduceError
+    from pipeline.serialization import UntrustedModel
+    from pipeline.settings import TrackingUnavailable
+    from pipeline.sources import SourceError
+    from pipeline.validate import ValidationFailed
+    from pipeline.versioning import StageFailed, VersioningError
+
     settings = PipelineSettings()
     root = args.root.resolve()
     workspace: Workspace | None = None
     try:
-        if args.command == "serve-data":
-            import uvicorn
-
-            from pipeline.sources.service import create_app
-
-            uvicorn.run(create_app(args.drift), host=args.host, port=args.port, log_level="info")
-            return 0
         params = load_params(params_file(root))
         workspace = Workspace(root, params.model.name)
         if args.command == "datasets":

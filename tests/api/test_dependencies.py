@@ -25,3 +25,21 @@ def test_the_model_server_starts_without_the_packages_its_image_leaves_out() -> 
     done = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("imported")
+
+
+def test_the_data_source_serves_without_the_training_libraries() -> None:
+    """The datasource image has the api's packages plus pyarrow: `serve-data` must need nothing more."""
+    code = (
+        "import sys\n"
+        f"for name in {ABSENT[1:]!r}:\n"
+        "    sys.modules[name] = None\n"
+        "import uvicorn\n"
+        "uvicorn.run = lambda *args, **kwargs: print('served')\n"
+        "from pipeline.__main__ import main\n"
+        "sys.exit(main(['serve-data', '--port', '1']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("served")
