@@ -65,8 +65,13 @@ def _install_redaction() -> None:
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = make(*args, **kwargs)
         if record.args:
-            record.msg, record.args = record.getMessage(), None
-        record.msg = _redacted(record.msg)
+            # Flatten only a message that needs redacting: formatters such as uvicorn's access
+            # log read the arguments themselves.
+            message = record.getMessage()
+            if redact(message) != message:
+                record.msg, record.args = redact(message), None
+        else:
+            record.msg = _redacted(record.msg)
         if record.exc_info and record.exc_info[1] is not None:
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
         return record
