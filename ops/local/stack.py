@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -147,6 +148,9 @@ def _environment(settings: StackSettings) -> dict[str, str]:
         else f"127.0.0.1:{settings.pushgateway_port}",
         "BITLOOP_AIRFLOW_JWT_SECRET": airflow_secrets(settings)["jwt_secret"],
         "AIRFLOW_HOME": str(state / "airflow"),
+        # Airflow's four processes share one SQLite file; a write that waits longer than pysqlite's
+        # 5 s default for the lock fails ("database is locked"), and the API answers that with a 500.
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{state / 'airflow' / 'airflow.db'}?timeout=60",
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{settings.mlflow_port}",
         "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -220,9 +224,22 @@ def trigger_dag(airflow: httpx.Client, dag_id: str, deadline: float) -> str:
             )
         print(f"  waiting for Airflow to parse dags/{dag_id}.py", flush=True)
         time.sleep(3.0)
-    run = airflow.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None})
-    run.raise_for_status()
-    return str(run.json()["dag_run_id"])
+    # The run is named here, so retrying after a server error cannot start a second run: a retry
+    # whose first attempt did create it gets 409 for that same name.
+    run_id = f"manual__{datetime.now(UTC).isoformat()}"
+    body = {"dag_run_id": run_id, "logical_date": None}
+    for attempt in range(1, 4):
+        run = airflow.post(f"/api/v2/dags/{dag_id}/dagRuns", json=body)
+        if run.status_code == 409 and attempt > 1:
+            return run_id  # the attempt that answered 5xx had started it after all
+        if run.status_code < 500:
+            run.raise_for_status()
+            return run_id
+        print(f"  Airflow answered {run.status_code} to the trigger (attempt {attempt}): {run.text[:300]}")
+        if time.monotonic() > deadline:
+            break
+        time.sleep(5.0)
+    raise SystemExit(f"Airflow could not start a {dag_id} run: see `make logs` (airflow-api)")
 
 
 def wait_dag_run(airflow: httpx.Client, dag_id: str, run_id: str, deadline: float) -> dict[str, str]:

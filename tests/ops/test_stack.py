@@ -65,6 +65,15 @@ def _dvc_status() -> str:
     return subprocess.run([str(dvc), "status"], cwd=PROJECT, capture_output=True, text=True).stdout
 
 
+def _service_errors(state: Path) -> str:
+    """The error lines of every service log, so a failure in CI says what went wrong inside."""
+    lines = []
+    for log in sorted((state / "logs").glob("*.log")):
+        text = log.read_text(errors="replace").splitlines()
+        lines += [f"{log.name}: {line[:400]}" for line in text if "error" in line.lower()][-15:]
+    return "\n".join(lines)
+
+
 def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path) -> None:
     ports = [free_port() for _ in range(7)]
     mlflow_port, source_port, api_port, airflow_port, prometheus_port, pushgateway_port, exporter_port = ports
@@ -82,7 +91,7 @@ def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path
     tracked_before = _git_status()
     try:
         up = make("up", env)
-        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:] + _service_errors(tmp_path / "state")
         # The DAG ran the stages through DVC: its lock describes the run, git's files are untouched.
         assert "Data and pipelines are up to date" in _dvc_status()
         assert _git_status() == tracked_before
@@ -142,7 +151,9 @@ def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path
 
         # The closed loop: drifted traffic -> drift_monitor -> drift asset -> training -> new champion.
         demo = make("drift-demo", env, timeout=1500)
-        assert demo.returncode == 0, demo.stdout[-4000:] + demo.stderr[-3000:]
+        assert demo.returncode == 0, (
+            demo.stdout[-4000:] + demo.stderr[-3000:] + _service_errors(tmp_path / "state")
+        )
         assert "drift_monitor found dataset drift" in demo.stdout
         new = MlflowClient(f"http://127.0.0.1:{mlflow_port}").get_model_version_by_alias(name, "champion")
         assert int(new.version) > int(champion.version)

@@ -1,0 +1,74 @@
+"""The local stack's Airflow plumbing, without starting the stack (that is `make test-stack`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ops.local.stack import StackSettings, _environment, trigger_dag
+
+
+def test_airflow_waits_a_minute_for_the_sqlite_write_lock(tmp_path: Path) -> None:
+    # Airflow's four processes write one SQLite file; pysqlite gives up on a held lock after 5 s
+    # and the API turns that into a 500 for whoever triggered a run.
+    env = _environment(StackSettings(state_dir=tmp_path))
+    probe = (
+        "from airflow import settings\n"
+        "settings.configure_orm()\n"
+        "with settings.engine.connect() as c:\n"
+        "    print(c.exec_driver_sql('PRAGMA busy_timeout').scalar())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1] == "60000"
+
+
+def _airflow(answers: list[int], posted: list[dict[str, object]]) -> httpx.Client:
+    """Airflow's REST API answering each trigger with the next status in `answers`."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json={"dag_id": "training"})
+        posted.append(json.loads(request.content))
+        status = answers.pop(0)
+        return httpx.Response(
+            status, json={"dag_run_id": posted[-1]["dag_run_id"], "detail": "database is locked"}
+        )
+
+    return httpx.Client(base_url="http://airflow.invalid", transport=httpx.MockTransport(handle))
+
+
+@pytest.fixture(autouse=True)
+def _no_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(time, "sleep", lambda _: None)
+
+
+def test_a_trigger_retries_a_server_error_under_the_same_run_name() -> None:
+    posted: list[dict[str, object]] = []
+    run_id = trigger_dag(_airflow([500, 200], posted), "training", time.monotonic() + 60)
+    assert len(posted) == 2
+    assert posted[0]["dag_run_id"] == posted[1]["dag_run_id"] == run_id
+
+
+def test_a_retry_that_finds_its_run_already_started_takes_it() -> None:
+    # The 500 came after the run was committed: the retry's 409 names the same run, not a new one.
+    posted: list[dict[str, object]] = []
+    run_id = trigger_dag(_airflow([500, 409], posted), "training", time.monotonic() + 60)
+    assert run_id == posted[0]["dag_run_id"]
+
+
+def test_a_first_attempt_conflict_is_an_error_and_repeated_server_errors_stop() -> None:
+    with pytest.raises(httpx.HTTPStatusError):
+        trigger_dag(_airflow([409], []), "training", time.monotonic() + 60)
+    posted: list[dict[str, object]] = []
+    with pytest.raises(SystemExit, match="could not start a training run"):
+        trigger_dag(_airflow([500, 503, 500], posted), "training", time.monotonic() + 60)
+    assert len(posted) == 3
