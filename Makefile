@@ -15,7 +15,7 @@ export DO_NOT_TRACK := true
 export UV_LINK_MODE := copy
 export STACK
 
-.PHONY: help setup test test-stack test-compose images repro-check lint format repro bench up down status logs drift-demo screenshots clean
+.PHONY: help setup test test-stack test-compose images repro-check lint format repro bench up down secrets status logs drift-demo screenshots clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "; printf "bitloop: make <target>\n\n"} \
@@ -65,6 +65,9 @@ up: $(STAMP) ## start the stack (compose with a Docker engine, else local; STACK
 
 down: $(STAMP) ## stop every service (compose or local)
 	$(BIN)/python ops/local/stack.py down
+
+secrets: $(STAMP) ## write the compose stack's missing secret files (.bitloop/secrets/, or BITLOOP_SECRETS_DIR)
+	$(BIN)/python ops/local/stack.py secrets
 
 status: $(STAMP) ## show the state of each service
 	$(BIN)/python ops/local/stack.py status

@@ -53,6 +53,7 @@
         cp -r ${./pipeline} $out/opt/bitloop/pipeline
         cp -r ${./dags} $out/opt/bitloop/dags
         install -D -m 0755 ${./ops/docker/healthcheck.py} $out/usr/local/bin/healthcheck
+        install -D -m 0755 ${./ops/docker/secrets-env} $out/usr/local/bin/secrets-env
       '';
 
       image = pkgs: name: role:
@@ -78,6 +79,7 @@
           config = {
             User = "10001:10001";
             WorkingDir = "/opt/bitloop";
+            Entrypoint = [ "/usr/local/bin/secrets-env" ];
             Cmd = role.cmd;
             ExposedPorts = { "${toString role.port}/tcp" = { }; };
             Env = [

@@ -1,9 +1,10 @@
 #!/bin/sh
 # Test-only PostgreSQL entrypoint with the official image's contract: POSTGRES_USER and
-# POSTGRES_PASSWORD, and /docker-entrypoint-initdb.d/*.sh run once on a fresh data directory.
+# POSTGRES_PASSWORD or POSTGRES_PASSWORD_FILE, and /docker-entrypoint-initdb.d/*.sh run once on a fresh data directory.
 set -eu
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
-  printf '%s' "$POSTGRES_PASSWORD" > /tmp/pwfile
+  if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then cat "$POSTGRES_PASSWORD_FILE" > /tmp/pwfile
+  else printf '%s' "$POSTGRES_PASSWORD" > /tmp/pwfile; fi
   initdb --encoding=UTF8 --locale=C.UTF-8 --username="${POSTGRES_USER:-postgres}" --pwfile=/tmp/pwfile --auth-host=scram-sha-256 --auth-local=trust >/dev/null
   rm -f /tmp/pwfile
   echo "host all all all scram-sha-256" >> "$PGDATA/pg_hba.conf"

@@ -34,6 +34,7 @@ class StackSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BITLOOP_", extra="ignore")
 
     state_dir: Path = PROJECT / ".bitloop"
+    secrets_dir: Path = PROJECT / ".bitloop" / "secrets"  # the compose stack's; docker-compose.yml agrees
     mlflow_port: int = 5000
     data_source_port: int = 8001
     api_port: int = 8000
@@ -68,6 +69,39 @@ def airflow_secrets(settings: StackSettings) -> dict[str, str]:
     passwords.write_text(json.dumps({"admin": values["admin_password"]}))
     passwords.chmod(0o600)
     return values
+
+
+# The compose stack's secrets, one file each (docker-compose.yml mounts them at /run/secrets/).
+COMPOSE_SECRETS = (
+    "postgres_password",
+    "mlflow_db_password",
+    "airflow_db_password",
+    "airflow_admin_password",
+    "airflow_jwt_secret",
+    "mlflow_admin_password",
+    "mlflow_flask_secret_key",
+    "grafana_admin_password",
+)
+API_KEY_SECRET = "api_key"  # noqa: S105 - a file's name. Empty (the default): the model server's /predict is open
+
+
+def write_compose_secrets(directory: Path) -> list[str]:
+    """Create every missing secret file with a random value (the API key empty); returns those written.
+
+    The files are readable by all, for the containers' own users; the directory is the owner's only.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    written = []
+    for name in (*COMPOSE_SECRETS, API_KEY_SECRET):
+        path = directory / name
+        if not path.exists():
+            path.write_text("" if name == API_KEY_SECRET else secrets.token_urlsafe(32))
+            written.append(name)
+        path.chmod(0o644)
+        if name != API_KEY_SECRET and not path.read_text().strip():
+            raise SystemExit(f"{path} is empty: write a secret into it, or delete it to have one generated")
+    return written
 
 
 # Optional services: supervisord program -> (binary, Debian package). Started when the binary is here.
@@ -365,10 +399,9 @@ def stack_mode() -> tuple[str, list[str] | None]:
 
 def compose_up(settings: StackSettings, compose: list[str]) -> None:
     """Start the compose stack and wait until the model server serves the champion it trains."""
-    if not (PROJECT / ".env").is_file():
-        raise SystemExit(
-            "the compose stack reads its secrets from .env: `cp .env.example .env` and fill in every value"
-        )
+    written = write_compose_secrets(settings.secrets_dir)
+    if written:
+        print(f"generated the secrets {', '.join(written)} in {settings.secrets_dir}", flush=True)
     print(f"starting the compose stack ({' '.join(compose)})", flush=True)
     subprocess.run([*compose, "up", "-d"], cwd=PROJECT, check=True)
     api = f"http://127.0.0.1:{settings.api_port}"
@@ -379,13 +412,14 @@ def compose_up(settings: StackSettings, compose: list[str]) -> None:
         print("  waiting for the training DAG's first run and the model server (GET /ready)", flush=True)
         time.sleep(10.0)
     grafana = os.environ.get("BITLOOP_GRAFANA_PORT", "3000")
+    secret = settings.secrets_dir
     print(
         f"\nbitloop compose stack is up:\n  api         {api}\n"
-        f"  mlflow      http://127.0.0.1:{settings.mlflow_port}\n"
-        f"  airflow     http://127.0.0.1:{settings.airflow_port}  (admin, AIRFLOW_ADMIN_PASSWORD in .env)\n"
+        f"  mlflow      http://127.0.0.1:{settings.mlflow_port}  (bitloop, {secret}/mlflow_admin_password)\n"
+        f"  airflow     http://127.0.0.1:{settings.airflow_port}  (admin, {secret}/airflow_admin_password)\n"
         f"  datasource  http://127.0.0.1:{settings.data_source_port}\n"
         f"  prometheus  http://127.0.0.1:{settings.prometheus_port}\n"
-        f"  grafana     http://127.0.0.1:{grafana}  (admin, GRAFANA_ADMIN_PASSWORD in .env)\n"
+        f"  grafana     http://127.0.0.1:{grafana}  (admin, {secret}/grafana_admin_password)\n"
         f"  stop: make down",
         flush=True,
     )
@@ -482,7 +516,7 @@ def logs(settings: StackSettings) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="stack.py", description=__doc__)
-    parser.add_argument("command", choices=("up", "down", "status", "logs"))
+    parser.add_argument("command", choices=("up", "down", "status", "logs", "secrets"))
     command = parser.parse_args().command
     settings = StackSettings()
     if command == "up":
@@ -491,6 +525,9 @@ def main() -> int:
         down(settings)
     elif command == "logs":
         logs(settings)
+    elif command == "secrets":
+        written = write_compose_secrets(settings.secrets_dir)
+        print(f"{settings.secrets_dir}: generated {', '.join(written) or 'nothing (every secret exists)'}")
     else:
         return status(settings)
     return 0

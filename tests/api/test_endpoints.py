@@ -213,7 +213,7 @@ def test_every_answered_prediction_is_logged(
 
 
 def test_an_empty_api_key_means_no_key() -> None:
-    """Compose passes BITLOOP_API_API_KEY through as "" when .env leaves it unset."""
+    """Compose hands the key over as a file, empty unless the operator writes a key into it."""
     from api.settings import ApiSettings
 
     assert ApiSettings(api_key="").api_key is None

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
+from ops.local.stack import write_compose_secrets
 from tests.factories import PROJECT
 from tests.servers import free_port
 from tests.tools import compose_client, require
@@ -156,16 +157,14 @@ def test_the_compose_stack_serves_a_champion_trained_by_airflow(tmp_path: Path) 
     ports = {
         name: free_port() for name in ("API", "DATA_SOURCE", "MLFLOW", "AIRFLOW", "PROMETHEUS", "GRAFANA")
     }
-    password = secrets.token_urlsafe(16)
+    secrets_dir = tmp_path / "secrets"
+    write_compose_secrets(secrets_dir)
+    password = (secrets_dir / "airflow_admin_password").read_text()
+    mlflow_login = ("bitloop", (secrets_dir / "mlflow_admin_password").read_text())
     env_file = tmp_path / ".env"
     values = {
         "COMPOSE_PROJECT_NAME": PROJECT_NAME,
-        "POSTGRES_PASSWORD": secrets.token_urlsafe(16),
-        "MLFLOW_DB_PASSWORD": secrets.token_urlsafe(16),
-        "AIRFLOW_DB_PASSWORD": secrets.token_urlsafe(16),
-        "AIRFLOW_ADMIN_PASSWORD": password,
-        "AIRFLOW_JWT_SECRET": secrets.token_urlsafe(32),
-        "GRAFANA_ADMIN_PASSWORD": secrets.token_urlsafe(16),
+        "BITLOOP_SECRETS_DIR": str(secrets_dir),
         "BASE_IMAGE": BASE,
         **{f"BITLOOP_{name}_PORT": str(port) for name, port in ports.items()},
     }
@@ -223,11 +222,24 @@ def test_the_compose_stack_serves_a_champion_trained_by_airflow(tmp_path: Path) 
                     return state if state in ("success", "failed") else None
 
                 assert wait_for(finished, "the training DAG run", 900) == "success"
-                champion = httpx.get(
-                    f"{mlflow}/api/2.0/mlflow/registered-models/alias",
-                    params={"name": "bitloop-churn", "alias": "champion"},
+                alias = f"{mlflow}/api/2.0/mlflow/registered-models/alias"
+                query = {"name": "bitloop-churn", "alias": "champion"}
+                champion = httpx.get(alias, params=query, auth=mlflow_login, timeout=10).json()
+                champion = champion["model_version"]["version"]
+                # MLflow wants a login; a user the admin adds reads but cannot move @champion.
+                assert httpx.get(alias, params=query, timeout=10).status_code == 401
+                move = {**query, "version": champion}
+                assert httpx.post(alias, json=move, timeout=10).status_code == 401
+                viewer = ("viewer", secrets.token_urlsafe(16))
+                created = httpx.post(
+                    f"{mlflow}/api/2.0/mlflow/users/create",
+                    json={"username": viewer[0], "password": viewer[1]},
+                    auth=mlflow_login,
                     timeout=10,
-                ).json()["model_version"]["version"]
+                )
+                assert created.status_code == 200, created.text
+                assert httpx.get(alias, params=query, auth=viewer, timeout=10).status_code == 200
+                assert httpx.post(alias, json=move, auth=viewer, timeout=10).status_code == 403
                 httpx.post(f"{api}/admin/reload", timeout=60)
                 assert (
                     wait_for(
@@ -246,11 +258,23 @@ def test_the_compose_stack_serves_a_champion_trained_by_airflow(tmp_path: Path) 
 
                 def scraped() -> bool:
                     result = httpx.get(
-                        f"{prometheus}/api/v1/query", params={"query": 'up{job="bitloop-api"}'}, timeout=5
+                        f"{prometheus}/api/v1/query",
+                        params={"query": 'up{job=~"bitloop-api|mlflow"}'},
+                        timeout=5,
                     ).json()["data"]["result"]
-                    return [r["value"][1] for r in result] == ["1"]
+                    return [r["value"][1] for r in result] == ["1", "1"]
 
-                wait_for(scraped, "Prometheus scraping the API", 120)
+                # MLflow's /metrics is scraped with the password from the secret's file.
+                wait_for(scraped, "Prometheus scraping the API and MLflow", 120)
+                # No secret is in a container's configuration: environment, command or labels.
+                containers = run(
+                    "podman", "ps", "-a", "-q", "--filter", f"label=com.docker.compose.project={PROJECT_NAME}"
+                ).stdout.split()
+                inspected = run("podman", "inspect", *containers).stdout
+                leaked = [
+                    p.name for p in secrets_dir.iterdir() if p.read_text() and p.read_text() in inspected
+                ]
+                assert leaked == []
                 stats = run("podman", "stats", "--no-stream", "--format", "json").stdout
                 memory = {s["name"]: s["mem_usage"] for s in json.loads(stats)}
                 print(

@@ -2,68 +2,122 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
+from ops.local.stack import API_KEY_SECRET, COMPOSE_SECRETS, write_compose_secrets
 from tests.factories import PROJECT
 from tests.tools import compose_client, require
 
 BIN = Path(sys.executable).parent
-SECRETS = (
-    "POSTGRES_PASSWORD",
-    "MLFLOW_DB_PASSWORD",
-    "AIRFLOW_DB_PASSWORD",
-    "AIRFLOW_ADMIN_PASSWORD",
-    "AIRFLOW_JWT_SECRET",
-    "GRAFANA_ADMIN_PASSWORD",
-)
 
 
 def compose(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in SECRETS}
     return subprocess.run(
         [*compose_client(), "--project-directory", str(PROJECT), "-f", "docker-compose.yml", *args],
         cwd=PROJECT,
-        env={**clean, **env},
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         check=False,
     )
 
 
-def test_compose_file_is_valid_and_documents_every_secret() -> None:
-    values = dict.fromkeys(SECRETS, "test-only-secret")
-    checked = compose("config", env=values)
+def test_compose_file_is_valid_and_hands_every_secret_over_as_a_file(tmp_path: Path) -> None:
+    secrets_dir = tmp_path / "secrets"
+    write_compose_secrets(secrets_dir)
+    values = {p.read_text() for p in secrets_dir.iterdir()} - {""}
+    checked = compose("config", env={"BITLOOP_SECRETS_DIR": str(secrets_dir)})
     assert checked.returncode == 0, checked.stderr
     config = yaml.safe_load(checked.stdout)
+    # Every secret is a file from the secrets directory; none of their values is in the rendered
+    # configuration, i.e. in any service's environment, command or URL.
+    assert set(config["secrets"]) == {*COMPOSE_SECRETS, API_KEY_SECRET}
+    for name, secret in config["secrets"].items():
+        assert Path(secret["file"]) == secrets_dir / name
+    assert not [v for v in values if v in checked.stdout]
     example = (PROJECT / ".env.example").read_text()
-    for secret in SECRETS:
-        assert f"\n{secret}=\n" in example, secret
+    for secret in (*COMPOSE_SECRETS, API_KEY_SECRET):
+        assert f"#   {secret} " in example, secret
     services = config["services"]
     for name, service in services.items():
         assert "healthcheck" in service, name
         for port in service.get("ports", []):
             published = port if isinstance(port, str) else f"{port.get('host_ip')}:{port['published']}"
             assert published.startswith("127.0.0.1:"), (name, port)
+        for key, value in (service.get("environment") or {}).items():
+            if re.search(r"PASSWORD|SECRET|API_KEY", key):  # only ever a file, or a command reading one
+                assert key.endswith(("_FILE", "_CMD")), (name, key)
+                assert "/run/secrets/" in str(value) or str(value).startswith("/opt/airflow/auth/"), (
+                    name,
+                    key,
+                )
     ours = {n for n, s in services.items() if s["image"].startswith("bitloop-")}
     assert ours >= {"api", "mlflow", "datasource", "airflow-init", "airflow-api", "airflow-scheduler"}
     third_party = [s["image"] for n, s in services.items() if n not in ours]
     assert all(":" in image and not image.endswith(":latest") for image in third_party), third_party
     assert set(config["volumes"]) >= {"postgres", "mlflow-artifacts", "prometheus", "grafana", "predictions"}
+    # MLflow asks for a login; the pipeline and the model server log in as its admin.
+    assert services["mlflow"]["command"][2:4] == ["--app-name", "basic-auth"]
+    for name in ("api", "airflow-scheduler"):
+        environment = services[name]["environment"]
+        assert (
+            environment["MLFLOW_TRACKING_USERNAME"]
+            == services["mlflow"]["environment"]["MLFLOW_AUTH_ADMIN_USERNAME"]
+        )
+        assert environment["MLFLOW_TRACKING_PASSWORD_FILE"] == "/run/secrets/mlflow_admin_password"
 
 
-def test_compose_refuses_to_start_without_its_secrets() -> None:
-    for missing in SECRETS:
-        values = {s: "x" for s in SECRETS if s != missing}
-        checked = compose("config", "-q", env=values)
-        assert checked.returncode != 0
-        assert missing in checked.stderr
+def test_missing_secrets_are_generated_once_and_kept_private(tmp_path: Path) -> None:
+    directory = tmp_path / "secrets"
+    assert write_compose_secrets(directory) == [*COMPOSE_SECRETS, API_KEY_SECRET]
+    first = {p.name: p.read_text() for p in directory.iterdir()}
+    assert first[API_KEY_SECRET] == ""  # an open /predict unless the operator writes a key
+    assert len({v for k, v in first.items() if k != API_KEY_SECRET}) == len(COMPOSE_SECRETS)
+    assert all(len(v) >= 32 for k, v in first.items() if k != API_KEY_SECRET)
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700  # the containers' users read the files
+    (directory / "airflow_jwt_secret").unlink()
+    assert write_compose_secrets(directory) == ["airflow_jwt_secret"]  # the others are kept
+    assert (directory / "postgres_password").read_text() == first["postgres_password"]
+    (directory / "grafana_admin_password").write_text("\n")
+    with pytest.raises(SystemExit, match="grafana_admin_password is empty"):
+        write_compose_secrets(directory)
+
+
+def test_the_entrypoint_exports_each_named_secret_file_and_nothing_else(tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("s3cret value\n")
+    entrypoint = PROJECT / "ops" / "docker" / "secrets-env"
+    env = {
+        "PATH": os.environ["PATH"],
+        "MLFLOW_TRACKING_PASSWORD_FILE": str(secret),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": "/opt/airflow/auth/passwords.json",
+    }
+    shown = subprocess.run(
+        [str(entrypoint), "python3", "-c", "import json, os; print(json.dumps(dict(os.environ)))"],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    seen = json.loads(shown.stdout)
+    assert seen["MLFLOW_TRACKING_PASSWORD"] == "s3cret value"
+    assert "MLFLOW_TRACKING_PASSWORD_FILE" not in seen
+    # A *_FILE setting that names a path for its program is left alone.
+    assert seen["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"] == "/opt/airflow/auth/passwords.json"
+    assert "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS" not in seen
+    missing = subprocess.run(
+        [str(entrypoint), "true"],
+        env={**env, "PGPASSWORD_FILE": str(tmp_path / "absent")}, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert missing.returncode == 64
+    assert f"PGPASSWORD_FILE is {tmp_path / 'absent'}" in missing.stderr
 
 
 def test_kubernetes_manifests_validate_against_the_api_schemas() -> None:
@@ -98,6 +152,23 @@ def test_the_kubernetes_api_key_is_required_unless_the_operator_opts_out() -> No
     patches = "\n".join(p["patch"] for p in opt_out["patches"])
     assert "op: remove\n  path: /spec/template/spec/containers/0/env" in patches
     assert 'path: /data/BITLOOP_API_REQUIRE_API_KEY\n  value: "false"' in patches
+
+
+def test_the_kubernetes_server_logs_in_to_mlflow_with_a_required_secret_file() -> None:
+    k8s = PROJECT / "ops" / "k8s"
+    pod = yaml.safe_load((k8s / "deployment.yaml").read_text())["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    secret = volumes["mlflow-credentials"]["secret"]
+    assert secret["secretName"] == "bitloop-mlflow"
+    assert "optional" not in secret  # no Secret, no pod
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    directory = mounts["mlflow-credentials"]["mountPath"]
+    config = yaml.safe_load((k8s / "configmap.yaml").read_text())["data"]
+    assert config["MLFLOW_TRACKING_PASSWORD_FILE"] == f"{directory}/{secret['items'][0]['path']}"
+    assert config["MLFLOW_TRACKING_USERNAME"]
+    # The entrypoint that turns the file into MLFLOW_TRACKING_PASSWORD is the image's.
+    assert 'ENTRYPOINT ["secrets-env"]' in (PROJECT / "ops" / "docker" / "Dockerfile").read_text()
+    assert '"/usr/local/bin/secrets-env"' in (PROJECT / "flake.nix").read_text()
 
 
 def workflows() -> list[Path]:

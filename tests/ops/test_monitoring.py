@@ -127,13 +127,17 @@ def test_compose_scrape_config_is_valid(tmp_path: Path) -> None:
     config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.compose.yml").read_text())
     # The rules live at /etc/prometheus/rules in the container; check them from here.
     config["rule_files"] = [str(PROMETHEUS_DIR / "rules" / "*.yml")]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    # MLflow's /metrics needs its admin login, read from the compose secret's file.
+    assert jobs["mlflow"]["basic_auth"]["password_file"] == "/run/secrets/mlflow_admin_password"
+    jobs["mlflow"]["basic_auth"]["password_file"] = str(tmp_path / "mlflow_admin_password")
+    (tmp_path / "mlflow_admin_password").write_text("test-only")
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     checked = subprocess.run(
         ["promtool", "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    jobs = {job["job_name"] for job in config["scrape_configs"]}
-    assert {"bitloop-api", "mlflow", "pushgateway", "node-exporter", "cadvisor", "prometheus"} <= jobs
+    assert {"bitloop-api", "mlflow", "pushgateway", "node-exporter", "cadvisor", "prometheus"} <= set(jobs)
 
 
 def test_dashboards_select_their_datasource_through_a_variable() -> None:
