@@ -35,7 +35,8 @@ def data_window(context: Any) -> tuple[datetime, datetime]:
     schedule=CronTriggerTimetable(
         os.environ.get("BITLOOP_DRIFT_SCHEDULE", "@hourly"), timezone="UTC", interval=WINDOW
     ),
-    start_date=datetime(2026, 1, 1),
+    # No start_date: the first scheduled run is the next one, not the one just missed when
+    # the DAG is unpaused (which raced `make up`'s own first training run).
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-from datetime import datetime
 
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, get_current_context, task
 from bitloop_stages import CHAMPION, DEFAULT_ARGS, DRIFT, record_success, run_stage
@@ -30,7 +29,8 @@ def batch_seed(run_id: str) -> int:
         timetable=CronTriggerTimetable(os.environ.get("BITLOOP_TRAINING_SCHEDULE", "@daily"), timezone="UTC"),
         assets=DRIFT,
     ),
-    start_date=datetime(2026, 1, 1),
+    # No start_date: the first scheduled run is the next one, not the one just missed when
+    # the DAG is unpaused (which raced `make up`'s own first training run).
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,

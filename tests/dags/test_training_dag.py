@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,22 @@ def test_schedule_is_daily_or_the_drift_asset(airflow_db: Path) -> None:
     assert dag.timetable.timetable.expression == "0 0 * * *"  # type: ignore[attr-defined]  # @daily
     assert dag.timetable.asset_condition == module.DRIFT
     assert [o.uri for o in dag.get_task("summary").outlets] == [module.CHAMPION.uri]
+
+
+@pytest.mark.parametrize("dag_id", ["training", "drift_monitor"])
+def test_a_new_dag_waits_for_its_next_scheduled_time(airflow_db: Path, dag_id: str) -> None:
+    # Unpaused for the first time (the first `make up`), a DAG must not run the interval it just
+    # missed: that run raced `make up`'s own training run and trained twice.
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.timetables.base import TimeRestriction
+
+    # What the scheduler sees: the DAG as serialised for it.
+    dag = DagSerialization.from_dict(DagSerialization.to_dict(DagBag(dag_folder=str(DAGS)).get_dag(dag_id)))
+    restriction = TimeRestriction(earliest=dag.start_date, latest=None, catchup=dag.catchup)
+    first = dag.timetable.next_dagrun_info(last_automated_data_interval=None, restriction=restriction)
+    assert first is not None
+    assert first.run_after > datetime.now(UTC)
 
 
 def test_exit_code_contract_matches_the_cli() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -65,12 +66,24 @@ def _dvc_status() -> str:
     return subprocess.run([str(dvc), "status"], cwd=PROJECT, capture_output=True, text=True).stdout
 
 
+def _stated_minutes(pattern: str) -> float:
+    """A duration the README states ("about 1.5 minutes", "about a minute")."""
+    found = re.search(pattern, (PROJECT / "README.md").read_text().replace("\n", " "))
+    assert found, pattern
+    return 1.0 if found["minutes"] == "a" else float(found["minutes"])
+
+
+# An error or a traceback in any service's log format (not a logger named "uvicorn.error").
+ERROR_LINE = re.compile(r'\[error|"level": "(ERROR|CRITICAL)"|\b(ERROR|CRITICAL|Traceback)\b|Error:')
+
+
 def _service_errors(state: Path) -> str:
     """The error lines of every service log, so a failure in CI says what went wrong inside."""
     lines = []
     for log in sorted((state / "logs").glob("*.log")):
         text = log.read_text(errors="replace").splitlines()
-        lines += [f"{log.name}: {line[:400]}" for line in text if "error" in line.lower()][-15:]
+        errors = [line for line in text if ERROR_LINE.search(line)]
+        lines += [f"{log.name}: {line[:400]}" for line in errors[-15:]]
     return "\n".join(lines)
 
 
@@ -90,7 +103,9 @@ def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path
     }
     tracked_before = _git_status()
     try:
+        started = time.monotonic()
         up = make("up", env)
+        up_seconds = time.monotonic() - started
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:] + _service_errors(tmp_path / "state")
         # The DAG ran the stages through DVC: its lock describes the run, git's files are untouched.
         assert "Data and pipelines are up to date" in _dvc_status()
@@ -129,8 +144,8 @@ def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path
         headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
         runs = httpx.get(f"{airflow}/api/v2/dags/training/dagRuns", headers=headers, timeout=30).json()
         assert runs["dag_runs"]
-        assert {r["state"] for r in runs["dag_runs"]} == {"success"}
-        assert "manual" in {r["run_type"] for r in runs["dag_runs"]}
+        # Trained exactly once: no scheduled run raced `make up`'s own.
+        assert [(r["run_type"], r["state"]) for r in runs["dag_runs"]] == [("manual", "success")]
         assert httpx.post(
             f"{airflow}/auth/token", json={"username": "admin", "password": "admin"}, timeout=30
         ).status_code in (401, 403)
@@ -147,10 +162,12 @@ def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path
                 time.sleep(2)
         else:
             assert "skipped: no `prometheus" in up.stdout
-        assert "grafana     skipped:" in up.stdout
+        assert re.search(r"^  grafana +skipped:", up.stdout, flags=re.MULTILINE)
 
         # The closed loop: drifted traffic -> drift_monitor -> drift asset -> training -> new champion.
+        started = time.monotonic()
         demo = make("drift-demo", env, timeout=1500)
+        demo_seconds = time.monotonic() - started
         assert demo.returncode == 0, (
             demo.stdout[-4000:] + demo.stderr[-3000:] + _service_errors(tmp_path / "state")
         )
@@ -159,6 +176,12 @@ def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path
         assert int(new.version) > int(champion.version)
         assert httpx.get(f"{api}/ready", timeout=5).json()["model_version"] == new.version
         print(demo.stdout)  # the drift scores and timings, for the CI log
+        # The durations the README states hold here, with room for a slower machine.
+        print(f"make up: {up_seconds:.0f} s, make drift-demo: {demo_seconds:.0f} s")
+        assert up_seconds <= 1.5 * 60 * _stated_minutes(r"champion takes about (?P<minutes>[\d.]+) minutes")
+        assert demo_seconds <= 1.5 * 60 * _stated_minutes(
+            r"timing each step \(about (?P<minutes>a|[\d.]+) minutes? here"
+        )
         if monitored:
             served = f'bitloop_model_version{{variant="champion"}} == {new.version}'
             pushed = 'bitloop_dag_last_success_timestamp_seconds{dag_id="training"}'
