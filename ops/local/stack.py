@@ -463,13 +463,15 @@ def up(settings: StackSettings) -> None:
 
 
 def print_urls(settings: StackSettings) -> None:
+    api = f"http://127.0.0.1:{settings.api_port}"
+    rows = [(s.name, s.url, f"login: {s.login}") for s in services(settings)]
+    rows += [("api docs", f"{api}/docs", ""), ("predict", f"{api}/", "(a form for the served model)")]
+    rows += [(name, f"skipped: {reason}", "") for name, reason in skipped_services().items()]
+    names = max(len(name) for name, _, _ in rows)
+    urls = max(len(url) for _, url, note in rows if note)
     print("\nbitloop is up:")
-    for s in services(settings):
-        print(f"  {s.name:<11} {s.url:<28} login: {s.login}")
-    print(f"  {'api docs':<11} http://127.0.0.1:{settings.api_port}/docs")
-    print(f"  {'predict':<11} http://127.0.0.1:{settings.api_port}/  (a form for the served model)")
-    for name, reason in skipped_services().items():
-        print(f"  {name:<11} skipped: {reason}")
+    for name, url, note in rows:
+        print(f"  {name:<{names}}  {url:<{urls}}  {note}".rstrip())
     print(f"\n  state: {settings.state_dir}   logs: make logs   stop: make down")
 
 

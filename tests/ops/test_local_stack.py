@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ops.local.stack import StackSettings, _environment, trigger_dag
+from ops.local.stack import StackSettings, _environment, print_urls, trigger_dag
 
 
 def test_airflow_waits_a_minute_for_the_sqlite_write_lock(tmp_path: Path) -> None:
@@ -72,3 +72,12 @@ def test_a_first_attempt_conflict_is_an_error_and_repeated_server_errors_stop() 
     with pytest.raises(SystemExit, match="could not start a training run"):
         trigger_dag(_airflow([500, 503, 500], posted), "training", time.monotonic() + 60)
     assert len(posted) == 3
+
+
+def test_the_url_list_is_a_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    print_urls(StackSettings(state_dir=tmp_path))
+    rows = [line for line in capsys.readouterr().out.splitlines() if "http://" in line]
+    assert len({line.index("http://") for line in rows}) == 1  # every URL starts in one column
+    logins = [line.index("login:") for line in rows if "login:" in line]
+    assert len(logins) > 3
+    assert len(set(logins)) == 1
