@@ -129,7 +129,9 @@ def build_record_model(schema: DatasetSchema, closed_categories: bool) -> type[B
     fields: dict[str, Any] = {}
     example: dict[str, Any] = {}
     for spec in schema.features:
-        fields[_field_name(spec.name, taken)] = (_annotation(spec, closed_categories), Field(alias=spec.name))
+        # A nullable feature may be left out: absent means missing, as null does.
+        default = Field(None, alias=spec.name) if spec.nullable else Field(alias=spec.name)
+        fields[_field_name(spec.name, taken)] = (_annotation(spec, closed_categories), default)
         example[spec.name] = spec.categories[0] if spec.kind == "categorical" and spec.categories else 1.0
     config = ConfigDict(extra="forbid", populate_by_name=False, json_schema_extra={"examples": [example]})
     return create_model("Record", __config__=config, **fields)

@@ -73,9 +73,11 @@ def test_bad_fields_get_422_naming_the_field(
 
 def test_missing_field_nan_and_infinity_are_422(make_client: Client, churn_model: Trained) -> None:
     client = make_client(churn_model.name)
-    record = sample_record(churn_model.schema)
-    del record["contract"]
-    assert client.post("/predict", json=record).json()["detail"][0]["loc"] == ["body", "contract"]
+    required = [f.name for f in churn_model.schema.features if not f.nullable]
+    for name in required:
+        record = sample_record(churn_model.schema)
+        del record[name]
+        assert client.post("/predict", json=record).json()["detail"][0]["loc"] == ["body", name]
     for bad in ("NaN", "Infinity", "-Infinity"):
         text = json.dumps(sample_record(churn_model.schema)).replace(
             '"monthly_charges": 1.0', f'"monthly_charges": {bad}'
@@ -83,6 +85,33 @@ def test_missing_field_nan_and_infinity_are_422(make_client: Client, churn_model
         response = client.post("/predict", content=text, headers={"content-type": "application/json"})
         assert response.status_code == 422, bad
         assert response.json()["detail"][0]["loc"] == ["body", "monthly_charges"]
+
+
+def test_a_nullable_feature_may_be_left_out_and_the_schema_says_so(
+    make_client: Client, churn_model: Trained
+) -> None:
+    client = make_client(churn_model.name)
+    optional = {f.name for f in churn_model.schema.features if f.nullable}
+    assert optional  # the simulated churn table has missing values
+    record = {k: v for k, v in sample_record(churn_model.schema).items() if k not in optional}
+    left_out = client.post("/predict", json=record)
+    assert left_out.status_code == 200, left_out.text
+    as_null = client.post("/predict", json=record | dict.fromkeys(optional))
+    assert as_null.json()["prediction"] == left_out.json()["prediction"]  # absent means missing
+    assert as_null.json()["probabilities"] == left_out.json()["probabilities"]
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["Record"]
+    assert set(schema["required"]) == {f.name for f in churn_model.schema.features} - optional
+    assert {
+        name for name, field in schema["properties"].items() if field.get("default", 0) is None
+    } == optional
+
+
+def test_a_numeric_string_is_422_naming_the_field(make_client: Client, churn_model: Trained) -> None:
+    # JSON numbers only: "39.5" is refused rather than guessed at (the README says so).
+    client = make_client(churn_model.name)
+    response = client.post("/predict", json=sample_record(churn_model.schema) | {"monthly_charges": "39.5"})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "monthly_charges"]
 
 
 def test_malformed_oversized_and_wrongly_shaped_bodies_are_422(
