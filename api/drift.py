@@ -88,4 +88,5 @@ def publish(report: DriftReport, evaluated_at: float) -> None:
     metrics.DRIFT_SHARE.set(report.drift_share)
     metrics.DRIFT_SHARE_THRESHOLD.set(report.threshold_share)
     metrics.DRIFT_ROWS.set(report.rows)
+    metrics.DRIFT_MIN_ROWS.set(report.min_rows)
     metrics.DRIFT_EVALUATED.set(evaluated_at)

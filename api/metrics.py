@@ -153,6 +153,12 @@ DRIFT_SHARE_THRESHOLD = Gauge(
 DRIFT_ROWS = Gauge(
     "bitloop_drift_window_rows", "Live rows in the last drift evaluation", [], multiprocess_mode="mostrecent"
 )
+DRIFT_MIN_ROWS = Gauge(
+    "bitloop_drift_min_rows",
+    "Live rows the drift window needs before any verdict (drift.min_samples)",
+    [],
+    multiprocess_mode="mostrecent",
+)
 DRIFT_EVALUATED = Gauge(
     "bitloop_drift_last_evaluation_timestamp_seconds",
     "Unix time of the last drift evaluation",

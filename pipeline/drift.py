@@ -72,6 +72,8 @@ class DriftReport:
     evaluated_at: str
     model: dict[str, Any] = field(default_factory=dict)
     window: dict[str, Any] = field(default_factory=dict)
+    min_rows: int = 0
+    """Rows the window needs before any verdict (drift.min_samples)."""
 
     @property
     def dataset_drift(self) -> bool:
@@ -81,10 +83,22 @@ class DriftReport:
     def drifted_features(self) -> list[str]:
         return [f.name for f in self.features if f.drifted]
 
+    @property
+    def message(self) -> str:
+        """The verdict in words, for people reading /drift or the report."""
+        if self.rows < self.min_rows:
+            return f"not enough data yet: {self.rows} of {self.min_rows} rows"
+        tested = sum(f.tested for f in self.features)
+        if self.status == "insufficient_data":
+            return f"no feature has enough values to test yet ({self.rows} rows)"
+        verdict = "dataset drift" if self.dataset_drift else "no dataset drift"
+        return f"{verdict}: {len(self.drifted_features)} of {tested} tested features drift ({self.rows} rows)"
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["dataset_drift"] = self.dataset_drift
         out["drifted_features"] = self.drifted_features
+        out["message"] = self.message
         return out
 
     def to_html(self) -> str:
@@ -221,6 +235,7 @@ def detect(
         evaluated_at=datetime.now(UTC).isoformat(timespec="seconds"),
         model=model or {},
         window=window or {},
+        min_rows=config.min_samples,
     )
 
 
@@ -265,7 +280,7 @@ def render_html(report: DriftReport) -> str:
     verdict = {
         "drift": "Dataset drift detected",
         "no_drift": "No dataset drift",
-        "insufficient_data": "Not enough data for a verdict",
+        "insufficient_data": report.message[:1].upper() + report.message[1:],
     }[report.status]
     rows = "\n".join(
         f"<tr class='{'drift' if f.drifted else ''}'><td>{cell(f.name)}</td><td>{f.kind}</td>"

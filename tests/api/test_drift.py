@@ -44,9 +44,14 @@ def wait_for_rows(client: TestClient, rows: int) -> dict[str, Any]:
 
 def test_drift_follows_live_traffic(make_client: Callable[..., TestClient], churn_model: Trained) -> None:
     client = make_client(churn_model.name)
-    assert client.get("/drift").json()["status"] == "insufficient_data"
+    empty = client.get("/drift").json()
+    assert empty["status"] == "insufficient_data"
+    assert empty["message"] == f"not enough data yet: 0 of {empty['min_rows']} rows"
+    assert gauges(client)[("bitloop_drift_min_rows", ())] == empty["min_rows"] == 200  # params.yaml
+    send(client, records(150, 20, 0.0))
+    assert wait_for_rows(client, 150)["message"] == "not enough data yet: 150 of 200 rows"
 
-    send(client, records(1200, 21, 0.0))
+    send(client, records(1050, 21, 0.0))
     calm = wait_for_rows(client, 1200)
     assert calm["status"] == "no_drift"
     assert calm["model"]["version"] == churn_model.version

@@ -192,6 +192,10 @@ def test_too_few_rows_gives_no_verdict() -> None:
     assert not report.dataset_drift
     assert all(f.method == "insufficient" and not f.drifted for f in report.features)
     assert detect(REFERENCE, pd.DataFrame(), CONFIG).status == "insufficient_data"
+    # It says how far along the window is, in the JSON and on the page.
+    needed = CONFIG.min_samples
+    assert report.to_dict()["message"] == f"not enough data yet: {needed - 1} of {needed} rows"
+    assert f"Not enough data yet: {needed - 1} of {needed} rows" in report.to_html()
 
 
 def test_a_mostly_missing_feature_is_reported_but_not_tested() -> None:
@@ -216,6 +220,12 @@ def test_the_simulators_drift_knob_drifts_the_dataset() -> None:
     assert "Dataset drift detected" in page
     assert "monthly_charges" in page
     assert json.loads(json.dumps(drifted.to_dict()))["dataset_drift"] is True
+    tested = sum(f.tested for f in drifted.features)
+    assert (
+        drifted.message
+        == f"dataset drift: {len(drifted.drifted_features)} of {tested} tested features drift (2000 rows)"
+    )
+    assert calm.message.startswith(f"no dataset drift: 0 of {tested} tested")
 
 
 def test_prediction_log_window_skips_shadow_rows_and_other_models(tmp_path: Path) -> None:
