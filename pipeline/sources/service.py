@@ -30,6 +30,19 @@ def create_app(drift: float = 0.0) -> FastAPI:
     app = FastAPI(title="bitloop data source", description=__doc__)
     app.state.world = World(drift=drift)
 
+    @app.get("/", summary="What this service serves")
+    def index() -> dict[str, object]:
+        return {
+            "service": "bitloop data source",
+            "world": app.state.world.drift,
+            "endpoints": {
+                "GET /batch?n=&seed=&drift=&format=csv|parquet": "a seeded batch of simulated customers",
+                "GET /world": "the drift level batches are drawn from by default",
+                "PUT /world": 'shift the world: {"drift": 0..1}',
+                "GET /health": "liveness",
+            },
+        }
+
     @app.get("/health")
     def health() -> dict[str, str]:
         return {"status": "ok"}

@@ -44,8 +44,13 @@ def test_the_form_is_built_from_the_model_and_shows_the_servers_answer(
     browser: Any, served: str, churn_model: Trained
 ) -> None:
     page = browser.new_page()
+    failed: list[str] = []  # collected here, asserted below
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
     page.goto(served + "/")
     page.wait_for_selector("#submit:not([disabled])")
+    icon = httpx.get(served + page.get_attribute("link[rel=icon]", "href"), timeout=10)
+    assert icon.status_code == 200
+    assert icon.headers["content-type"] == "image/svg+xml"
     names = page.eval_on_selector_all("label[data-feature]", "labels => labels.map(l => l.dataset.feature)")
     assert names == [f.name for f in churn_model.schema.features]
     assert f"version {churn_model.version}" in page.inner_text("#model")
@@ -70,6 +75,14 @@ def test_the_form_is_built_from_the_model_and_shows_the_servers_answer(
     )
     expected = sorted(direct["probabilities"].items(), key=lambda item: -item[1])
     assert shown == [[label, f"{100 * p:.1f}%"] for label, p in expected]
+    # Regression values are shown to four significant digits; labels and integers as they are.
+    assert page.evaluate("[display(152.33421), display(0.000123456), display(3), display('yes')]") == [
+        "152.3",
+        "0.0001235",
+        "3",
+        "yes",
+    ]
+    assert failed == []  # no 404 for the icon or anything else the page loads
     page.close()
 
 

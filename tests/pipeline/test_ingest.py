@@ -75,6 +75,9 @@ def test_data_source_service_serves_the_simulator(tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "pipeline", "serve-data", "--port", str(port)]
     with serve(command, f"{base}/health", tmp_path, timeout=60):
+        index = httpx.get(base, timeout=10)  # the URL `make up` prints answers
+        assert index.status_code == 200
+        assert "GET /world" in index.json()["endpoints"]
         csv = httpx.get(f"{base}/batch", params={"n": 50, "seed": 3, "drift": 0.2}, timeout=10)
         assert csv.headers["content-type"].startswith("text/csv")
         assert len(csv.text.strip().splitlines()) == 51
