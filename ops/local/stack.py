@@ -2,12 +2,14 @@
 
 `make up` starts (or re-uses) supervisord, waits for each service to answer, trains and
 promotes a champion with `dvc repro` when the registry has none, and prints every URL.
-`make up` again is a no-op that prints the URLs; `make down` stops everything.
+`make up` again prints the URLs, or names the settings that changed since the services started;
+`make down` stops everything.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import secrets
@@ -432,6 +434,35 @@ def _ready(url: str) -> bool:
         return False
 
 
+# The settings the services read from the environment supervisord started them with.
+CONFIGURATION_PREFIXES = ("BITLOOP_", "MLFLOW_", "AIRFLOW_", "PROMETHEUS_")
+
+
+def _configuration(env: dict[str, str]) -> dict[str, str]:
+    # Hashes, not values: the state directory must not hold the API key.
+    return {
+        name: hashlib.sha256(value.encode()).hexdigest()
+        for name, value in env.items()
+        if name.startswith(CONFIGURATION_PREFIXES)
+    }
+
+
+def configuration_changes(settings: StackSettings, env: dict[str, str]) -> list[str]:
+    """The variables whose value differs from what the running services were started with."""
+    path = settings.state_dir / "running-configuration.json"
+    if not path.exists():
+        return []
+    before: dict[str, str] = json.loads(path.read_text())
+    now = _configuration(env)
+    return sorted(name for name in before.keys() | now.keys() if before.get(name) != now.get(name))
+
+
+def record_configuration(settings: StackSettings, env: dict[str, str]) -> None:
+    path = settings.state_dir / "running-configuration.json"
+    path.write_text(json.dumps(_configuration(env), indent=1, sort_keys=True))
+    path.chmod(0o600)
+
+
 def up(settings: StackSettings) -> None:
     _, compose = stack_mode()
     if compose is not None:
@@ -441,6 +472,13 @@ def up(settings: StackSettings) -> None:
         (settings.state_dir / sub).mkdir(parents=True, exist_ok=True)
     env = _environment(settings)
     if supervisor_running(settings):
+        changed = configuration_changes(settings, env)
+        if changed:
+            raise SystemExit(
+                f"the running stack was started with other settings; changed since: {', '.join(changed)}.\n"
+                "Apply them with `make down && make up` (every service restarts; state and models are "
+                "kept), or run `make up` with the settings it was started with."
+            )
         _supervisorctl(settings, "start", "bitloop:*")
     else:
         check_ports_free(settings)
@@ -455,6 +493,7 @@ def up(settings: StackSettings) -> None:
         subprocess.run(
             [str(Path(sys.executable).parent / "supervisord"), "-c", str(CONFIG)], env=env, check=True
         )
+        record_configuration(settings, env)
     start_optional(settings, env)
     wait_healthy(settings)
     ensure_champion(settings)

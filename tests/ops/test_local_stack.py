@@ -11,7 +11,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ops.local.stack import StackSettings, _environment, print_urls, trigger_dag
+from ops.local.stack import (
+    StackSettings,
+    _environment,
+    configuration_changes,
+    print_urls,
+    record_configuration,
+    trigger_dag,
+)
 
 
 def test_airflow_waits_a_minute_for_the_sqlite_write_lock(tmp_path: Path) -> None:
@@ -81,3 +88,20 @@ def test_the_url_list_is_a_table(tmp_path: Path, capsys: pytest.CaptureFixture[s
     logins = [line.index("login:") for line in rows if "login:" in line]
     assert len(logins) > 3
     assert len(set(logins)) == 1
+
+
+def test_a_changed_setting_is_named_and_no_secret_is_kept(tmp_path: Path) -> None:
+    settings = StackSettings(state_dir=tmp_path)
+    started = {"BITLOOP_API_API_KEY": "key-one-123", "BITLOOP_API_MODEL_NAME": "a", "HOME": "/root"}
+    assert configuration_changes(settings, started) == []  # nothing recorded: nothing running
+    record_configuration(settings, started)
+    assert configuration_changes(settings, started) == []
+    assert configuration_changes(settings, {**started, "HOME": "/tmp"}) == []  # not a service setting
+    changed = {**started, "BITLOOP_API_MODEL_NAME": "b", "MLFLOW_TRACKING_URI": "http://x"}
+    del changed["BITLOOP_API_API_KEY"]
+    assert configuration_changes(settings, changed) == [
+        "BITLOOP_API_API_KEY",
+        "BITLOOP_API_MODEL_NAME",
+        "MLFLOW_TRACKING_URI",
+    ]
+    assert "key-one-123" not in (tmp_path / "running-configuration.json").read_text()

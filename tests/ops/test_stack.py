@@ -196,6 +196,11 @@ def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path
         again = make("up", env, timeout=120)
         assert again.returncode == 0
         assert "training DAG" not in again.stdout  # a second `make up` only re-prints the URLs
+        # Another setting is never silently ignored: `make up` names it and how to apply it.
+        changed = make("up", {**env, "BITLOOP_API_CHALLENGER_SHARE": "0.5"}, timeout=120)
+        assert changed.returncode != 0
+        assert "changed since: BITLOOP_API_CHALLENGER_SHARE." in changed.stderr
+        assert "make down && make up" in changed.stderr
         assert make("status", env).returncode == 0
     finally:
         pid_file = tmp_path / "state" / "supervisord.pid"
