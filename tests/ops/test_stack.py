@@ -77,6 +77,20 @@ def _stated_minutes(pattern: str) -> float:
 ERROR_LINE = re.compile(r'\[error|"level": "(ERROR|CRITICAL)"|\b(ERROR|CRITICAL|Traceback)\b|Error:')
 
 
+DOCUMENTED_URL = re.compile(r"http://127\.0\.0\.1:(\d+)(/[^\s)`'\"<>,]*)?")
+
+
+def _documented_urls() -> set[tuple[int, str]]:
+    """Every local URL the README and docs/ tell a reader to open (not the ones they POST to)."""
+    found = set()
+    for doc in [PROJECT / "README.md", *sorted((PROJECT / "docs").glob("*.md"))]:
+        for line in doc.read_text().splitlines():
+            if re.search(r"-X (POST|PUT|PATCH|DELETE)\b", line):
+                continue
+            found |= {(int(port), (path or "/").rstrip(".:")) for port, path in DOCUMENTED_URL.findall(line)}
+    return found
+
+
 def _service_errors(state: Path) -> str:
     """The error lines of every service log, so a failure in CI says what went wrong inside."""
     lines = []
@@ -131,6 +145,20 @@ def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path
             )
             for name in features
         }
+        # Every URL the README and docs send a reader to answers on the versions installed here.
+        local = {5000: mlflow_port, 8001: source_port, 8000: api_port, 8080: airflow_port}
+        local |= {9090: prometheus_port, 9091: pushgateway_port, 9256: exporter_port}
+        documented = {(port, path) for port, path in _documented_urls() if port != 3000}  # compose's Grafana
+        assert {port for port, _ in documented} <= set(local)
+        assert len(documented) >= 10
+        answers = {
+            (port, path): httpx.get(
+                f"http://127.0.0.1:{local[port]}{path}", follow_redirects=True, timeout=30
+            )
+            for port, path in sorted(documented)
+            if port in local and (port not in (9090, 9091, 9256) or shutil.which("prometheus"))
+        }
+        assert {url: r.status_code for url, r in answers.items() if r.status_code != 200} == {}
         answer = httpx.post(f"{api}/predict", json=record, timeout=10)
         assert answer.status_code == 200, answer.text
         assert answer.json()["model_version"] == champion.version
