@@ -80,12 +80,14 @@ def test_a_new_dag_waits_for_its_next_scheduled_time(airflow_db: Path, dag_id: s
     # Unpaused for the first time (the first `make up`), a DAG must not run the interval it just
     # missed: that run raced `make up`'s own training run and trained twice.
     from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk.timezone import coerce_datetime
     from airflow.serialization.serialized_objects import DagSerialization
     from airflow.timetables.base import TimeRestriction
 
     # What the scheduler sees: the DAG as serialised for it.
     dag = DagSerialization.from_dict(DagSerialization.to_dict(DagBag(dag_folder=str(DAGS)).get_dag(dag_id)))
-    restriction = TimeRestriction(earliest=dag.start_date, latest=None, catchup=dag.catchup)
+    earliest = None if dag.start_date is None else coerce_datetime(dag.start_date)
+    restriction = TimeRestriction(earliest=earliest, latest=None, catchup=dag.catchup)
     first = dag.timetable.next_dagrun_info(last_automated_data_interval=None, restriction=restriction)
     assert first is not None
     assert first.run_after > datetime.now(UTC)
