@@ -134,6 +134,11 @@ def render_prometheus_config(values: dict[str, str]) -> str:
     return template.substitute(values)
 
 
+# MLflow's UI opens on its GenAI view; this link opens the model-training one (experiments, runs,
+# the registry), which the UI then remembers.
+MLFLOW_TRAINING_VIEW = "/#/experiments?workflowType=machine_learning"
+
+
 def services(settings: StackSettings) -> list[Service]:
     mlflow = f"http://127.0.0.1:{settings.mlflow_port}"
     source = f"http://127.0.0.1:{settings.data_source_port}"
@@ -141,7 +146,7 @@ def services(settings: StackSettings) -> list[Service]:
     airflow = f"http://127.0.0.1:{settings.airflow_port}"
     password_file = settings.state_dir / "airflow" / "passwords.json"
     found = [
-        Service("mlflow", mlflow, f"{mlflow}/health"),
+        Service("mlflow", f"{mlflow}{MLFLOW_TRAINING_VIEW}", f"{mlflow}/health"),
         Service("datasource", source, f"{source}/health"),
         Service("api", api, f"{api}/health", login="none (set BITLOOP_API_API_KEY to require X-API-Key)"),
         Service(
@@ -417,7 +422,8 @@ def compose_up(settings: StackSettings, compose: list[str]) -> None:
     secret = settings.secrets_dir
     print(
         f"\nbitloop compose stack is up:\n  api         {api}\n"
-        f"  mlflow      http://127.0.0.1:{settings.mlflow_port}  (bitloop, {secret}/mlflow_admin_password)\n"
+        f"  mlflow      http://127.0.0.1:{settings.mlflow_port}{MLFLOW_TRAINING_VIEW}"
+        f"  (bitloop, {secret}/mlflow_admin_password)\n"
         f"  airflow     http://127.0.0.1:{settings.airflow_port}  (admin, {secret}/airflow_admin_password)\n"
         f"  datasource  http://127.0.0.1:{settings.data_source_port}\n"
         f"  prometheus  http://127.0.0.1:{settings.prometheus_port}\n"
@@ -501,16 +507,21 @@ def up(settings: StackSettings) -> None:
     print_urls(settings)
 
 
+def _print_table(rows: list[tuple[str, str, str]]) -> None:
+    """Rows of name, URL and a note, each column starting at one place."""
+    names = max(len(name) for name, _, _ in rows)
+    urls = max(len(url) for _, url, note in rows if note)
+    for name, url, note in rows:
+        print(f"  {name:<{names}}  {url:<{urls}}  {note}".rstrip())
+
+
 def print_urls(settings: StackSettings) -> None:
     api = f"http://127.0.0.1:{settings.api_port}"
     rows = [(s.name, s.url, f"login: {s.login}") for s in services(settings)]
     rows += [("api docs", f"{api}/docs", ""), ("predict", f"{api}/", "(a form for the served model)")]
     rows += [(name, f"skipped: {reason}", "") for name, reason in skipped_services().items()]
-    names = max(len(name) for name, _, _ in rows)
-    urls = max(len(url) for _, url, note in rows if note)
     print("\nbitloop is up:")
-    for name, url, note in rows:
-        print(f"  {name:<{names}}  {url:<{urls}}  {note}".rstrip())
+    _print_table(rows)
     print(f"\n  state: {settings.state_dir}   logs: make logs   stop: make down")
 
 
@@ -543,8 +554,9 @@ def status(settings: StackSettings) -> int:
         print("the local stack is not running (make up)")
         return 3
     print(_supervisorctl(settings, "status").stdout.rstrip())
-    for s in services(settings):
-        print(f"  {s.name:<11} {s.url:<28} {'healthy' if _healthy(s.health) else 'NOT answering'}")
+    _print_table(
+        [(s.name, s.url, "healthy" if _healthy(s.health) else "NOT answering") for s in services(settings)]
+    )
     return 0
 
 

@@ -22,6 +22,7 @@ from mlflow import MlflowClient
 from pipeline.params import load_params
 from tests.factories import PROJECT
 from tests.servers import free_port
+from tests.tools import require
 
 pytestmark = pytest.mark.stack
 
@@ -91,6 +92,27 @@ def _documented_urls() -> set[tuple[int, str]]:
     return found
 
 
+def _mlflow_in_a_browser(url: str) -> tuple[str, list[str]]:
+    """The text MLflow's UI shows at `url`, and each request it made off 127.0.0.1 or with telemetry."""
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+        )
+        page = browser.new_page()
+        requests: list[str] = []
+        page.on("request", lambda r: requests.append(f"{r.method} {r.url}"))
+        page.goto(url)
+        page.wait_for_selector("text=bitloop-churn", timeout=60_000)
+        text = page.inner_text("body")
+        browser.close()
+    leaving = [r for r in requests if not r.split()[1].startswith("http://127.0.0.1:")]
+    telemetry = [r for r in requests if r.startswith("POST") and "telemetry" in r]
+    return text, leaving + telemetry
+
+
 def _service_errors(state: Path) -> str:
     """The error lines of every service log, so a failure in CI says what went wrong inside."""
     lines = []
@@ -145,6 +167,18 @@ def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path
             )
             for name in features
         }
+        # The MLflow link `make up` prints opens the model-training view on bitloop's experiment,
+        # and the UI sends nothing anywhere (telemetry is off on the server).
+        mlflow_link = re.search(r"^  mlflow +(\S+)", up.stdout, flags=re.MULTILINE)
+        assert mlflow_link
+        assert mlflow_link[1].endswith("/#/experiments?workflowType=machine_learning")
+        ui = httpx.get(f"http://127.0.0.1:{mlflow_port}/ajax-api/3.0/mlflow/ui-telemetry", timeout=10).json()
+        assert ui["disable_ui_telemetry"] is True
+        if shutil.which("chromium") or os.environ.get("CI"):
+            require("chromium", install="apt-get install chromium")
+            shown, sent = _mlflow_in_a_browser(mlflow_link[1])
+            assert "Model registry" in shown  # the model-training sidebar, not the GenAI one
+            assert sent == []
         # Every URL the README and docs send a reader to answers on the versions installed here.
         local = {5000: mlflow_port, 8001: source_port, 8000: api_port, 8080: airflow_port}
         local |= {9090: prometheus_port, 9091: pushgateway_port, 9256: exporter_port}
