@@ -229,6 +229,11 @@ def shoot_everything(camera: Camera, settings: StackSettings, run_id: str, grafa
 
         return ready
 
+    def mlflow_start(page: Any) -> None:  # what a first visit shows, before the view is switched
+        page.get_by_text("Information about UI telemetry").first.wait_for()
+        page.wait_for_timeout(1500)
+
+    camera.shoot("mlflow-start", f"{mlflow}/", mlflow_start)
     camera.shoot(
         "mlflow-runs",
         f"{mlflow}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning",
