@@ -68,8 +68,9 @@ def _install_redaction() -> None:
             # Flatten only a message that needs redacting: formatters such as uvicorn's access
             # log read the arguments themselves.
             message = record.getMessage()
-            if redact(message) != message:
-                record.msg, record.args = redact(message), None
+            redacted = redact(message)
+            if redacted != message:
+                record.msg, record.args = redacted, None
         else:
             record.msg = _redacted(record.msg)
         if record.exc_info and record.exc_info[1] is not None:

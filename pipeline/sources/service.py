@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 from fastapi import FastAPI, Query
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
 from pipeline.sources.simulated import simulate_churn
@@ -32,18 +33,15 @@ def create_app(drift: float = 0.0) -> FastAPI:
 
     @app.get("/", summary="What this service serves")
     def index() -> dict[str, object]:
-        return {
-            "service": "bitloop data source",
-            "world": app.state.world.drift,
-            "endpoints": {
-                "GET /batch?n=&seed=&drift=&format=csv|parquet": "a seeded batch of simulated customers",
-                "GET /world": "the drift level batches are drawn from by default",
-                "PUT /world": 'shift the world: {"drift": 0..1}',
-                "GET /health": "liveness",
-            },
+        endpoints = {
+            f"{method} {route.path}": route.summary or route.name
+            for route in app.routes
+            if isinstance(route, APIRoute) and route.path != "/"
+            for method in sorted(route.methods)
         }
+        return {"service": app.title, "world": app.state.world.drift, "endpoints": endpoints}
 
-    @app.get("/health")
+    @app.get("/health", summary="Liveness")
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
