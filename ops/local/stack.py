@@ -420,17 +420,26 @@ def compose_up(settings: StackSettings, compose: list[str]) -> None:
         time.sleep(10.0)
     grafana = os.environ.get("BITLOOP_GRAFANA_PORT", "3000")
     secret = settings.secrets_dir
-    print(
-        f"\nbitloop compose stack is up:\n  api         {api}\n"
-        f"  mlflow      http://127.0.0.1:{settings.mlflow_port}{MLFLOW_TRAINING_VIEW}"
-        f"  (bitloop, {secret}/mlflow_admin_password)\n"
-        f"  airflow     http://127.0.0.1:{settings.airflow_port}  (admin, {secret}/airflow_admin_password)\n"
-        f"  datasource  http://127.0.0.1:{settings.data_source_port}\n"
-        f"  prometheus  http://127.0.0.1:{settings.prometheus_port}\n"
-        f"  grafana     http://127.0.0.1:{grafana}  (admin, {secret}/grafana_admin_password)\n"
-        f"  stop: make down",
-        flush=True,
+    print("\nbitloop compose stack is up:")
+    _print_table(
+        [
+            ("api", api, ""),
+            (
+                "mlflow",
+                f"http://127.0.0.1:{settings.mlflow_port}{MLFLOW_TRAINING_VIEW}",
+                f"login: bitloop, {secret}/mlflow_admin_password",
+            ),
+            (
+                "airflow",
+                f"http://127.0.0.1:{settings.airflow_port}",
+                f"login: admin, {secret}/airflow_admin_password",
+            ),
+            ("datasource", f"http://127.0.0.1:{settings.data_source_port}", ""),
+            ("prometheus", f"http://127.0.0.1:{settings.prometheus_port}", ""),
+            ("grafana", f"http://127.0.0.1:{grafana}", f"login: admin, {secret}/grafana_admin_password"),
+        ]
     )
+    print("\n  stop: make down", flush=True)
 
 
 def _ready(url: str) -> bool:
@@ -453,9 +462,13 @@ def _configuration(env: dict[str, str]) -> dict[str, str]:
     }
 
 
+def _configuration_file(settings: StackSettings) -> Path:
+    return settings.state_dir / "running-configuration.json"
+
+
 def configuration_changes(settings: StackSettings, env: dict[str, str]) -> list[str]:
     """The variables whose value differs from what the running services were started with."""
-    path = settings.state_dir / "running-configuration.json"
+    path = _configuration_file(settings)
     if not path.exists():
         return []
     before: dict[str, str] = json.loads(path.read_text())
@@ -464,7 +477,7 @@ def configuration_changes(settings: StackSettings, env: dict[str, str]) -> list[
 
 
 def record_configuration(settings: StackSettings, env: dict[str, str]) -> None:
-    path = settings.state_dir / "running-configuration.json"
+    path = _configuration_file(settings)
     path.write_text(json.dumps(_configuration(env), indent=1, sort_keys=True))
     path.chmod(0o600)
 
