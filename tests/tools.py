@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
@@ -30,3 +33,25 @@ def compose_client() -> list[str]:
         return ["docker", "compose"]
     require("docker-compose", install="apt-get install docker-compose, or Docker's Compose v2 plugin")
     return []
+
+
+def chromium_path() -> str | None:
+    """The system's Chromium, which Playwright drives (it downloads no browser here)."""
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@contextmanager
+def headless_chromium() -> Iterator[Any]:
+    """A headless Chromium under Playwright; skips (fails under CI) when it is not installed."""
+    if chromium_path() is None:
+        require("chromium", install="apt-get install chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium_path(), args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()

@@ -35,8 +35,14 @@ def compose(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
 def test_compose_file_is_valid_and_hands_every_secret_over_as_a_file(tmp_path: Path) -> None:
     secrets_dir = tmp_path / "secrets"
     write_compose_secrets(secrets_dir)
-    values = {p.read_text() for p in secrets_dir.iterdir()} - {""}
-    checked = compose("config", env={"BITLOOP_SECRETS_DIR": str(secrets_dir)})
+    (secrets_dir / API_KEY_SECRET).write_text("test-only-api-key")
+    values = {p.name: p.read_text() for p in secrets_dir.iterdir()}
+    # The same values in the environment too, under the names compose used to read them from, so
+    # a service that still interpolated one would show it in the rendered configuration.
+    leftovers = {name.upper(): value for name, value in values.items()} | {
+        "BITLOOP_API_API_KEY": values[API_KEY_SECRET]
+    }
+    checked = compose("config", env={"BITLOOP_SECRETS_DIR": str(secrets_dir), **leftovers})
     assert checked.returncode == 0, checked.stderr
     config = yaml.safe_load(checked.stdout)
     # Every secret is a file from the secrets directory; none of their values is in the rendered
@@ -44,7 +50,7 @@ def test_compose_file_is_valid_and_hands_every_secret_over_as_a_file(tmp_path: P
     assert set(config["secrets"]) == {*COMPOSE_SECRETS, API_KEY_SECRET}
     for name, secret in config["secrets"].items():
         assert Path(secret["file"]) == secrets_dir / name
-    assert not [v for v in values if v in checked.stdout]
+    assert [name for name, value in values.items() if value in checked.stdout] == []
     example = (PROJECT / ".env.example").read_text()
     for secret in (*COMPOSE_SECRETS, API_KEY_SECRET):
         assert f"#   {secret} " in example, secret

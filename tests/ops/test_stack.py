@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from pipeline.params import load_params
 from tests.factories import PROJECT
 from tests.servers import free_port
-from tests.tools import require
+from tests.tools import chromium_path, headless_chromium
 
 pytestmark = pytest.mark.stack
 
@@ -94,20 +94,13 @@ def _documented_urls() -> set[tuple[int, str]]:
 
 def _mlflow_in_a_browser(url: str) -> tuple[str, list[str]]:
     """The text MLflow's UI shows at `url`, and each request it made off 127.0.0.1 or with telemetry."""
-    from playwright.sync_api import sync_playwright
-
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=chromium, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
-        )
+    with headless_chromium() as browser:
         page = browser.new_page()
         requests: list[str] = []
         page.on("request", lambda r: requests.append(f"{r.method} {r.url}"))
         page.goto(url)
         page.wait_for_selector("text=bitloop-churn", timeout=60_000)
         text = page.inner_text("body")
-        browser.close()
     leaving = [r for r in requests if not r.split()[1].startswith("http://127.0.0.1:")]
     telemetry = [r for r in requests if r.startswith("POST") and "telemetry" in r]
     return text, leaving + telemetry
@@ -142,6 +135,9 @@ def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path
         started = time.monotonic()
         up = make("up", env)
         up_seconds = time.monotonic() - started
+        monitored = all(
+            shutil.which(b) for b in ("prometheus", "prometheus-pushgateway", "prometheus-process-exporter")
+        )
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:] + _service_errors(tmp_path / "state")
         # The DAG ran the stages through DVC: its lock describes the run, git's files are untouched.
         assert "Data and pipelines are up to date" in _dvc_status()
@@ -174,8 +170,7 @@ def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path
         assert mlflow_link[1].endswith("/#/experiments?workflowType=machine_learning")
         ui = httpx.get(f"http://127.0.0.1:{mlflow_port}/ajax-api/3.0/mlflow/ui-telemetry", timeout=10).json()
         assert ui["disable_ui_telemetry"] is True
-        if shutil.which("chromium") or os.environ.get("CI"):
-            require("chromium", install="apt-get install chromium")
+        if chromium_path() or os.environ.get("CI"):  # headless_chromium fails under CI without it
             shown, sent = _mlflow_in_a_browser(mlflow_link[1])
             assert "Model registry" in shown  # the model-training sidebar, not the GenAI one
             assert sent == []
@@ -190,7 +185,7 @@ def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path
                 f"http://127.0.0.1:{local[port]}{path}", follow_redirects=True, timeout=30
             )
             for port, path in sorted(documented)
-            if port in local and (port not in (9090, 9091, 9256) or shutil.which("prometheus"))
+            if port not in (9090, 9091, 9256) or monitored
         }
         assert {url: r.status_code for url, r in answers.items() if r.status_code != 200} == {}
         answer = httpx.post(f"{api}/predict", json=record, timeout=10)
@@ -212,9 +207,6 @@ def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path
             f"{airflow}/auth/token", json={"username": "admin", "password": "admin"}, timeout=30
         ).status_code in (401, 403)
 
-        monitored = all(
-            shutil.which(b) for b in ("prometheus", "prometheus-pushgateway", "prometheus-process-exporter")
-        )
         if monitored:
             prometheus = f"http://127.0.0.1:{prometheus_port}"
             jobs = {"bitloop-api", "mlflow", "pushgateway", "process-exporter", "prometheus"}
