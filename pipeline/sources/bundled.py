@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from sklearn import datasets
 
@@ -20,15 +21,22 @@ BUNDLED: dict[str, tuple[Callable[..., Any], Task]] = {
 
 
 def load_bundled(name: str, target: str) -> pd.DataFrame:
-    """A bundled dataset as one frame whose label column is named `target`."""
+    """A bundled dataset as one frame whose label column is named `target`.
+
+    Classification labels carry the names the dataset gives its classes ("malignant", "benign"),
+    so predictions, metrics and dashboards say what a class means instead of a bare code.
+    """
     if name not in BUNDLED:
         raise ValueError(
             f"data.name {name!r} is not a dataset bundled with scikit-learn; choose one of {sorted(BUNDLED)}"
         )
     loader, _ = BUNDLED[name]
     bunch = loader(as_frame=True)
-    frame = bunch.frame.rename(columns={"target": target})
-    return pd.DataFrame(frame).reset_index(drop=True)
+    frame = pd.DataFrame(bunch.frame).rename(columns={"target": target}).reset_index(drop=True)
+    names = getattr(bunch, "target_names", None)
+    if BUNDLED[name][1] == "classification" and names is not None:
+        frame[target] = np.asarray(names)[frame[target].to_numpy()].tolist()
+    return frame
 
 
 def bundled_task(name: str) -> Task:

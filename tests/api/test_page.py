@@ -59,6 +59,7 @@ def test_the_form_is_built_from_the_model_and_shows_the_servers_answer(
     assert record[numeric.name] == 7.5
     direct = httpx.post(served + "/predict", json=record, headers={"X-API-Key": API_KEY}, timeout=10).json()
     assert page.inner_text("#prediction") == str(direct["prediction"])
+    assert page.inner_text("#prediction-target") == churn_model.schema.target
     assert page.inner_text("#answer-version") == churn_model.version
     shown = page.eval_on_selector_all(
         "#probabilities .bar", "rows => rows.map(r => [r.dataset.class, r.lastChild.textContent])"

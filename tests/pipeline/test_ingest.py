@@ -11,6 +11,7 @@ import pytest
 
 from pipeline.ingest import dvc_dir_md5, ingest, read_manifest
 from pipeline.sources import SourceError
+from pipeline.sources.bundled import load_bundled
 from pipeline.sources.files import load_table
 from pipeline.sources.simulated import simulate_churn
 from tests.factories import light_params, make_workspace
@@ -60,6 +61,18 @@ def test_version_hash_is_the_one_dvc_computes(tmp_path: Path) -> None:
     odb = HashFileDB(fs, str(tmp_path / "odb"))
     _, _, tree = build(odb, str(workspace.raw_dir), fs, "md5")
     assert dvc_dir_md5(workspace.raw_dir) == tree.hash_info.value
+
+
+def test_bundled_classes_carry_the_names_the_dataset_gives_them() -> None:
+    # Counts from scikit-learn's dataset descriptions: 212 malignant and 357 benign tumours.
+    assert load_bundled("breast_cancer", "diagnosis")["diagnosis"].value_counts().to_dict() == {
+        "benign": 357,
+        "malignant": 212,
+    }
+    assert set(load_bundled("iris", "species")["species"]) == {"setosa", "versicolor", "virginica"}
+    # Digits are named by themselves; regression targets stay numbers.
+    assert sorted(set(load_bundled("digits", "digit")["digit"])) == list(range(10))
+    assert load_bundled("diabetes", "progression")["progression"].iloc[0] == 151.0
 
 
 def test_missing_file_and_unreachable_url_give_clear_errors(tmp_path: Path) -> None:

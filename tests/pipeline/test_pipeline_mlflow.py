@@ -13,6 +13,7 @@ from pipeline.params import parse_params
 from pipeline.promote import SchemaMismatch, aliases, rollback
 from pipeline.run import run_all, run_stage
 from pipeline.settings import PipelineSettings
+from pipeline.sources.bundled import load_bundled
 from pipeline.validate import ValidationFailed
 from pipeline.workspace import read_json
 from tests.factories import DIABETES, light_params, make_workspace, messy_churn_csv, project_params
@@ -174,14 +175,21 @@ def test_changed_schema_is_never_compared_with_the_champion(tmp_path: Path, mlfl
     run_all(params, workspace, settings)
     champion = champion_version(mlflow_uri, "shared-name")
     raw = light_params(
-        data={"source": "sklearn", "name": "breast_cancer", "target": "malignant", "id_column": None},
+        data={"source": "sklearn", "name": "breast_cancer", "target": "diagnosis", "id_column": None},
         model={"name": "shared-name"},
     )
     other, other_params = make_workspace(tmp_path / "b", raw)
     with pytest.raises(SchemaMismatch, match=r"Set a new model.name in params.yaml"):
         run_all(other_params, other, settings)
+    assert read_json(other.schema_file)["classes"] == ["benign", "malignant"]
     assert champion_version(mlflow_uri, "shared-name") == champion
     report = run_stage("promote", other_params, other, settings, allow_schema_change=True)
     assert report["promoted"]
     assert "allow" in report["reason"]
     assert champion_version(mlflow_uri, "shared-name") == report["candidate"]["version"]
+    mlflow.set_tracking_uri(mlflow_uri)
+    served = mlflow.sklearn.load_model("models:/shared-name@champion")
+    assert set(served.predict(load_bundled("breast_cancer", "diagnosis").drop(columns="diagnosis"))) == {
+        "benign",
+        "malignant",
+    }
