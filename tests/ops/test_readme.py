@@ -21,6 +21,7 @@ import yaml
 from api.main import create_app
 from api.settings import ApiSettings
 from pipeline.__main__ import _parser
+from tests.durations import STATED, stated_minutes, within_stated
 from tests.factories import PROJECT
 
 README = (PROJECT / "README.md").read_text()
@@ -188,3 +189,18 @@ def test_the_readme_urls_are_the_stacks_defaults() -> None:
     defaults = _stack_settings()()
     for port in (defaults.api_port, defaults.mlflow_port, defaults.airflow_port, defaults.data_source_port):
         assert f"http://127.0.0.1:{port}" in README
+
+
+def test_every_duration_the_checks_time_is_stated_in_the_readme() -> None:
+    # The stack test and .ci/run compare what they measure with these figures (LookupError if gone).
+    assert all(stated_minutes(command, README) > 0 for command in STATED)
+
+
+def test_a_duration_over_the_readmes_figure_is_reported() -> None:
+    text = "make test   # the whole suite (about 6 minutes)\n... timing each step (about a minute here)"
+    assert within_stated("make test", 9 * 60, text) is None
+    assert "took 9.1 minutes, but the README says about 6" in str(within_stated("make test", 9.1 * 60, text))
+    assert within_stated("make drift-demo", 90, text) is None
+    assert within_stated("make drift-demo", 91, text) is not None
+    with pytest.raises(LookupError, match="make up"):
+        stated_minutes("make up", text)

@@ -20,6 +20,7 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline.params import load_params
+from tests.durations import within_stated
 from tests.factories import PROJECT
 from tests.servers import free_port
 from tests.tools import chromium_path, headless_chromium
@@ -65,13 +66,6 @@ def _git_status() -> str:
 def _dvc_status() -> str:
     dvc = Path(sys.executable).parent / "dvc"
     return subprocess.run([str(dvc), "status"], cwd=PROJECT, capture_output=True, text=True).stdout
-
-
-def _stated_minutes(pattern: str) -> float:
-    """A duration the README states ("about 1.5 minutes", "about a minute")."""
-    found = re.search(pattern, (PROJECT / "README.md").read_text().replace("\n", " "))
-    assert found, pattern
-    return 1.0 if found["minutes"] == "a" else float(found["minutes"])
 
 
 # An error or a traceback in any service's log format (not a logger named "uvicorn.error").
@@ -232,10 +226,9 @@ def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path
         print(demo.stdout)  # the drift scores and timings, for the CI log
         # The durations the README states hold here, with room for a slower machine.
         print(f"make up: {up_seconds:.0f} s, make drift-demo: {demo_seconds:.0f} s")
-        assert up_seconds <= 1.5 * 60 * _stated_minutes(r"champion takes about (?P<minutes>[\d.]+) minutes")
-        assert demo_seconds <= 1.5 * 60 * _stated_minutes(
-            r"timing each step \(about (?P<minutes>a|[\d.]+) minutes? here"
-        )
+        for command, seconds in (("make up", up_seconds), ("make drift-demo", demo_seconds)):
+            problem = within_stated(command, seconds)
+            assert problem is None, problem
         if monitored:
             served = f'bitloop_model_version{{variant="champion"}} == {new.version}'
             pushed = 'bitloop_dag_last_success_timestamp_seconds{dag_id="training"}'
