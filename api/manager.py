@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from api import metrics
 from api.model import ModelLoadError, ServedModel, load_version
 from api.periodic import Periodic
 from api.settings import ApiSettings
+from pipeline.registry import SERVED_ALIASES, alias_version, fail_fast_client
 
 log = logging.getLogger(__name__)
 REFUSAL_RETRY_SECONDS = 300.0
@@ -83,32 +83,13 @@ class ModelManager:
     async def stop(self) -> None:
         await self._watcher.stop()
 
-    def _client(self) -> Any:
-        from mlflow import MlflowClient
-
-        # Fail fast and retry on the next tick rather than block on MLflow's long backoff.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(self.settings.registry_timeout_seconds)))
-        return MlflowClient(self.settings.mlflow_tracking_uri)
-
-    def _alias(self, client: Any, alias: str) -> Any:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return client.get_model_version_by_alias(self.name, alias)
-        except MlflowException as err:
-            if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-                return None
-            raise
-
     def _refresh(self) -> RefreshResult:
         try:
-            client = self._client()
-            wanted = {
-                "champion": self._alias(client, "champion"),
-                "challenger": self._alias(client, "challenger"),
-            }
+            # Fail fast and retry on the next tick rather than block on MLflow's long backoff.
+            client = fail_fast_client(
+                self.settings.mlflow_tracking_uri, self.settings.registry_timeout_seconds
+            )
+            wanted = {variant: alias_version(client, self.name, variant) for variant in SERVED_ALIASES}
         except Exception as err:  # registry down: keep serving what is loaded
             if self.registry_down_since is None:
                 self.registry_down_since = time.time()
@@ -118,7 +99,7 @@ class ModelManager:
             log.info("registry reachable again")
         self.registry_down_since = None
         changed, notes = False, []
-        for variant in ("champion", "challenger"):
+        for variant in SERVED_ALIASES:
             version = wanted[variant]
             current: ServedModel | None = getattr(self, variant)
             wanted_version = None if version is None else str(version.version)

@@ -16,6 +16,7 @@ import pandas as pd
 from pydantic import BaseModel
 
 from api.schemas import build_batch_model, build_record_model
+from pipeline.registry import Tags, download_model, run_profile, run_schema
 from pipeline.schema import DatasetSchema
 from pipeline.serialization import UntrustedModel, load_sklearn_model
 
@@ -234,29 +235,16 @@ def load_version(
     client: Any, name: str, version: str, *, closed_categories: bool, max_rows: int
 ) -> ServedModel:
     """Load one registry version: the sklearn pipeline, its feature schema and its run's metrics."""
-    import mlflow
-
-    # Every download names the client's server: MLflow's global tracking URI may point elsewhere.
-    uri = client.tracking_uri
     try:
         mv = client.get_model_version(name, version)
         if mv.run_id is None:
             raise ModelLoadError(f"version {version} of {name!r} has no run: its feature schema is unknown")
         with tempfile.TemporaryDirectory(prefix="bitloop-serve-") as scratch:
-            location = client.get_model_version_download_uri(name, version)
-            local = mlflow.artifacts.download_artifacts(
-                location, dst_path=f"{scratch}/model", tracking_uri=uri
-            )
-            estimator = load_sklearn_model(Path(local))
-            example = _input_example(local)
-            schema_file = mlflow.artifacts.download_artifacts(
-                run_id=mv.run_id,
-                artifact_path="feature_schema.json",
-                dst_path=f"{scratch}/schema",
-                tracking_uri=uri,
-            )
-            schema = DatasetSchema.model_validate_json(Path(schema_file).read_text())
-            profile = _reference_profile(mv.run_id, uri)
+            local = download_model(client, name, version, Path(scratch))
+            estimator = load_sklearn_model(local)
+            example = _input_example(str(local))
+        schema = run_schema(client, mv.run_id)
+        profile = _reference_profile(client, mv.run_id)
         metrics = dict(client.get_run(mv.run_id).data.metrics)
     except ModelLoadError:
         raise
@@ -275,7 +263,7 @@ def load_version(
         estimator=estimator,
         schema=schema,
         metrics=metrics,
-        data_version=mv.tags.get("bitloop.data_version"),
+        data_version=mv.tags.get(Tags.DATA_VERSION),
         record_model=record,
         batch_model=build_batch_model(record, max_rows),
         profile=profile,
@@ -296,12 +284,10 @@ def _input_example(model_dir: str) -> pd.DataFrame | None:
     return example if isinstance(example, pd.DataFrame) else None
 
 
-def _reference_profile(run_id: str, tracking_uri: str) -> dict[str, Any] | None:
+def _reference_profile(client: Any, run_id: str) -> dict[str, Any] | None:
     """The run's reference profile; a model without one is served, with drift detection off."""
-    from pipeline.monitor import load_reference
-
     try:
-        return load_reference(run_id, tracking_uri)
+        return run_profile(client, run_id)
     except Exception as err:  # MLflow raises several types for a missing artifact
         log.warning("no reference profile: drift detection is off for this model", extra={"error": str(err)})
         return None

@@ -88,7 +88,7 @@ def timed_posts(url: str, payload: Any, repeats: int) -> float:
 
 
 def in_process(workspace: Workspace, frame: pd.DataFrame, repeats: int) -> dict[str, float]:
-    from pipeline.train import load_candidate
+    from pipeline.candidates import load_candidate
 
     model = load_candidate(workspace.candidate_file("hist_gradient_boosting"))
 

@@ -123,12 +123,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         uvicorn.run(create_app(args.drift), host=args.host, port=args.port, log_level="info")
         return 0
 
-    from pipeline.ingest import UnknownBatch
     from pipeline.promote import RollbackError, SchemaMismatch
+    from pipeline.registry import TrackingUnavailable
     from pipeline.reproduce import ReproduceError
     from pipeline.serialization import UntrustedModel
-    from pipeline.settings import TrackingUnavailable
     from pipeline.sources import SourceError
+    from pipeline.store import UnknownBatch
     from pipeline.validate import ValidationFailed
     from pipeline.versioning import StageFailed, VersioningError
 
@@ -139,11 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         params = load_params(params_file(root))
         workspace = Workspace(root, params.model.name)
         if args.command == "datasets":
-            from pipeline.ingest import list_datasets
+            from pipeline.store import list_datasets
 
             _show(list_datasets(root, params.model.name))
         elif args.command == "batches":
-            from pipeline.ingest import list_batches, withdraw_batch
+            from pipeline.store import list_batches, withdraw_batch
 
             if args.action == "list":
                 _show(list_batches(workspace))

@@ -10,60 +10,20 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 from sklearn.inspection import permutation_importance
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
-from pipeline.params import HIGHER_IS_BETTER, Params
+from pipeline.candidates import load_candidate
+from pipeline.params import Params
 from pipeline.schema import DatasetSchema
-from pipeline.train import load_candidate, load_schema
+from pipeline.scoring import best_candidate, score
 from pipeline.workspace import Workspace, write_json
 
 log = logging.getLogger(__name__)
 PNG_METADATA = {"Software": None}  # keeps PNG bytes identical across runs
-
-
-def score(model: Pipeline, frame: pd.DataFrame, schema: DatasetSchema) -> dict[str, float]:
-    """The task's metrics of `model` on `frame` (the same function scores champion and candidate)."""
-    x, y = frame[schema.feature_names], frame[schema.target]
-    with threadpool_limits(limits=1):
-        predicted = model.predict(x)
-        if schema.task == "regression":
-            return {
-                "rmse": float(np.sqrt(skm.mean_squared_error(y, predicted))),
-                "mae": float(skm.mean_absolute_error(y, predicted)),
-                "r2": float(skm.r2_score(y, predicted)),
-            }
-        proba = model.predict_proba(x)
-    classes = list(model.classes_)
-    binary = len(classes) == 2
-    result = {
-        "accuracy": float(skm.accuracy_score(y, predicted)),
-        "f1": float(
-            skm.f1_score(
-                y, predicted, average="binary" if binary else "macro", pos_label=classes[-1] if binary else 1
-            )
-        ),
-        "log_loss": float(skm.log_loss(y, proba, labels=classes)),
-    }
-    if y.nunique() < 2:
-        result["roc_auc"] = float("nan")
-    elif binary:
-        result["roc_auc"] = float(skm.roc_auc_score(y, proba[:, 1]))
-    else:
-        result["roc_auc"] = float(
-            skm.roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=classes)
-        )
-    return result
-
-
-def best_candidate(candidates: dict[str, dict[str, float]], metric: str) -> str:
-    """The candidate with the best value of `metric` (ties go to the first in params order)."""
-    sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
-    return max(candidates, key=lambda name: sign * candidates[name][metric])
 
 
 def feature_importance(
@@ -120,7 +80,7 @@ def plot_importance(importance: dict[str, float], path: Path) -> None:
 
 def evaluate(params: Params, workspace: Workspace) -> dict[str, Any]:
     """Score every candidate on the holdout; write per-candidate reports and metrics.json."""
-    schema = load_schema(workspace)
+    schema = DatasetSchema.read(workspace.schema_file)
     test = pd.read_parquet(workspace.test_file)
     primary = params.promote.primary_metric(schema.task)
     results: dict[str, dict[str, float]] = {}

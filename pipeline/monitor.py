@@ -8,33 +8,20 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.exceptions import MlflowException
 
 from pipeline.drift import DriftReport, detect, read_prediction_log
 from pipeline.params import Params
-from pipeline.settings import TAG, PipelineSettings, connect
+from pipeline.registry import CHAMPION, Tags, alias_version, connect, run_profile
+from pipeline.settings import PipelineSettings
 from pipeline.workspace import Workspace, write_json
 
 log = logging.getLogger(__name__)
-PROFILE_ARTIFACT = "reference_profile.json"
-
-
-def load_reference(run_id: str, tracking_uri: str) -> dict[str, Any]:
-    """The reference profile logged with a model's training run."""
-    with tempfile.TemporaryDirectory(prefix="bitloop-profile-") as scratch:
-        path = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=PROFILE_ARTIFACT, dst_path=scratch, tracking_uri=tracking_uri
-        )
-        profile: dict[str, Any] = json.loads(Path(path).read_text())
-    return profile
 
 
 def _summary(report: DriftReport | None, **extra: Any) -> dict[str, Any]:
@@ -63,16 +50,15 @@ def monitor_drift(
     """Evaluate one window of live traffic; log the report to MLflow when there was enough of it."""
     client = connect(settings)
     name = params.model.name
-    try:
-        champion = client.get_model_version_by_alias(name, "champion")
-    except MlflowException:
+    champion = alias_version(client, name, CHAMPION)
+    if champion is None:
         log.warning("no @champion to compare with: nothing to monitor yet", extra={"model": name})
         return _summary(None, label=label)
     frame = read_prediction_log(
         prediction_log, name, since=since.timestamp(), until=until.timestamp(), limit=params.drift.max_rows
     )
     report = detect(
-        load_reference(str(champion.run_id), client.tracking_uri),
+        run_profile(client, str(champion.run_id)),
         frame,
         params.drift,
         model={"name": name, "version": champion.version},
@@ -95,15 +81,17 @@ def _log_run(client: Any, name: str, report: DriftReport) -> str:
     """One MLflow run per window label: a retried task finds it instead of logging it twice."""
     label = report.window["label"]
     experiment = mlflow.set_experiment(f"{name}-monitoring")
-    found = client.search_runs([experiment.experiment_id], f"tags.`{TAG}drift_of` = '{label}'", max_results=1)
+    found = client.search_runs(
+        [experiment.experiment_id], f"tags.`{Tags.DRIFT_OF}` = '{label}'", max_results=1
+    )
     if found:
         log.info("drift report already logged", extra={"run_id": found[0].info.run_id})
         return str(found[0].info.run_id)
     tags = {
-        TAG + "drift_of": label,
-        TAG + "kind": "drift-report",
-        TAG + "dataset_drift": str(report.dataset_drift).lower(),
-        TAG + "champion_version": str(report.model["version"]),
+        Tags.DRIFT_OF: label,
+        Tags.KIND: "drift-report",
+        Tags.DATASET_DRIFT: str(report.dataset_drift).lower(),
+        Tags.CHAMPION_VERSION: str(report.model["version"]),
     }
     with mlflow.start_run(run_name=f"drift-{report.window['until']}", tags=tags) as run:
         mlflow.log_params(

@@ -13,23 +13,31 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from pipeline.evaluate import score
 from pipeline.params import HIGHER_IS_BETTER, Params
-from pipeline.register import floor_failures
+from pipeline.registry import (
+    ALIASES,
+    CHALLENGER,
+    CHAMPION,
+    PREVIOUS,
+    TAG,
+    Tags,
+    alias_version,
+    connect,
+    download_model,
+    run_schema,
+)
 from pipeline.schema import DatasetSchema
+from pipeline.scoring import floor_failures, score
 from pipeline.serialization import load_sklearn_model
-from pipeline.settings import TAG, PipelineSettings, connect
-from pipeline.train import load_schema
+from pipeline.settings import PipelineSettings
 from pipeline.workspace import Workspace, read_json, write_json
 
 log = logging.getLogger(__name__)
-CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 
 
 class SchemaMismatch(RuntimeError):
@@ -80,23 +88,14 @@ def decide(
     )
 
 
-def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException as err:
-        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            return None
-        raise
-
-
-def _champion_schema(champion: ModelVersion) -> DatasetSchema | None:
+def _champion_schema(client: MlflowClient, champion: ModelVersion) -> DatasetSchema | None:
+    """The champion's feature schema; None for a version logged without one (nothing to compare)."""
     if champion.run_id is None:
         return None
     try:
-        raw = mlflow.artifacts.load_dict(f"runs:/{champion.run_id}/feature_schema.json")
+        return run_schema(client, champion.run_id)
     except (MlflowException, OSError):
         return None
-    return DatasetSchema.model_validate(raw)
 
 
 def check_compatible(
@@ -137,10 +136,11 @@ def schema_differences(old: DatasetSchema, new: DatasetSchema) -> list[str]:
     return changes
 
 
-def _score_version(name: str, version: str, test: pd.DataFrame, schema: DatasetSchema) -> dict[str, float]:
+def _score_version(
+    client: MlflowClient, name: str, version: str, test: pd.DataFrame, schema: DatasetSchema
+) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bitloop-champion-") as scratch:
-        local = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=scratch)
-        return score(load_sklearn_model(Path(local)), test, schema)
+        return score(load_sklearn_model(download_model(client, name, version, Path(scratch))), test, schema)
 
 
 def _tag(client: MlflowClient, name: str, version: str, values: dict[str, Any]) -> None:
@@ -155,7 +155,7 @@ def promote(
     client = connect(settings)
     registered = read_json(workspace.registered_file)
     name, best, metric = registered["model_name"], registered["best"], registered["primary_metric"]
-    schema = load_schema(workspace)
+    schema = DatasetSchema.read(workspace.schema_file)
     floors = params.promote.floors.get(schema.task, {})
     data_version = registered["data_version"]["version"]
     report: dict[str, Any] = {
@@ -195,9 +195,9 @@ def promote(
     override = False
     if champion is not None:
         try:
-            check_compatible(schema, _champion_schema(champion), champion, name)
+            check_compatible(schema, _champion_schema(client, champion), champion, name)
             test = pd.read_parquet(workspace.test_file)
-            champion_metrics = _score_version(name, champion.version, test, schema)
+            champion_metrics = _score_version(client, name, champion.version, test, schema)
         except SchemaMismatch:
             if not allow_schema_change:
                 raise
@@ -276,7 +276,7 @@ def aliases(model_name: str, settings: PipelineSettings) -> dict[str, Any]:
     """The versions behind each alias, with the decision recorded on them."""
     client = connect(settings)
     shown: dict[str, Any] = {}
-    for alias in (CHAMPION, CHALLENGER, PREVIOUS):
+    for alias in ALIASES:
         mv = alias_version(client, model_name, alias)
         shown[alias] = (
             None
@@ -287,8 +287,7 @@ def aliases(model_name: str, settings: PipelineSettings) -> dict[str, Any]:
                 **{
                     k.removeprefix(TAG): v
                     for k, v in mv.tags.items()
-                    if k.startswith(TAG)
-                    and k.removeprefix(TAG) in ("candidate", "data_version", "decision", "decision_reason")
+                    if k in (Tags.CANDIDATE, Tags.DATA_VERSION, Tags.DECISION, Tags.DECISION_REASON)
                 },
             }
         )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import subprocess
 import warnings
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
@@ -20,13 +19,15 @@ import pandas as pd
 from mlflow.data.pandas_dataset import from_pandas
 from mlflow.models import infer_signature
 
-from pipeline.evaluate import best_candidate
-from pipeline.ingest import DatasetVersion
-from pipeline.params import HIGHER_IS_BETTER, Params
+from pipeline.candidates import load_candidate
+from pipeline.params import Params
+from pipeline.provenance import git_commit, log_reproduction_record
+from pipeline.registry import GIT_COMMIT_TAG, SCHEMA_ARTIFACT, TAG, Tags, connect
 from pipeline.schema import DatasetSchema
+from pipeline.scoring import best_candidate, floor_failures
 from pipeline.serialization import SKOPS, trusted_types
-from pipeline.settings import TAG, PipelineSettings, connect
-from pipeline.train import load_candidate, load_schema
+from pipeline.settings import PipelineSettings
+from pipeline.store import DatasetVersion
 from pipeline.workspace import Workspace, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -42,35 +43,6 @@ class Registered:
     floor_failures: list[str]
 
 
-def floor_failures(metrics: dict[str, float], floors: dict[str, float]) -> list[str]:
-    """Which absolute floors a candidate misses, as readable sentences."""
-    failures = []
-    for name, floor in floors.items():
-        value = metrics[name]
-        ok = value >= floor if HIGHER_IS_BETTER[name] else value <= floor
-        if not ok or value != value:  # NaN never passes
-            relation = "below" if HIGHER_IS_BETTER[name] else "above"
-            failures.append(f"{name}={value:.4f} is {relation} the floor {floor}")
-    return failures
-
-
-def git_commit(root: Path) -> str:
-    """The commit the code ran at, with '-dirty' when the work tree has changes."""
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("-dirty" if dirty else "")
-
-
 def fingerprint(model_file: Path, data: DatasetVersion, schema: DatasetSchema) -> str:
     digest = hashlib.sha256(model_file.read_bytes())
     digest.update(f"{data.md5}|{schema.fingerprint()}".encode())
@@ -80,16 +52,6 @@ def fingerprint(model_file: Path, data: DatasetVersion, schema: DatasetSchema) -
 def pip_requirements() -> list[str]:
     """Pinned requirements of a served model, without slow environment inference."""
     return [f"{name}=={package_version(name)}" for name in REQUIREMENTS]
-
-
-def log_reproduction_record(root: Path) -> None:
-    """What `python -m pipeline reproduce` needs: the params, the DVC lock of this run and its environment."""
-    from pipeline.reproduce import RECORD_DIR, environment_lock
-
-    mlflow.log_artifact(str(root / "params.yaml"), artifact_path=RECORD_DIR)
-    if (root / "dvc.lock").is_file():  # absent when the stages ran outside DVC (`python -m pipeline run`)
-        mlflow.log_artifact(str(root / "dvc.lock"), artifact_path=RECORD_DIR)
-    mlflow.log_text(environment_lock(), f"{RECORD_DIR}/environment.txt")
 
 
 def _input_example(features: pd.DataFrame) -> pd.DataFrame:
@@ -143,7 +105,7 @@ def _log_candidate(
         if workspace.contract_file.is_file():
             mlflow.log_artifact(str(workspace.contract_file), artifact_path="data")
         log_reproduction_record(workspace.root)
-        mlflow.log_dict(schema.model_dump(mode="json"), "feature_schema.json")
+        mlflow.log_dict(schema.model_dump(mode="json"), SCHEMA_ARTIFACT)
         example = _input_example(test[schema.feature_names])
         signature = infer_signature(example, model.predict(example))
         info = mlflow.sklearn.log_model(
@@ -155,7 +117,7 @@ def _log_candidate(
             serialization_format=SKOPS,  # the only format the model server loads
             skops_trusted_types=trusted_types(model),
         )
-        mlflow.set_tag(TAG + "model_uri", info.model_uri)
+        mlflow.set_tag(Tags.MODEL_URI, info.model_uri)
         return run.info.run_id, info.model_uri
 
 
@@ -164,7 +126,7 @@ def register(params: Params, workspace: Workspace, settings: PipelineSettings) -
     client = connect(settings)
     model_name = params.model.name
     experiment = mlflow.set_experiment(model_name)
-    schema = load_schema(workspace)
+    schema = DatasetSchema.read(workspace.schema_file)
     data = DatasetVersion.from_file(workspace.version_file)
     evaluation = read_json(workspace.metrics_file)
     floors = params.promote.floors.get(schema.task, {})
@@ -175,21 +137,21 @@ def register(params: Params, workspace: Workspace, settings: PipelineSettings) -
         metrics = evaluation["candidates"][name]
         fp = fingerprint(workspace.candidate_file(name), data, schema)
         tags = {
-            TAG + "candidate": name,
-            TAG + "fingerprint": fp,
-            TAG + "data_version": data.label,
-            TAG + "data_md5": data.md5,
-            TAG + "task": schema.task,
-            TAG + "schema": schema.fingerprint(),
-            "mlflow.source.git.commit": commit,
+            Tags.CANDIDATE: name,
+            Tags.FINGERPRINT: fp,
+            Tags.DATA_VERSION: data.label,
+            Tags.DATA_MD5: data.md5,
+            Tags.TASK: schema.task,
+            Tags.SCHEMA: schema.fingerprint(),
+            GIT_COMMIT_TAG: commit,
         }
         found = client.search_runs(
             [experiment.experiment_id],
-            f"tags.`{TAG}fingerprint` = '{fp}' and attributes.status = 'FINISHED'",
+            f"tags.`{Tags.FINGERPRINT}` = '{fp}' and attributes.status = 'FINISHED'",
             max_results=1,
         )
         if found:
-            run_id, model_uri = found[0].info.run_id, found[0].data.tags[TAG + "model_uri"]
+            run_id, model_uri = found[0].info.run_id, found[0].data.tags[Tags.MODEL_URI]
             log.info("reusing identical run", extra={"candidate": name, "run_id": run_id})
         else:
             run_id, model_uri = _log_candidate(name, params, workspace, schema, data, metrics, tags)
@@ -206,7 +168,7 @@ def register(params: Params, workspace: Workspace, settings: PipelineSettings) -
                 version = existing[0].version
             else:
                 version_tags = {k: v for k, v in tags.items() if k.startswith(TAG)}
-                version_tags.update({TAG + "metric." + k: f"{v:.6f}" for k, v in metrics.items()})
+                version_tags.update({Tags.METRIC + k: f"{v:.6f}" for k, v in metrics.items()})
                 version = mlflow.register_model(model_uri, model_name, tags=version_tags).version
                 log.info("registered", extra={"candidate": name, "model": model_name, "version": version})
         entries[name] = Registered(name, run_id, str(version) if version else None, metrics, failures)

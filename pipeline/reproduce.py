@@ -19,7 +19,6 @@ import sys
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
-from importlib.metadata import distributions
 from pathlib import Path
 from typing import Any
 
@@ -27,27 +26,18 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from pipeline.provenance import environment_lock
+from pipeline.registry import GIT_COMMIT_TAG, RECORD_DIR, Tags, connect, download_model
 from pipeline.serialization import load_sklearn_model
-from pipeline.settings import PipelineSettings, connect
+from pipeline.settings import PipelineSettings
 from pipeline.workspace import Workspace
 
 log = logging.getLogger(__name__)
-RECORD_DIR = "reproduce"
-"""The run's artefact folder holding params.yaml, dvc.lock and environment.txt."""
 RETRAIN_STAGES = ("validate", "split", "train")
-GIT_TAG = "mlflow.source.git.commit"
 
 
 class ReproduceError(RuntimeError):
     """The version cannot be reproduced at all (no record, data missing from the remote, a stage failed)."""
-
-
-def environment_lock() -> str:
-    """The running environment, one `name==version` per installed distribution, sorted."""
-    pins = sorted(
-        {f"{d.metadata['Name'].lower()}=={d.version}" for d in distributions() if d.metadata["Name"]}
-    )
-    return "\n".join(pins) + "\n"
 
 
 @dataclass
@@ -96,10 +86,10 @@ def reproduce(root: Path, model: str, version: str, settings: PipelineSettings) 
     result = Reproduction(
         model=model,
         version=str(version),
-        candidate=tags.get("bitloop.candidate", ""),
-        data_version=tags.get("bitloop.data_version", "?"),
+        candidate=tags.get(Tags.CANDIDATE, ""),
+        data_version=tags.get(Tags.DATA_VERSION, "?"),
     )
-    if not result.candidate or "bitloop.data_md5" not in tags:
+    if not result.candidate or Tags.DATA_MD5 not in tags:
         raise ReproduceError(f"version {version} of {model!r} was not registered by this pipeline")
 
     with tempfile.TemporaryDirectory(prefix="bitloop-reproduce-") as scratch_dir:
@@ -116,11 +106,11 @@ def reproduce(root: Path, model: str, version: str, settings: PipelineSettings) 
                 f"{mv.run_id}): it was registered before versions carried one"
             ) from err
         project = scratch / "project"
-        _checkout_code(root, tags.get(GIT_TAG, "unknown"), project, result)
+        _checkout_code(root, tags.get(GIT_COMMIT_TAG, "unknown"), project, result)
         shutil.copy(record / "params.yaml", project / "params.yaml")
         recorded = yaml.safe_load((project / "params.yaml").read_text())
         workspace = Workspace(project, recorded["model"]["name"])
-        _restore_raw(root, tags["bitloop.data_md5"], workspace.raw_dir)
+        _restore_raw(root, tags[Tags.DATA_MD5], workspace.raw_dir)
         _retrain(project)
         _compare_environment(record / "environment.txt", result)
         if (record / "dvc.lock").is_file():
@@ -225,7 +215,7 @@ def _compare_environment(recorded: Path, result: Reproduction) -> None:
 
 def _compare_data(lock_file: Path, workspace: Workspace, result: Reproduction) -> None:
     """Each recorded data output (raw store, prepared data, split) against the rebuilt one."""
-    from pipeline.ingest import dvc_dir_md5, file_md5
+    from pipeline.store import dvc_dir_md5, file_md5
 
     lock = yaml.safe_load(lock_file.read_text())
     model = workspace.model
@@ -240,20 +230,15 @@ def _compare_data(lock_file: Path, workspace: Workspace, result: Reproduction) -
 
 
 def _load_registered(client: Any, model: str, version: str, dest: Path) -> Any:
-    import mlflow
-
-    location = client.get_model_version_download_uri(model, version)
-    local = mlflow.artifacts.download_artifacts(
-        location, dst_path=str(dest), tracking_uri=client.tracking_uri
-    )
-    return load_sklearn_model(Path(local))
+    return load_sklearn_model(download_model(client, model, version, dest))
 
 
 def _compare_predictions(registered: Any, workspace: Workspace, result: Reproduction) -> None:
     """Labels and (for classifiers) probabilities of both models on the holdout, compared bit for bit."""
-    from pipeline.train import load_candidate, load_schema
+    from pipeline.candidates import load_candidate
+    from pipeline.schema import DatasetSchema
 
-    schema = load_schema(workspace)
+    schema = DatasetSchema.read(workspace.schema_file)
     holdout = pd.read_parquet(workspace.test_file)[schema.feature_names]
     retrained = load_candidate(workspace.candidate_file(result.candidate))
     result.holdout_rows = len(holdout)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -51,6 +52,11 @@ class DatasetSchema(BaseModel):
     @property
     def categorical(self) -> list[str]:
         return [f.name for f in self.features if f.kind == "categorical"]
+
+    @classmethod
+    def read(cls, path: Path) -> DatasetSchema:
+        """The schema `validate` wrote (`data/<model>/prepared/schema.json`)."""
+        return cls.model_validate_json(path.read_text())
 
     def fingerprint(self) -> str:
         """Identity of the task and feature set; categories and classes may grow without change."""

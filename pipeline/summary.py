@@ -8,7 +8,8 @@ from typing import Any
 import mlflow
 
 from pipeline.params import Params
-from pipeline.settings import TAG, PipelineSettings, connect
+from pipeline.registry import Tags, connect
+from pipeline.settings import PipelineSettings
 from pipeline.workspace import Workspace, read_json
 
 log = logging.getLogger(__name__)
@@ -40,14 +41,14 @@ def summarize(
     }
     experiment = mlflow.set_experiment(params.model.name)
     found = client.search_runs(
-        [experiment.experiment_id], f"tags.`{TAG}summary_of` = '{run_label}'", max_results=1
+        [experiment.experiment_id], f"tags.`{Tags.SUMMARY_OF}` = '{run_label}'", max_results=1
     )
     if found:
         log.info("summary already recorded", extra={"run_id": found[0].info.run_id})
         return summary | {"mlflow_run_id": found[0].info.run_id}
     with mlflow.start_run(
         run_name=f"training-summary-{version['version']}",
-        tags={TAG + "summary_of": run_label, TAG + "kind": "training-summary"},
+        tags={Tags.SUMMARY_OF: run_label, Tags.KIND: "training-summary"},
     ) as run:
         mlflow.log_params(
             {

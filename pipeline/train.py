@@ -3,37 +3,25 @@
 from __future__ import annotations
 
 import logging
-import pickle
 import time
 from pathlib import Path
 
 import pandas as pd
-from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
+from pipeline.candidates import save_candidate
 from pipeline.models import build_pipeline
 from pipeline.params import Params
 from pipeline.profile import build_profile
 from pipeline.schema import DatasetSchema
-from pipeline.workspace import Workspace, read_json, write_json
+from pipeline.workspace import Workspace, write_json
 
 log = logging.getLogger(__name__)
 
 
-def load_schema(workspace: Workspace) -> DatasetSchema:
-    return DatasetSchema.model_validate(read_json(workspace.schema_file))
-
-
-def load_candidate(path: Path) -> Pipeline:
-    """A fitted candidate written by `train` (a pickle this project wrote itself)."""
-    with path.open("rb") as handle:
-        model: Pipeline = pickle.load(handle)  # noqa: S301 - our own artefact, never user input
-    return model
-
-
 def train(params: Params, workspace: Workspace) -> dict[str, Path]:
     """Fit each candidate single-threaded (for byte-identical results) and pickle it."""
-    schema = load_schema(workspace)
+    schema = DatasetSchema.read(workspace.schema_file)
     frame = pd.read_parquet(workspace.train_file)
     features, target = frame[schema.feature_names], frame[schema.target]
     workspace.candidates_dir.mkdir(parents=True, exist_ok=True)
@@ -47,7 +35,7 @@ def train(params: Params, workspace: Workspace) -> dict[str, Path]:
         with threadpool_limits(limits=1):
             model.fit(features, target)
         path = workspace.candidate_file(name)
-        path.write_bytes(pickle.dumps(model, protocol=5))
+        save_candidate(model, path)
         written[name] = path
         log.info(
             "trained candidate %d/%d",

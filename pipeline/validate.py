@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 
 from pipeline.contract import DataContract, parse_labels
-from pipeline.ingest import read_raw_batches, withdrawn_batches
 from pipeline.params import DataParams, Params, ValidateParams
 from pipeline.schema import (
     DatasetSchema,
@@ -31,6 +30,7 @@ from pipeline.schema import (
     with_categories,
 )
 from pipeline.sources import expected_ranges
+from pipeline.store import read_raw_batches, withdrawn_batches
 from pipeline.workspace import Workspace, write_json
 
 log = logging.getLogger(__name__)

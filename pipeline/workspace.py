@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.registry import PROFILE_ARTIFACT
+
 
 def params_file(root: Path) -> Path:
     return root / "params.yaml"
@@ -79,7 +81,7 @@ class Workspace:
 
     @property
     def profile_file(self) -> Path:
-        return self.models_dir / "reference_profile.json"
+        return self.models_dir / PROFILE_ARTIFACT  # logged under its file name
 
     @property
     def reports_dir(self) -> Path:

@@ -204,6 +204,7 @@ def shoot_everything(camera: Camera, settings: StackSettings, run_id: str, grafa
     from mlflow import MlflowClient
 
     from pipeline.params import load_params
+    from pipeline.registry import CHAMPION, alias_version
 
     model = load_params(PROJECT / "params.yaml").model.name
     mlflow = f"http://127.0.0.1:{settings.mlflow_port}"
@@ -214,7 +215,9 @@ def shoot_everything(camera: Camera, settings: StackSettings, run_id: str, grafa
     if experiment is None:
         raise SystemExit(f"MLflow has no experiment {model!r}: has the training DAG run?")
 
-    champion = MlflowClient(mlflow).get_model_version_by_alias(model, "champion")
+    champion = alias_version(MlflowClient(mlflow), model, CHAMPION)
+    if champion is None:
+        raise SystemExit(f"model {model!r} has no @champion: has the training DAG promoted one?")
 
     def mlflow_shows(text: str) -> Callable[[Any], None]:
         def ready(page: Any) -> None:

@@ -237,12 +237,12 @@ def wait_healthy(settings: StackSettings) -> None:
 
 def _has_champion(settings: StackSettings) -> bool:
     from pipeline.params import load_params
-    from pipeline.promote import aliases
+    from pipeline.registry import CHAMPION, alias_version, connect
     from pipeline.settings import PipelineSettings
 
     params = load_params(PROJECT / "params.yaml")
-    uri = f"http://127.0.0.1:{settings.mlflow_port}"
-    return aliases(params.model.name, PipelineSettings(mlflow_tracking_uri=uri))["champion"] is not None
+    client = connect(PipelineSettings(mlflow_tracking_uri=f"http://127.0.0.1:{settings.mlflow_port}"))
+    return alias_version(client, params.model.name, CHAMPION) is not None
 
 
 def airflow_client(settings: StackSettings) -> httpx.Client:

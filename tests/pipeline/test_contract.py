@@ -14,12 +14,13 @@ from hypothesis import strategies as st
 
 from pipeline.__main__ import main
 from pipeline.contract import DataContract
-from pipeline.ingest import dataset_version, ingest, list_batches
+from pipeline.ingest import ingest
 from pipeline.params import Params, ValidateParams, parse_params
 from pipeline.run import run_all
 from pipeline.schema import infer_schema, normalise_missing
 from pipeline.settings import PipelineSettings
 from pipeline.sources.simulated import simulate_churn
+from pipeline.store import dataset_version, list_batches
 from pipeline.validate import ValidationFailed, check_batch, validate
 from pipeline.workspace import read_json
 from tests.factories import light_params, make_workspace

@@ -9,11 +9,12 @@ import httpx
 import pandas as pd
 import pytest
 
-from pipeline.ingest import dvc_dir_md5, ingest, read_manifest
+from pipeline.ingest import ingest
 from pipeline.sources import SourceError
 from pipeline.sources.bundled import load_bundled
 from pipeline.sources.files import load_table
 from pipeline.sources.simulated import simulate_churn
+from pipeline.store import dvc_dir_md5, read_manifest
 from tests.factories import light_params, make_workspace
 from tests.servers import free_port, serve
 

@@ -1,0 +1,147 @@
+"""The MLflow contract in one place: the tracking connection, the aliases, the tags and artefact
+names bitloop writes, and reading what a registered version carries.
+
+Every module that talks to the registry goes through here, the model server included, so a name
+is spelled once and a missing alias means the same thing everywhere. Light to import: MLflow is
+imported inside the functions that use it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from pipeline.schema import DatasetSchema
+from pipeline.settings import PipelineSettings
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+ALIASES = (CHAMPION, CHALLENGER, PREVIOUS)
+SERVED_ALIASES = (CHAMPION, CHALLENGER)
+"""The aliases the model server answers with (A/B and shadow)."""
+
+SCHEMA_ARTIFACT = "feature_schema.json"
+PROFILE_ARTIFACT = "reference_profile.json"
+RECORD_DIR = "reproduce"
+"""The run's artefact folder holding params.yaml, dvc.lock and environment.txt."""
+
+TAG = "bitloop."
+"""The prefix of every tag bitloop sets on MLflow runs and model versions."""
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
+
+
+class Tags:
+    """The tags bitloop sets; `TAG + name` for the few built from a metric's name."""
+
+    CANDIDATE = TAG + "candidate"
+    FINGERPRINT = TAG + "fingerprint"
+    DATA_VERSION = TAG + "data_version"
+    DATA_MD5 = TAG + "data_md5"
+    TASK = TAG + "task"
+    SCHEMA = TAG + "schema"
+    MODEL_URI = TAG + "model_uri"
+    METRIC = TAG + "metric."
+    DECISION = TAG + "decision"
+    DECISION_REASON = TAG + "decision_reason"
+    KIND = TAG + "kind"
+    SUMMARY_OF = TAG + "summary_of"
+    DRIFT_OF = TAG + "drift_of"
+    DATASET_DRIFT = TAG + "dataset_drift"
+    CHAMPION_VERSION = TAG + "champion_version"
+
+
+# What MLflow answers for a model or alias that does not exist (the code varies by server version).
+MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking server does not answer."""
+
+
+def connect(settings: PipelineSettings, timeout: float = 5.0) -> MlflowClient:
+    """Point MLflow at the tracking server after checking it answers (its client retries for minutes)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = settings.mlflow_tracking_uri
+    if uri.startswith(("http://", "https://")):
+        try:
+            httpx.get(uri.rstrip("/") + "/health", timeout=timeout).raise_for_status()
+        except httpx.HTTPError as err:
+            raise TrackingUnavailable(
+                f"MLflow is not reachable at {uri} ({err}). Start the local stack with `make up`, "
+                "or point MLFLOW_TRACKING_URI at your tracking server."
+            ) from None
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(uri)
+
+
+def fail_fast_client(uri: str, timeout_seconds: float) -> MlflowClient:
+    """A client for a long-running server: no retries, a short timeout; it asks again on its next tick.
+
+    MLflow reads these settings from the environment, so they hold for the whole process.
+    """
+    from mlflow import MlflowClient
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(timeout_seconds)))
+    return MlflowClient(uri)
+
+
+def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The version behind `name@alias`, or None when the model or the alias does not exist.
+
+    Any other failure (the server down, a permission) raises: it is not the same as "none yet".
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as err:
+        if err.error_code in MISSING:
+            return None
+        raise
+
+
+def download_model(client: MlflowClient, name: str, version: str, dst: Path) -> Path:
+    """A registered version's model folder, downloaded from the client's own server into `dst`.
+
+    Read it with `pipeline.serialization.load_sklearn_model`, never with MLflow's loaders.
+    """
+    import mlflow
+
+    location = client.get_model_version_download_uri(name, version)
+    return Path(
+        mlflow.artifacts.download_artifacts(location, dst_path=str(dst), tracking_uri=client.tracking_uri)
+    )
+
+
+def _artifact(client: MlflowClient, run_id: str, path: str) -> Any:
+    """One JSON artefact of a run, from the client's own server (MLflow's global URI may differ)."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="bitloop-artifact-") as scratch:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=path, dst_path=scratch, tracking_uri=client.tracking_uri
+        )
+        return json.loads(Path(local).read_text())
+
+
+def run_schema(client: MlflowClient, run_id: str) -> DatasetSchema:
+    """The feature schema logged with a training run."""
+    return DatasetSchema.model_validate(_artifact(client, run_id, SCHEMA_ARTIFACT))
+
+
+def run_profile(client: MlflowClient, run_id: str) -> dict[str, Any]:
+    """The reference profile logged with a training run (what drift detection compares against)."""
+    profile: dict[str, Any] = _artifact(client, run_id, PROFILE_ARTIFACT)
+    return profile

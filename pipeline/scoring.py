@@ -1,0 +1,68 @@
+"""The metrics of a model on a holdout, and the rules that compare them.
+
+One home for what evaluate, register and promote all judge by: the same function scores a
+candidate and the champion, so a promotion compares like with like.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+from sklearn.pipeline import Pipeline
+from threadpoolctl import threadpool_limits
+
+from pipeline.params import HIGHER_IS_BETTER
+from pipeline.schema import DatasetSchema
+
+
+def score(model: Pipeline, frame: pd.DataFrame, schema: DatasetSchema) -> dict[str, float]:
+    """The task's metrics of `model` on `frame` (the same function scores champion and candidate)."""
+    x, y = frame[schema.feature_names], frame[schema.target]
+    with threadpool_limits(limits=1):
+        predicted = model.predict(x)
+        if schema.task == "regression":
+            return {
+                "rmse": float(np.sqrt(skm.mean_squared_error(y, predicted))),
+                "mae": float(skm.mean_absolute_error(y, predicted)),
+                "r2": float(skm.r2_score(y, predicted)),
+            }
+        proba = model.predict_proba(x)
+    classes = list(model.classes_)
+    binary = len(classes) == 2
+    result = {
+        "accuracy": float(skm.accuracy_score(y, predicted)),
+        "f1": float(
+            skm.f1_score(
+                y, predicted, average="binary" if binary else "macro", pos_label=classes[-1] if binary else 1
+            )
+        ),
+        "log_loss": float(skm.log_loss(y, proba, labels=classes)),
+    }
+    if y.nunique() < 2:
+        result["roc_auc"] = float("nan")
+    elif binary:
+        result["roc_auc"] = float(skm.roc_auc_score(y, proba[:, 1]))
+    else:
+        result["roc_auc"] = float(
+            skm.roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=classes)
+        )
+    return result
+
+
+def best_candidate(candidates: dict[str, dict[str, float]], metric: str) -> str:
+    """The candidate with the best value of `metric` (ties go to the first in params order)."""
+    sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
+    return max(candidates, key=lambda name: sign * candidates[name][metric])
+
+
+def floor_failures(metrics: dict[str, float], floors: dict[str, float]) -> list[str]:
+    """Which absolute floors a candidate misses, as readable sentences."""
+    failures = []
+    for name, floor in floors.items():
+        value = metrics[name]
+        ok = value >= floor if HIGHER_IS_BETTER[name] else value <= floor
+        if not ok or value != value:  # NaN never passes
+            relation = "below" if HIGHER_IS_BETTER[name] else "above"
+            failures.append(f"{name}={value:.4f} is {relation} the floor {floor}")
+    return failures

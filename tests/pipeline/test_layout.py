@@ -1,0 +1,78 @@
+"""How the code is divided: stages never import each other, the MLflow contract has one home, and
+the model server does not load the training stack."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.factories import PROJECT
+
+# The pipeline's steps (each a DVC stage, an Airflow task or a CLI command of its own).
+STAGES = {
+    "ingest",
+    "validate",
+    "split",
+    "train",
+    "evaluate",
+    "register",
+    "promote",
+    "summary",
+    "monitor",
+    "reproduce",
+}
+
+
+def imported_pipeline_modules(path: Path) -> set[str]:
+    """Every `pipeline.X` a module imports, at the top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pipeline."):
+            found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("pipeline.")}
+    return found
+
+
+def test_the_import_reader_sees_top_level_and_function_imports(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("from pipeline.store import x\ndef f():\n    import pipeline.train.y\n")
+    assert imported_pipeline_modules(module) == {"store", "train"}
+
+
+def test_no_stage_imports_another_stage() -> None:
+    crossings = {
+        stage: sorted(imported_pipeline_modules(PROJECT / "pipeline" / f"{stage}.py") & STAGES - {stage})
+        for stage in sorted(STAGES)
+    }
+    assert {stage: found for stage, found in crossings.items() if found} == {}
+
+
+def test_only_the_registry_module_names_mlflow_aliases_and_artefacts() -> None:
+    spelled = ("get_model_version_by_alias", '"feature_schema.json"', '"reference_profile.json"', '"bitloop.')
+    offenders = [
+        f"{path.relative_to(PROJECT)}: {word}"
+        for folder in ("pipeline", "api", "dags", "ops")
+        for path in sorted((PROJECT / folder).rglob("*.py"))
+        if path.name != "registry.py"
+        for word in spelled
+        if word in path.read_text()
+    ]
+    assert offenders == []
+
+
+def test_the_model_server_does_not_import_the_training_stack() -> None:
+    # Lazy imports included: loading a model must not pull in a stage (and matplotlib with it).
+    reaching = {
+        str(path.relative_to(PROJECT)): sorted(imported_pipeline_modules(path) & STAGES)
+        for path in sorted((PROJECT / "api").rglob("*.py"))
+    }
+    assert {path: found for path, found in reaching.items() if found} == {}
+    heavy = ["matplotlib", *sorted(f"pipeline.{stage}" for stage in STAGES)]
+    probe = f"import sys, api.main; print([m for m in {heavy!r} if m in sys.modules])"
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], cwd=PROJECT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "[]"
