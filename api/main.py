@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import time
@@ -23,6 +22,7 @@ from api.drift import DriftWatcher
 from api.manager import ModelManager
 from api.predlog import PredictionLog
 from api.routes import admin, health, page, predict
+from api.scoring import ScoringService, Unavailable, UnscorableInput
 from api.settings import ApiSettings
 from api.state import ServerState
 from api.validation import render_errors
@@ -134,18 +134,20 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             settings.inference_threads, settings.micro_batch_max_size, settings.micro_batch_max_wait_ms
         )
         watcher = DriftWatcher(settings, manager, settings.drift_config())
+        prediction_log = PredictionLog(
+            settings.prediction_log,
+            settings.prediction_log_flush_rows,
+            settings.prediction_log_flush_ms,
+            settings.prediction_log_max_pending_rows,
+            settings.prediction_log_retention_days,
+        )
         state = ServerState(
             settings,
             manager,
             batcher,
-            PredictionLog(
-                settings.prediction_log,
-                settings.prediction_log_flush_rows,
-                settings.prediction_log_flush_ms,
-                settings.prediction_log_max_pending_rows,
-                settings.prediction_log_retention_days,
-            ),
+            prediction_log,
             watcher,
+            ScoringService(settings, manager, batcher, prediction_log),
         )
         app.state.bitloop = state
         manager.on_swap.append(lambda: setattr(app, "openapi_schema", None))
@@ -168,8 +170,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             await watcher.stop()
             await manager.stop()
             await batcher.stop()
-            if state.background:
-                await asyncio.gather(*state.background, return_exceptions=True)
+            await state.scoring.drain()
             written = state.log.close(settings.prediction_log_shutdown_seconds)
             log.info(
                 "model server stopped",
@@ -195,5 +196,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": render_errors(exc.errors())}, status_code=422)
+
+    @app.exception_handler(UnscorableInput)
+    async def unscorable(_: Request, exc: UnscorableInput) -> JSONResponse:
+        return JSONResponse({"detail": render_errors(exc.errors)}, status_code=422)
+
+    @app.exception_handler(Unavailable)
+    async def unavailable(_: Request, exc: Unavailable) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503)
 
     return app

@@ -94,6 +94,28 @@ class ErrorOut(BaseModel):
     detail: str
 
 
+# Every error the routes answer, described once; a route lists the codes it can give.
+ERRORS: dict[int, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "an API key is required and was missing or wrong"},
+    408: {"model": ErrorOut, "description": "the request body did not arrive in time"},
+    409: {"model": ErrorOut, "description": "the served version was logged without what this needs"},
+    415: {"model": ErrorOut, "description": "the body is not declared as `application/json`"},
+    422: {
+        "description": "invalid input: `detail` names each offending field (`loc`), including values "
+        "the schema accepts but the model cannot score"
+    },
+    503: {
+        "model": ErrorOut,
+        "description": "no model has been promoted yet, or the prediction log refuses: `detail` says which",
+    },
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of a route that can answer these error codes."""
+    return {code: ERRORS[code] for code in codes}
+
+
 def _field_name(name: str, taken: set[str]) -> str:
     base = re.sub(r"\W", "_", name).strip("_") or "feature"
     if base[0].isdigit() or keyword.iskeyword(base) or base.startswith("model_") or hasattr(BaseModel, base):

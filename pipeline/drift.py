@@ -20,13 +20,15 @@ import html
 import json
 import math
 import sqlite3
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import computed_field
+from pydantic.dataclasses import dataclass
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 from scipy.special import rel_entr
@@ -40,7 +42,7 @@ STD_FLOOR = 1e-3  # a constant reference feature still gets a finite normalised 
 SERVED_VARIANTS = ("champion", "challenger")  # shadow rows repeat inputs that were already logged
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True)  # pydantic's: the model server answers with it as is
 class FeatureDrift:
     name: str
     kind: str
@@ -62,6 +64,8 @@ class FeatureDrift:
 
 @dataclass(frozen=True)
 class DriftReport:
+    """One window's verdict: what /drift answers, the drift monitor logs and the gauges show."""
+
     status: Status
     rows: int
     reference_rows: int
@@ -75,14 +79,17 @@ class DriftReport:
     min_rows: int = 0
     """Rows the window needs before any verdict (drift.min_samples)."""
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def dataset_drift(self) -> bool:
         return self.status == "drift"
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def drifted_features(self) -> list[str]:
         return [f.name for f in self.features if f.drifted]
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def message(self) -> str:
         """The verdict in words, for people reading /drift or the report."""

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from api.routes.predict import ERRORS
-from api.schemas import ReloadOut
+from api.schemas import ReloadOut, error_responses
 from api.state import StateDep, require_api_key
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_api_key)])
@@ -14,7 +13,7 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(requir
 @router.post(
     "/reload",
     response_model=ReloadOut,
-    responses={401: ERRORS[401]},
+    responses=error_responses(401),
     summary="Check the registry aliases now and swap models if they moved (refused versions are tried again)",
 )
 async def reload(state: StateDep) -> ReloadOut:

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Depends, HTTPException, Response, status
 
 from api import metrics
-from api.schemas import ErrorOut, FeatureOut, Health, ModelInfo, PredictionLogOut, Readiness, RefusalOut
+from api.schemas import (
+    FeatureOut,
+    Health,
+    ModelInfo,
+    PredictionLogOut,
+    Readiness,
+    RefusalOut,
+    error_responses,
+)
+from api.scoring import Unavailable
 from api.state import StateDep, require_api_key
+from pipeline.drift import DriftReport
 
 router = APIRouter(tags=["operations"])
 
@@ -26,7 +34,7 @@ async def health() -> Health:
 )
 async def ready(state: StateDep, response: Response) -> Readiness:
     model = state.manager.champion
-    ready, problems = state.readiness()
+    ready, problems = state.scoring.readiness()
     if not ready:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     log = state.log.status()
@@ -46,11 +54,11 @@ async def ready(state: StateDep, response: Response) -> Readiness:
 @router.get(
     "/model",
     response_model=ModelInfo,
-    responses={503: {"model": ErrorOut}},
+    responses=error_responses(503),
     summary="The served champion: version, run, metrics, data version, features",
 )
 async def model_info(state: StateDep) -> ModelInfo:
-    model = state.require_champion()
+    model = state.scoring.champion()
     challenger = state.manager.challenger
     return ModelInfo(
         name=model.name,
@@ -83,7 +91,8 @@ async def model_info(state: StateDep) -> ModelInfo:
 @router.get(
     "/drift",
     dependencies=[Depends(require_api_key)],
-    responses={401: {"model": ErrorOut}, 503: {"model": ErrorOut}, 409: {"model": ErrorOut}},
+    response_model=DriftReport,
+    responses=error_responses(401, 409, 503),
     summary="Drift of recent live inputs from the champion's reference profile",
     description=(
         "The latest sliding-window drift report (per-feature test, score, threshold, PSI, and the "
@@ -92,8 +101,8 @@ async def model_info(state: StateDep) -> ModelInfo:
         "when the server has one."
     ),
 )
-async def drift(state: StateDep, fresh: bool = False) -> dict[str, Any]:
-    champion = state.require_champion()
+async def drift(state: StateDep, fresh: bool = False) -> DriftReport:
+    champion = state.scoring.champion()
     if champion.profile is None:
         raise HTTPException(
             status.HTTP_409_CONFLICT,
@@ -102,7 +111,9 @@ async def drift(state: StateDep, fresh: bool = False) -> dict[str, Any]:
     report = state.drift.last
     if fresh or report is None or report.model.get("version") != champion.version:
         report = await state.drift.evaluate_shared()
-    return {} if report is None else report.to_dict()
+    if report is None:  # the champion was swapped out during the evaluation
+        raise Unavailable("the served model changed during the drift evaluation; ask again")
+    return report
 
 
 @router.get(

@@ -195,6 +195,20 @@ def test_openapi_documents_the_served_schema(make_client: Client, churn_model: T
     for path in ("/predict", "/predict/batch", "/health", "/ready", "/model", "/metrics", "/admin/reload"):
         assert path in spec["paths"]
     assert "422" in spec["paths"]["/predict"]["post"]["responses"]
+    # Every JSON answer is described by a model, the drift report included.
+    answers = {
+        (path, method): op["responses"]["200"]["content"]
+        for path, ops in spec["paths"].items()
+        for method, op in ops.items()
+        if path != "/metrics"
+    }
+    assert {key: list(content) for key, content in answers.items() if "application/json" not in content} == {}
+    assert {
+        key: content["application/json"]["schema"]
+        for key, content in answers.items()
+        if "$ref" not in content["application/json"]["schema"]
+    } == {}
+    assert answers[("/drift", "get")]["application/json"]["schema"]["$ref"].endswith("/DriftReport")
 
 
 def test_metrics_count_requests_predictions_and_the_served_version(

@@ -1,0 +1,249 @@
+"""The data plane: pick the variant → predict → record → shadow.
+
+In the shape of MLServer's data plane: the routes parse a request and turn the answer into JSON;
+everything between (which model answers, the micro-batcher, the failure policy, the prediction
+log, the metrics, shadow scoring) happens here. Errors are this module's own: the app maps
+`Unavailable` to 503 and `UnscorableInput` to 422.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from api import metrics
+from api.batching import MicroBatcher
+from api.manager import ModelManager
+from api.model import (
+    ERROR_WINDOW_MIN_OUTCOMES,
+    ERROR_WINDOW_SECONDS,
+    Outcome,
+    ServedModel,
+    UnscorableRecord,
+    split_outcomes,
+)
+from api.predlog import PredictionLog, Row
+from api.settings import ApiSettings
+
+log = logging.getLogger(__name__)
+
+
+class Unavailable(RuntimeError):
+    """No model can answer now; the message says why, in words fit for the caller (a 503)."""
+
+
+class UnscorableInput(ValueError):
+    """Records the schema accepted but the model cannot score (a 422); `errors` name each field."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__(f"{len(errors)} records cannot be scored")
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class Answer:
+    model: ServedModel
+    variant: str
+    request_id: str
+    labels: list[Any]
+    probabilities: list[dict[str, float]] | None
+
+
+class ScoringService:
+    def __init__(
+        self, settings: ApiSettings, manager: ModelManager, batcher: MicroBatcher, log: PredictionLog
+    ) -> None:
+        self.settings = settings
+        self.manager = manager
+        self.batcher = batcher
+        self.log = log
+        self._shadows: set[asyncio.Task[None]] = set()
+
+    def champion(self) -> ServedModel:
+        """The served champion; Unavailable while none is loaded."""
+        champion = self.manager.champion
+        if champion is None:
+            raise Unavailable(
+                "; ".join(
+                    [
+                        f"no model has been promoted to {self.manager.name}@champion yet: run the training "
+                        "pipeline (make up or make repro)",
+                        *self.manager.problems(),
+                    ]
+                )
+            )
+        return champion
+
+    def pick(self) -> tuple[ServedModel, str]:
+        """The model answering this request (A/B aware); Unavailable while no champion is loaded, or
+        while the prediction log fails and the server is set to refuse rather than answer unlogged."""
+        champion = self.champion()
+        if self.settings.log_failure == "refuse" and self.log.status().error is not None:
+            raise Unavailable(
+                "the prediction log cannot be written and this server refuses to answer unlogged "
+                "(BITLOOP_API_LOG_FAILURE=refuse); try again later"
+            )
+        model, variant = self.manager.pick()
+        return model or champion, variant
+
+    async def predict(self, model: ServedModel, variant: str, record: dict[str, Any]) -> Answer:
+        """One record, micro-batched with concurrent requests."""
+        try:
+            label, probabilities = await self.batcher.submit(model, variant, record)
+        except Exception as err:
+            raise self._failure(model, variant, {(): err}) from None
+        return self._answer(
+            model, variant, [record], [label], None if probabilities is None else [probabilities]
+        )
+
+    async def predict_batch(self, model: ServedModel, variant: str, records: list[dict[str, Any]]) -> Answer:
+        """A batch in one model call on an inference thread."""
+        outcomes: list[Outcome | Exception] = await self.batcher.run_in_thread(model.score, records)
+        failures = {("records", i): o for i, o in enumerate(outcomes) if isinstance(o, Exception)}
+        if failures:
+            raise self._failure(model, variant, failures)
+        labels, probabilities = split_outcomes(
+            [o for o in outcomes if not isinstance(o, Exception)], model.schema.task
+        )
+        return self._answer(model, variant, records, labels, probabilities)
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        """Whether this server should get traffic, and what is wrong, in words fit for open endpoints."""
+        problems = self.manager.problems()
+        champion = self.manager.champion
+        ready = champion is not None
+        if champion is None:
+            problems.insert(0, "no champion loaded yet")
+        else:
+            share, records = champion.faults.ratio()
+            if records >= ERROR_WINDOW_MIN_OUTCOMES and share > self.settings.max_error_ratio:
+                ready = False
+                problems.insert(
+                    0,
+                    f"version {champion.version} failed {share:.0%} of the {records} records it scored in "
+                    f"the last {ERROR_WINDOW_SECONDS:g} s (the limit is {self.settings.max_error_ratio:.0%})",
+                )
+        status = self.log.status()
+        if status.error is not None:
+            problems.append(
+                f"the prediction log is degraded: writes fail, {status.pending_rows} rows wait in memory, "
+                f"{status.dropped_rows} dropped"
+            )
+            ready = ready and self.settings.log_failure == "degrade"
+        elif status.dropped_rows:
+            problems.append(f"the prediction log dropped {status.dropped_rows} rows since start-up")
+        return ready, problems
+
+    async def drain(self) -> None:
+        """Wait for shadow scoring still running (at shutdown)."""
+        if self._shadows:
+            await asyncio.gather(*self._shadows, return_exceptions=True)
+
+    def _answer(
+        self,
+        model: ServedModel,
+        variant: str,
+        records: list[dict[str, Any]],
+        labels: list[Any],
+        probabilities: list[dict[str, float]] | None,
+    ) -> Answer:
+        request_id = uuid.uuid4().hex
+        self._record(model, variant, request_id, records, labels, probabilities)
+        self._shadow(request_id, records)
+        return Answer(model, variant, request_id, labels, probabilities)
+
+    def _failure(
+        self, model: ServedModel, variant: str, failures: dict[tuple[Any, ...], Exception]
+    ) -> Exception:
+        """What to raise for records the model failed on: UnscorableInput naming each record's field when
+        the input is at fault, else the model's own error (a 500, logged)."""
+        fault = None
+        for err in failures.values():
+            cause = "input" if isinstance(err, UnscorableRecord) else "model"
+            metrics.PREDICTION_FAILURES.labels(model.name, model.version, variant, cause).inc()
+            fault = fault or (None if isinstance(err, UnscorableRecord) else err)
+        if fault is not None:
+            return fault
+        return UnscorableInput(
+            [
+                {
+                    "type": "unscorable",
+                    "loc": (
+                        "body",
+                        *where,
+                        *((err.field,) if isinstance(err, UnscorableRecord) and err.field else ()),
+                    ),
+                    "msg": str(err),
+                }
+                for where, err in failures.items()
+            ]
+        )
+
+    def _shadow(self, request_id: str, records: list[dict[str, Any]]) -> None:
+        """Score @challenger on the same records without touching the answer."""
+        challenger = self.manager.challenger
+        if not self.settings.shadow or challenger is None:
+            return
+
+        async def score() -> None:
+            try:
+                outcomes = await self.batcher.run_in_thread(challenger.score, records)
+            except Exception:
+                log.exception("shadow scoring failed", extra={"version": challenger.version})
+                return
+            scored = [(r, o) for r, o in zip(records, outcomes, strict=True) if not isinstance(o, Exception)]
+            if len(scored) < len(records):
+                log.warning("shadow scoring failed on some records", extra={"version": challenger.version})
+            if scored:
+                labels, probabilities = split_outcomes([o for _, o in scored], challenger.schema.task)
+                self._record(challenger, "shadow", request_id, [r for r, _ in scored], labels, probabilities)
+
+        task = asyncio.get_running_loop().create_task(score())
+        self._shadows.add(task)
+        task.add_done_callback(self._shadows.discard)
+
+    def _record(
+        self,
+        model: ServedModel,
+        variant: str,
+        request_id: str,
+        records: list[dict[str, Any]],
+        labels: list[Any],
+        probabilities: list[dict[str, float]] | None,
+    ) -> None:
+        """Count the predictions and queue them for the prediction log."""
+        now = time.time()
+        self.log.append(
+            [
+                Row(
+                    now,
+                    request_id,
+                    model.name,
+                    model.version,
+                    variant,
+                    record,
+                    label,
+                    None if probabilities is None else probabilities[i],
+                )
+                for i, (record, label) in enumerate(zip(records, labels, strict=True))
+            ]
+        )
+        if model.schema.task == "regression":
+            span = (model.profile or {}).get("target")
+            if span:  # a model trained before profiles held the target's range has no histogram
+                low, width = span["min"], (span["max"] - span["min"]) or 1.0
+                metrics.TARGET_RANGE.labels(model.name, variant, "min").set(span["min"])
+                metrics.TARGET_RANGE.labels(model.name, variant, "max").set(span["max"])
+                histogram = metrics.PREDICTED_POSITION.labels(model.name, variant)
+                for value in labels:
+                    histogram.observe((value - low) / width)
+            metrics.PREDICTIONS.labels(model.name, model.version, variant, "value").inc(len(labels))
+        else:
+            for label in set(labels):
+                metrics.PREDICTIONS.labels(model.name, model.version, variant, str(label)).inc(
+                    labels.count(label)
+                )
