@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 from api import metrics
 from api.manager import ModelManager
 from api.periodic import Periodic
 from api.settings import ApiSettings
-from pipeline.drift import DriftReport, detect, read_prediction_log
+from pipeline.drift import DriftReport, detect
 from pipeline.params import DriftParams
+from pipeline.predictions import read_features
+from pipeline.profile import ReferenceProfile
 
 
 class DriftWatcher:
@@ -53,9 +54,9 @@ class DriftWatcher:
             return None
         return self._evaluate(champion.name, champion.version, champion.profile)
 
-    def _evaluate(self, name: str, version: str, profile: dict[str, Any]) -> DriftReport:
+    def _evaluate(self, name: str, version: str, profile: ReferenceProfile) -> DriftReport:
         now = time.time()
-        frame = read_prediction_log(
+        frame = read_features(
             self.settings.prediction_log,
             name,
             since=now - self.settings.drift_window_seconds,

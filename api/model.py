@@ -16,6 +16,7 @@ import pandas as pd
 from pydantic import BaseModel
 
 from api.schemas import build_batch_model, build_record_model
+from pipeline.profile import ReferenceProfile
 from pipeline.registry import Tags, download_model, run_profile, run_schema
 from pipeline.schema import DatasetSchema
 from pipeline.serialization import UntrustedModel, load_sklearn_model
@@ -79,18 +80,14 @@ class ServedModel:
     data_version: str | None
     record_model: type[BaseModel]
     batch_model: type[BaseModel]
-    profile: dict[str, Any] | None = None
+    profile: ReferenceProfile | None = None
     """The training data's reference profile, which drift detection compares live inputs with."""
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     faults: FaultWindow = field(default_factory=FaultWindow)
 
     def typical(self, feature: str) -> float | str | None:
         """The feature's training median or most frequent category, from the reference profile."""
-        entry = (self.profile or {}).get("features", {}).get(feature) or {}
-        if entry.get("sample"):
-            return float(np.median(entry["sample"]))
-        frequencies: dict[str, float] = entry.get("frequencies") or {}
-        return max(frequencies, key=lambda category: frequencies[category]) if frequencies else None
+        return None if self.profile is None else self.profile.typical(feature)
 
     @property
     def classes(self) -> list[Any]:
@@ -191,15 +188,15 @@ class ServedModel:
                 {str(k): v for k, v in row.items()}
                 for row in frame.where(frame.notna(), None).to_dict(orient="records")
             ]
-        features = (self.profile or {}).get("features", {})
+        features = {} if self.profile is None else self.profile.features
         for i in range(rows):
             record = dict(records[0])
             for spec in self.schema.features:
-                entry = features.get(spec.name) or {}
-                if entry.get("sample"):
-                    record[spec.name] = float(entry["sample"][(i * 7919) % len(entry["sample"])])
-                elif entry.get("frequencies"):
-                    categories = sorted(entry["frequencies"])
+                entry = features.get(spec.name)
+                if entry is not None and entry.sample:
+                    record[spec.name] = float(entry.sample[(i * 7919) % len(entry.sample)])
+                elif entry is not None and entry.frequencies:
+                    categories = sorted(entry.frequencies)
                     record[spec.name] = categories[i % len(categories)]
             records.append(record)
         if all(spec.nullable for spec in self.schema.features):
@@ -284,7 +281,7 @@ def _input_example(model_dir: str) -> pd.DataFrame | None:
     return example if isinstance(example, pd.DataFrame) else None
 
 
-def _reference_profile(client: Any, run_id: str) -> dict[str, Any] | None:
+def _reference_profile(client: Any, run_id: str) -> ReferenceProfile | None:
     """The run's reference profile; a model without one is served, with drift detection off."""
     try:
         return run_profile(client, run_id)

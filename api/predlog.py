@@ -1,16 +1,16 @@
-"""The prediction log: every prediction's inputs and outputs, appended to SQLite (WAL mode).
+"""The prediction log's writer: every prediction's inputs and outputs, appended to SQLite (WAL mode).
 
-Requests only enqueue rows; one writer thread commits them in batches off the request path. The
-queue is bounded: while the file cannot be written (a full or failing disk) rows wait in memory and
-the write is retried with back-off; past `max_pending` rows, new rows are dropped and counted, never
-lost in silence. Shutdown waits a bounded time for the backlog, then reports what it could not
-write. What a SIGKILL can lose is what was answered in the last flush interval.
+The table, its rows and its readers are `pipeline.predictions`. Requests only enqueue rows; one
+writer thread commits them in batches off the request path. The queue is bounded: while the file
+cannot be written (a full or failing disk) rows wait in memory and the write is retried with
+back-off; past `max_pending` rows, new rows are dropped and counted, never lost in silence.
+Shutdown waits a bounded time for the backlog, then reports what it could not write. What a
+SIGKILL can lose is what was answered in the last flush interval.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import sqlite3
 import threading
@@ -18,27 +18,12 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from api import metrics
+from pipeline.predictions import Row, connect, insert_rows
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS predictions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts REAL NOT NULL,
-    request_id TEXT NOT NULL,
-    model_name TEXT NOT NULL,
-    model_version TEXT NOT NULL,
-    variant TEXT NOT NULL,
-    features TEXT NOT NULL,
-    prediction TEXT NOT NULL,
-    probabilities TEXT
-);
-CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
-CREATE INDEX IF NOT EXISTS predictions_model_ts ON predictions (model_name, ts);
-"""
 RETENTION_CHUNK = 1000
 RETENTION_PERIOD_SECONDS = 60.0
 MAX_BACKOFF_SECONDS = 5.0
@@ -50,32 +35,11 @@ class PredictionLogUnavailable(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Row:
-    ts: float
-    request_id: str
-    model_name: str
-    model_version: str
-    variant: str
-    features: dict[str, Any]
-    prediction: Any
-    probabilities: dict[str, float] | None
-
-
-@dataclass(frozen=True)
 class LogStatus:
     pending_rows: int
     dropped_rows: int
     error: str | None
     """Why the last write failed, while writes are failing; None when the log is healthy."""
-
-
-def connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=5.0, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.executescript(SCHEMA)
-    return conn
 
 
 def open_for_writing(path: Path) -> sqlite3.Connection:
@@ -198,26 +162,8 @@ class PredictionLog:
                 retention_due = time.monotonic() + (0 if full else RETENTION_PERIOD_SECONDS)
 
     def _write(self, batch: list[Row]) -> bool:
-        values = [
-            (
-                r.ts,
-                r.request_id,
-                r.model_name,
-                r.model_version,
-                r.variant,
-                json.dumps(r.features, separators=(",", ":")),
-                json.dumps(r.prediction),
-                None if r.probabilities is None else json.dumps(r.probabilities, separators=(",", ":")),
-            )
-            for r in batch
-        ]
         try:
-            with self._conn:
-                self._conn.executemany(
-                    "INSERT INTO predictions (ts, request_id, model_name, model_version, variant, "
-                    "features, prediction, probabilities) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    values,
-                )
+            insert_rows(self._conn, batch)
         except sqlite3.Error as err:  # full disk, I/O error, a lock held too long: retried, never dropped
             metrics.LOG_WRITE_FAILURES.inc()
             with self._cond:
@@ -262,8 +208,3 @@ class PredictionLog:
         if deleted:
             metrics.LOG_EXPIRED.inc(deleted)
         return bool(deleted == RETENTION_CHUNK)
-
-
-def count_rows(path: Path) -> int:
-    with sqlite3.connect(path) as conn:
-        return int(conn.execute("SELECT COUNT(*) FROM predictions").fetchone()[0])

@@ -26,8 +26,9 @@ from api.model import (
     UnscorableRecord,
     split_outcomes,
 )
-from api.predlog import PredictionLog, Row
+from api.predlog import PredictionLog
 from api.settings import ApiSettings
+from pipeline.predictions import Row
 
 log = logging.getLogger(__name__)
 
@@ -233,11 +234,11 @@ class ScoringService:
             ]
         )
         if model.schema.task == "regression":
-            span = (model.profile or {}).get("target")
-            if span:  # a model trained before profiles held the target's range has no histogram
-                low, width = span["min"], (span["max"] - span["min"]) or 1.0
-                metrics.TARGET_RANGE.labels(model.name, variant, "min").set(span["min"])
-                metrics.TARGET_RANGE.labels(model.name, variant, "max").set(span["max"])
+            span = None if model.profile is None else model.profile.target
+            if span is not None:  # a model trained before profiles held the target's range has no histogram
+                low, width = span.min, (span.max - span.min) or 1.0
+                metrics.TARGET_RANGE.labels(model.name, variant, "min").set(span.min)
+                metrics.TARGET_RANGE.labels(model.name, variant, "max").set(span.max)
                 histogram = metrics.PREDICTED_POSITION.labels(model.name, variant)
                 for value in labels:
                     histogram.observe((value - low) / width)

@@ -16,8 +16,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from api.predlog import SCHEMA  # noqa: E402
-from pipeline.drift import WINDOW_QUERY  # noqa: E402
+from pipeline.predictions import SCHEMA, WINDOW_QUERY  # noqa: E402
 
 FORMER_QUERY = (
     "SELECT features FROM predictions WHERE model_name = ? AND variant IN (?, ?)"

@@ -17,12 +17,8 @@ fewer than `min_samples` values are reported and not tested.
 from __future__ import annotations
 
 import html
-import json
-import math
-import sqlite3
 from dataclasses import asdict, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -34,12 +30,12 @@ from scipy.spatial.distance import jensenshannon
 from scipy.special import rel_entr
 
 from pipeline.params import DriftParams
+from pipeline.profile import FeatureProfile, ReferenceProfile
 
 Method = Literal["ks", "chi2", "wasserstein", "jensenshannon", "insufficient"]
 Status = Literal["drift", "no_drift", "insufficient_data"]
 PSI_EPSILON = 1e-4  # floor for empty bins, so PSI stays finite
 STD_FLOOR = 1e-3  # a constant reference feature still gets a finite normalised distance
-SERVED_VARIANTS = ("champion", "challenger")  # shadow rows repeat inputs that were already logged
 
 
 @dataclass(frozen=True)  # pydantic's: the model server answers with it as is
@@ -119,8 +115,8 @@ def _psi(reference: np.ndarray, current: np.ndarray) -> float:
     return float(np.sum(rel_entr(c, r) + rel_entr(r, c)))
 
 
-def _numeric(name: str, ref: dict[str, Any], values: np.ndarray, config: DriftParams) -> FeatureDrift:
-    sample = np.asarray(ref["sample"], dtype=float)
+def _numeric(name: str, ref: FeatureProfile, values: np.ndarray, config: DriftParams) -> FeatureDrift:
+    sample = np.asarray(ref.sample, dtype=float)
     if len(values) > config.large_sample:
         score = float(stats.wasserstein_distance(sample, values) / max(float(np.std(sample)), STD_FLOOR))
         method: Method = "wasserstein"
@@ -128,21 +124,21 @@ def _numeric(name: str, ref: dict[str, Any], values: np.ndarray, config: DriftPa
     else:
         score = float(stats.ks_2samp(sample, values).pvalue)
         method, threshold, drifted = "ks", config.p_value, score < config.p_value
-    edges = np.asarray(ref["bin_edges"], dtype=float)
+    edges = np.asarray(ref.bin_edges, dtype=float)
     psi = None
     if len(edges) > 1:
         edges = np.concatenate([[-np.inf], edges[1:-1], [np.inf]])
         counts = np.histogram(values, bins=edges)[0]
-        psi = _psi(np.asarray(ref["bin_shares"], dtype=float), counts / counts.sum())
+        psi = _psi(np.asarray(ref.bin_shares, dtype=float), counts / counts.sum())
     return FeatureDrift(
-        name, "numeric", method, score, threshold, drifted, psi, len(values), 0.0, ref["missing_rate"]
+        name, "numeric", method, score, threshold, drifted, psi, len(values), 0.0, ref.missing_rate
     )
 
 
 def _categorical(
-    name: str, ref: dict[str, Any], values: pd.Series, reference_rows: int, config: DriftParams
+    name: str, ref: FeatureProfile, values: pd.Series, reference_rows: int, config: DriftParams
 ) -> FeatureDrift:
-    reference_shares: dict[str, float] = ref["frequencies"]
+    reference_shares = ref.frequencies
     current_counts = values.value_counts()
     categories = sorted(set(reference_shares) | {str(c) for c in current_counts.index})
     unseen = sorted(str(c) for c in current_counts.index if str(c) not in reference_shares)
@@ -154,7 +150,7 @@ def _categorical(
         method: Method = "jensenshannon"
         threshold, drifted = config.distance_threshold, score >= config.distance_threshold
     else:
-        reference_counts = r * max(round(reference_rows * (1 - ref["missing_rate"])), 1)
+        reference_counts = r * max(round(reference_rows * (1 - ref.missing_rate)), 1)
         table = np.vstack([reference_counts, c_counts])
         table = table[:, table.sum(axis=0) > 0]
         score = 1.0 if table.shape[1] < 2 else float(stats.chi2_contingency(table).pvalue)
@@ -169,27 +165,27 @@ def _categorical(
         _psi(r, c),
         len(values),
         0.0,
-        ref["missing_rate"],
+        ref.missing_rate,
         unseen,
     )
 
 
 def feature_drift(
-    name: str, ref: dict[str, Any], column: pd.Series, reference_rows: int, config: DriftParams
+    name: str, ref: FeatureProfile, column: pd.Series, reference_rows: int, config: DriftParams
 ) -> FeatureDrift:
     """Test one feature's current values against its reference profile entry."""
     missing_rate = float(column.isna().mean()) if len(column) else 0.0
     present = column.dropna()
-    if ref["kind"] == "numeric":
+    if ref.kind == "numeric":
         values = pd.to_numeric(present, errors="coerce").dropna().to_numpy(dtype=float)
         size = len(values)
     else:
         strings = present.astype(str)
         size = len(strings)
-    if size < config.min_samples or (ref["kind"] == "numeric" and not ref.get("sample")):
+    if size < config.min_samples or (ref.kind == "numeric" and not ref.sample):
         return FeatureDrift(
             name,
-            ref["kind"],
+            ref.kind,
             "insufficient",
             None,
             None,
@@ -197,9 +193,9 @@ def feature_drift(
             None,
             size,
             missing_rate,
-            ref["missing_rate"],
+            ref.missing_rate,
         )
-    if ref["kind"] == "numeric":
+    if ref.kind == "numeric":
         result = _numeric(name, ref, values, config)
     else:
         result = _categorical(name, ref, strings, reference_rows, config)
@@ -207,7 +203,7 @@ def feature_drift(
 
 
 def detect(
-    profile: dict[str, Any],
+    profile: ReferenceProfile,
     current: pd.DataFrame,
     config: DriftParams,
     *,
@@ -220,10 +216,10 @@ def detect(
             name,
             ref,
             current[name] if name in current else pd.Series([], dtype=object),
-            profile["rows"],
+            profile.rows,
             config,
         )
-        for name, ref in profile["features"].items()
+        for name, ref in profile.features.items()
     ]
     tested = [f for f in features if f.tested]
     share = sum(f.drifted for f in tested) / len(tested) if tested else 0.0
@@ -235,7 +231,7 @@ def detect(
     return DriftReport(
         status=status,
         rows=len(current),
-        reference_rows=profile["rows"],
+        reference_rows=profile.rows,
         features=features,
         drift_share=share,
         threshold_share=config.drift_share,
@@ -244,36 +240,6 @@ def detect(
         window=window or {},
         min_rows=config.min_samples,
     )
-
-
-# Served newest first by the (model_name, ts) index: no sort, and at most `limit` rows are read.
-WINDOW_QUERY = (
-    "SELECT features FROM predictions WHERE model_name = ? AND ts >= ? AND ts < ?"
-    " AND variant IN (?, ?) ORDER BY ts DESC LIMIT ?"
-)
-
-
-def read_prediction_log(
-    path: Path,
-    model_name: str,
-    *,
-    since: float | None = None,
-    until: float | None = None,
-    limit: int = 5000,
-) -> pd.DataFrame:
-    """The newest `limit` logged inputs of a model in [since, until) (Unix seconds), oldest first.
-
-    Rows that shadow scoring logged a second time are left out. A missing log is an empty frame.
-    """
-    if not path.exists():
-        return pd.DataFrame()
-    args = (model_name, since or 0.0, until or math.inf, *SERVED_VARIANTS, limit)
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
-    try:
-        rows = conn.execute(WINDOW_QUERY, args).fetchall()
-    finally:
-        conn.close()
-    return pd.DataFrame([json.loads(r[0]) for r in reversed(rows)])
 
 
 def render_html(report: DriftReport) -> str:

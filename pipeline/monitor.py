@@ -15,8 +15,9 @@ from typing import Any
 
 import mlflow
 
-from pipeline.drift import DriftReport, detect, read_prediction_log
+from pipeline.drift import DriftReport, detect
 from pipeline.params import Params
+from pipeline.predictions import read_features
 from pipeline.registry import CHAMPION, Tags, alias_version, connect, run_profile
 from pipeline.settings import PipelineSettings
 from pipeline.workspace import Workspace, write_json
@@ -54,7 +55,7 @@ def monitor_drift(
     if champion is None:
         log.warning("no @champion to compare with: nothing to monitor yet", extra={"model": name})
         return _summary(None, label=label)
-    frame = read_prediction_log(
+    frame = read_features(
         prediction_log, name, since=since.timestamp(), until=until.timestamp(), limit=params.drift.max_rows
     )
     report = detect(

@@ -1,11 +1,16 @@
-"""The reference profile of the training features that drift detection compares against."""
+"""The reference profile of the training features that drift detection compares against.
+
+`train` writes it, `register` logs it with every candidate (`reference_profile.json`), and the
+drift monitor and the model server read it back through `ReferenceProfile`.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict
 
 from pipeline.schema import DatasetSchema
 
@@ -13,9 +18,51 @@ SAMPLE_SIZE = 5000
 BINS = 10
 
 
+class FeatureProfile(BaseModel):
+    """One feature: its missing rate, and a sample with decile bins (numeric) or shares (categorical)."""
+
+    model_config = ConfigDict(frozen=True)
+    kind: Literal["numeric", "categorical"]
+    missing_rate: float
+    mean: float | None = None
+    std: float | None = None
+    bin_edges: list[float] = []
+    bin_shares: list[float] = []
+    sample: list[float] = []
+    """Sorted, at most SAMPLE_SIZE values."""
+    frequencies: dict[str, float] = {}
+
+
+class TargetRange(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    min: float
+    max: float
+
+
+class ReferenceProfile(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    rows: int
+    features: dict[str, FeatureProfile]
+    target: TargetRange | None = None
+    """A regression's training target range: the model server scales its predicted-value histogram by it."""
+
+    def typical(self, feature: str) -> float | str | None:
+        """The feature's training median or most frequent category."""
+        entry = self.features.get(feature)
+        if entry is None:
+            return None
+        if entry.sample:
+            return float(np.median(entry.sample))
+        return max(entry.frequencies, key=lambda c: entry.frequencies[c]) if entry.frequencies else None
+
+    def to_json(self) -> dict[str, Any]:
+        """The file's content: only the fields each kind of feature has."""
+        return self.model_dump(exclude_unset=True)
+
+
 def build_profile(
     frame: pd.DataFrame, schema: DatasetSchema, seed: int, target: pd.Series | None = None
-) -> dict[str, Any]:
+) -> ReferenceProfile:
     """Per feature: a fixed-size sample and decile bins (numeric) or frequencies (categorical).
 
     For a regression, the training target's range too: the model server scales its
@@ -48,4 +95,4 @@ def build_profile(
     profile: dict[str, Any] = {"rows": len(frame), "features": features}
     if schema.task == "regression" and target is not None and target.notna().any():
         profile["target"] = {"min": float(target.min()), "max": float(target.max())}
-    return profile
+    return ReferenceProfile.model_validate(profile)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +30,12 @@ from pipeline.registry import (
     download_model,
     run_schema,
 )
+from pipeline.reports import CandidateSeen, ChampionSeen, Decision, PromotionReport, Registration
 from pipeline.schema import DatasetSchema
 from pipeline.scoring import floor_failures, score
 from pipeline.serialization import load_sklearn_model
 from pipeline.settings import PipelineSettings
-from pipeline.workspace import Workspace, read_json, write_json
+from pipeline.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +46,6 @@ class SchemaMismatch(RuntimeError):
 
 class RollbackError(RuntimeError):
     """There is nothing to roll back to."""
-
-
-@dataclass(frozen=True)
-class Decision:
-    promote: bool
-    reason: str
-    metric: str
-    candidate: float
-    champion: float | None
 
 
 def decide(
@@ -153,43 +144,33 @@ def promote(
 ) -> dict[str, Any]:
     """Compare the best registered candidate with @champion on the current holdout and move aliases."""
     client = connect(settings)
-    registered = read_json(workspace.registered_file)
-    name, best, metric = registered["model_name"], registered["best"], registered["primary_metric"]
+    registered = Registration.read(workspace.registered_file)
+    name, best, metric = registered.model_name, registered.best, registered.primary_metric
     schema = DatasetSchema.read(workspace.schema_file)
     floors = params.promote.floors.get(schema.task, {})
-    data_version = registered["data_version"]["version"]
-    report: dict[str, Any] = {
-        "model_name": name,
-        "data_version": data_version,
-        "metric": metric,
-        "margin": params.promote.margin,
-        "floors": floors,
-    }
+    data_version = registered.data_version.label
+    report = PromotionReport(
+        model_name=name, data_version=data_version, metric=metric, margin=params.promote.margin, floors=floors
+    )
 
     if best is None:
-        report.update(
-            promoted=False,
-            reason="no candidate passed the floors; nothing was registered",
-            candidates={n: c["floor_failures"] for n, c in registered["candidates"].items()},
-        )
-        write_json(workspace.promotion_file, report)
-        log.warning(report["reason"])
-        return report
+        report.promoted = False
+        report.reason = "no candidate passed the floors; nothing was registered"
+        report.candidates = {n: c.floor_failures for n, c in registered.candidates.items()}
+        log.warning(report.reason)
+        return report.write(workspace.promotion_file)
 
-    entry = registered["candidates"][best]
-    version = entry["version"]
+    entry = registered.candidates[best]
+    version = str(entry.version)
     champion = alias_version(client, name, CHAMPION)
-    report.update(candidate={"name": best, "version": version, "metrics": entry["metrics"]})
+    report.candidate = CandidateSeen(name=best, version=version, metrics=entry.metrics)
     if champion is not None and champion.version == version:
-        report.update(
-            promoted=False,
-            already_champion=True,
-            reason=f"version {version} is already @champion",
-            champion={"version": version},
-        )
-        write_json(workspace.promotion_file, report)
-        log.info(report["reason"])
-        return report
+        report.promoted = False
+        report.already_champion = True
+        report.reason = f"version {version} is already @champion"
+        report.champion = ChampionSeen(version=version)
+        log.info(report.reason)
+        return report.write(workspace.promotion_file)
 
     champion_metrics: dict[str, float] | None = None
     override = False
@@ -203,18 +184,18 @@ def promote(
                 raise
             override = True
             log.warning("schema change allowed: the champion is replaced without comparison")
-        report["champion"] = {"version": champion.version, "metrics": champion_metrics}
+        report.champion = ChampionSeen(version=champion.version, metrics=champion_metrics)
 
-    decision = decide(entry["metrics"], champion_metrics, metric, params.promote.margin, floors)
-    if override and not floor_failures(entry["metrics"], floors):
+    decision = decide(entry.metrics, champion_metrics, metric, params.promote.margin, floors)
+    if override and not floor_failures(entry.metrics, floors):
         decision = Decision(
             True,
             "schema change allowed explicitly (--allow-schema-change)",
             metric,
-            entry["metrics"][metric],
+            entry.metrics[metric],
             None,
         )
-    report.update(promoted=decision.promote, reason=decision.reason, decision=asdict(decision))
+    report.promoted, report.reason, report.decision = decision.promote, decision.reason, decision
 
     _tag(
         client,
@@ -240,8 +221,7 @@ def promote(
     else:
         client.set_registered_model_alias(name, CHALLENGER, version)
         log.info("kept the champion", extra={"model": name, "challenger": version, "reason": decision.reason})
-    write_json(workspace.promotion_file, report)
-    return report
+    return report.write(workspace.promotion_file)
 
 
 def rollback(model_name: str, settings: PipelineSettings) -> dict[str, str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import warnings
-from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
@@ -23,24 +22,16 @@ from pipeline.candidates import load_candidate
 from pipeline.params import Params
 from pipeline.provenance import git_commit, log_reproduction_record
 from pipeline.registry import GIT_COMMIT_TAG, SCHEMA_ARTIFACT, TAG, Tags, connect
+from pipeline.reports import RegisteredCandidate, Registration
 from pipeline.schema import DatasetSchema
 from pipeline.scoring import best_candidate, floor_failures
 from pipeline.serialization import SKOPS, trusted_types
 from pipeline.settings import PipelineSettings
 from pipeline.store import DatasetVersion
-from pipeline.workspace import Workspace, read_json, write_json
+from pipeline.workspace import Workspace, read_json
 
 log = logging.getLogger(__name__)
 REQUIREMENTS = ("scikit-learn", "numpy", "pandas", "scipy", "skops")
-
-
-@dataclass(frozen=True)
-class Registered:
-    candidate: str
-    run_id: str
-    version: str | None
-    metrics: dict[str, float]
-    floor_failures: list[str]
 
 
 def fingerprint(model_file: Path, data: DatasetVersion, schema: DatasetSchema) -> str:
@@ -132,7 +123,7 @@ def register(params: Params, workspace: Workspace, settings: PipelineSettings) -
     floors = params.promote.floors.get(schema.task, {})
     commit = git_commit(workspace.root)
 
-    entries: dict[str, Registered] = {}
+    entries: dict[str, RegisteredCandidate] = {}
     for name in params.train.candidates:
         metrics = evaluation["candidates"][name]
         fp = fingerprint(workspace.candidate_file(name), data, schema)
@@ -171,26 +162,18 @@ def register(params: Params, workspace: Workspace, settings: PipelineSettings) -
                 version_tags.update({Tags.METRIC + k: f"{v:.6f}" for k, v in metrics.items()})
                 version = mlflow.register_model(model_uri, model_name, tags=version_tags).version
                 log.info("registered", extra={"candidate": name, "model": model_name, "version": version})
-        entries[name] = Registered(name, run_id, str(version) if version else None, metrics, failures)
+        entries[name] = RegisteredCandidate(
+            run_id=run_id, version=str(version) if version else None, metrics=metrics, floor_failures=failures
+        )
 
     primary = params.promote.primary_metric(schema.task)
     eligible = {n: e.metrics for n, e in entries.items() if e.version is not None}
     best = best_candidate(eligible, primary) if eligible else None
-    summary = {
-        "model_name": model_name,
-        "data_version": data.as_dict(),
-        "primary_metric": primary,
-        "best": best,
-        "git_commit": commit,
-        "candidates": {
-            n: {
-                "run_id": e.run_id,
-                "version": e.version,
-                "metrics": e.metrics,
-                "floor_failures": e.floor_failures,
-            }
-            for n, e in entries.items()
-        },
-    }
-    write_json(workspace.registered_file, summary)
-    return summary
+    return Registration(
+        model_name=model_name,
+        data_version=data,
+        primary_metric=primary,
+        best=best,
+        git_commit=commit,
+        candidates=entries,
+    ).write(workspace.registered_file)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from pipeline.profile import ReferenceProfile
 from pipeline.schema import DatasetSchema
 from pipeline.settings import PipelineSettings
 
@@ -141,7 +142,6 @@ def run_schema(client: MlflowClient, run_id: str) -> DatasetSchema:
     return DatasetSchema.model_validate(_artifact(client, run_id, SCHEMA_ARTIFACT))
 
 
-def run_profile(client: MlflowClient, run_id: str) -> dict[str, Any]:
+def run_profile(client: MlflowClient, run_id: str) -> ReferenceProfile:
     """The reference profile logged with a training run (what drift detection compares against)."""
-    profile: dict[str, Any] = _artifact(client, run_id, PROFILE_ARTIFACT)
-    return profile
+    return ReferenceProfile.model_validate(_artifact(client, run_id, PROFILE_ARTIFACT))

@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.workspace import Workspace, read_json, write_json
 
@@ -22,20 +22,23 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 
 
-@dataclass(frozen=True)
-class DatasetVersion:
-    label: str  # v1, v2, ...
-    md5: str  # DVC's content hash of the raw store
+class DatasetVersion(BaseModel):
+    """`data/<model>/version.json`, and the data version every report and run records."""
+
+    model_config = ConfigDict(frozen=True, validate_by_name=True)
+    label: str = Field(alias="version")
+    """v1, v2, ..."""
+    md5: str
+    """DVC's content hash of the raw store."""
     batches: int
     rows: int
 
     def as_dict(self) -> dict[str, Any]:
-        return {"version": self.label, "md5": self.md5, "batches": self.batches, "rows": self.rows}
+        return self.model_dump(by_alias=True)
 
     @classmethod
     def from_file(cls, path: Path) -> DatasetVersion:
-        raw = read_json(path)
-        return cls(label=raw["version"], md5=raw["md5"], batches=raw["batches"], rows=raw["rows"])
+        return cls.model_validate(read_json(path))
 
 
 def file_md5(path: Path) -> str:

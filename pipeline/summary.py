@@ -9,8 +9,10 @@ import mlflow
 
 from pipeline.params import Params
 from pipeline.registry import Tags, connect
+from pipeline.reports import PromotionReport
 from pipeline.settings import PipelineSettings
-from pipeline.workspace import Workspace, read_json
+from pipeline.store import DatasetVersion
+from pipeline.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -20,24 +22,24 @@ def summarize(
 ) -> dict[str, Any]:
     """Log (once per `run_label`) an MLflow run summarising the latest promotion decision."""
     client = connect(settings)
-    report = read_json(workspace.promotion_file)
-    version = read_json(workspace.version_file)
-    before = (report.get("champion") or {}).get("version")
-    candidate = (report.get("candidate") or {}).get("version")
-    after = candidate if report.get("promoted") else before
-    if report.get("already_champion"):
+    report = PromotionReport.read(workspace.promotion_file)
+    version = DatasetVersion.from_file(workspace.version_file)
+    before = None if report.champion is None else report.champion.version
+    candidate = None if report.candidate is None else report.candidate.version
+    after = candidate if report.promoted else before
+    if report.already_champion:
         before = after = candidate
     summary = {
         "run": run_label,
-        "data_version": version["version"],
-        "data_md5": version["md5"],
+        "data_version": version.label,
+        "data_md5": version.md5,
         "champion_before": before,
         "champion_after": after,
-        "promoted": bool(report.get("promoted")),
-        "reason": report.get("reason"),
-        "metric": report.get("metric"),
-        "candidate_metrics": (report.get("candidate") or {}).get("metrics"),
-        "champion_metrics": (report.get("champion") or {}).get("metrics"),
+        "promoted": report.promoted,
+        "reason": report.reason,
+        "metric": report.metric,
+        "candidate_metrics": None if report.candidate is None else report.candidate.metrics,
+        "champion_metrics": None if report.champion is None else report.champion.metrics,
     }
     experiment = mlflow.set_experiment(params.model.name)
     found = client.search_runs(
@@ -47,12 +49,12 @@ def summarize(
         log.info("summary already recorded", extra={"run_id": found[0].info.run_id})
         return summary | {"mlflow_run_id": found[0].info.run_id}
     with mlflow.start_run(
-        run_name=f"training-summary-{version['version']}",
+        run_name=f"training-summary-{version.label}",
         tags={Tags.SUMMARY_OF: run_label, Tags.KIND: "training-summary"},
     ) as run:
         mlflow.log_params(
             {
-                "data_version": version["version"],
+                "data_version": version.label,
                 "champion_before": before or "none",
                 "champion_after": after or "none",
                 "promoted": summary["promoted"],
@@ -61,6 +63,6 @@ def summarize(
         for name, value in (summary["candidate_metrics"] or {}).items():
             mlflow.log_metric(f"candidate_{name}", value)
         mlflow.log_dict(summary, "training_summary.json")
-        mlflow.log_dict(report, "promotion.json")
+        mlflow.log_dict(report.model_dump(exclude_unset=True), "promotion.json")
     log.info("training summary", extra=summary)
     return summary | {"mlflow_run_id": run.info.run_id}

@@ -43,5 +43,5 @@ def train(params: Params, workspace: Workspace) -> dict[str, Path]:
             total,
             extra={"candidate": name, "seconds": round(time.perf_counter() - started, 2)},
         )
-    write_json(workspace.profile_file, build_profile(features, schema, params.train.seed, target))
+    write_json(workspace.profile_file, build_profile(features, schema, params.train.seed, target).to_json())
     return written

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -112,15 +111,13 @@ def log_predictions(
     path: Path, model_name: str, frame: pd.DataFrame, ts: float, variant: str = "champion"
 ) -> None:
     """Append a frame of feature rows to a prediction log, as the model server writes them."""
-    from api.predlog import connect
+    from pipeline.predictions import Row, connect, insert_rows
 
     records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
     conn = connect(path)
-    with conn:
-        conn.executemany(
-            "INSERT INTO predictions"
-            " (ts, request_id, model_name, model_version, variant, features, prediction)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(ts, f"r{i}", model_name, "1", variant, json.dumps(r), "0") for i, r in enumerate(records)],
-        )
+    rows = [
+        Row(ts, f"r{i}", model_name, "1", variant, {str(k): v for k, v in r.items()}, 0, None)
+        for i, r in enumerate(records)
+    ]
+    insert_rows(conn, rows)
     conn.close()

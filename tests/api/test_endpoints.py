@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from api.predlog import count_rows
+from pipeline.predictions import count_rows
 from tests.api.conftest import Trained, sample_record
 
 pytestmark = pytest.mark.integration

@@ -26,9 +26,9 @@ from sklearn.compose import ColumnTransformer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from api.predlog import count_rows
 from pipeline.models import build_pipeline
 from pipeline.params import CandidateParams
+from pipeline.predictions import count_rows
 from pipeline.register import pip_requirements
 from pipeline.serialization import trusted_types
 from tests.api.conftest import Trained, api_server, sample_record

@@ -12,6 +12,7 @@ import pytest
 from api.batching import MicroBatcher
 from api.model import ModelLoadError, ServedModel, UnscorableRecord
 from api.schemas import build_batch_model, build_record_model
+from pipeline.profile import FeatureProfile, ReferenceProfile
 from pipeline.schema import DatasetSchema, FeatureSpec
 
 SCHEMA = DatasetSchema(
@@ -24,12 +25,13 @@ SCHEMA = DatasetSchema(
     ),
     classes=(0, 1),
 )
-PROFILE = {
-    "features": {
-        "x": {"kind": "numeric", "sample": [1.0, 2.0, 3.0]},
-        "colour": {"kind": "categorical", "frequencies": {"red": 0.7, "blue": 0.3}},
-    }
-}
+PROFILE = ReferenceProfile(
+    rows=3,
+    features={
+        "x": FeatureProfile(kind="numeric", missing_rate=0.0, sample=[1.0, 2.0, 3.0]),
+        "colour": FeatureProfile(kind="categorical", missing_rate=0.0, frequencies={"red": 0.7, "blue": 0.3}),
+    },
+)
 
 
 class Estimator:

@@ -10,7 +10,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from api.predlog import count_rows
+from pipeline.predictions import count_rows
 from tests.api.conftest import Trained, api_server, sample_record, train_model
 from tests.api.traffic import Traffic, wait_for
 from tests.servers import mlflow_server

@@ -11,10 +11,10 @@ from typing import Any
 import pandas as pd
 
 from api.drift import DriftWatcher
-from api.predlog import RETENTION_CHUNK, PredictionLog, Row, connect, count_rows
+from api.predlog import RETENTION_CHUNK, PredictionLog
 from api.settings import ApiSettings
-from pipeline.drift import WINDOW_QUERY
 from pipeline.params import DriftParams
+from pipeline.predictions import WINDOW_QUERY, Row, connect, count_rows
 from tests.api.traffic import wait_for
 from tests.factories import log_predictions
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
+from pipeline.predictions import read_rows
 from tests.api.conftest import Trained, sample_record, train_model
 
 pytestmark = pytest.mark.integration
@@ -29,8 +29,7 @@ def with_challenger(tmp_path_factory: pytest.TempPathFactory, mlflow_uri: str) -
 
 
 def variants_logged(path: Path) -> Counter[tuple[str, str]]:
-    with sqlite3.connect(path) as conn:
-        return Counter(conn.execute("SELECT variant, model_version FROM predictions").fetchall())
+    return Counter((row.variant, row.model_version) for row in read_rows(path))
 
 
 def test_ab_share_routes_traffic_to_the_challenger(

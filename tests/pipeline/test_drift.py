@@ -12,9 +12,10 @@ import pandas as pd
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from pipeline.drift import detect, feature_drift, read_prediction_log
+from pipeline.drift import detect, feature_drift
 from pipeline.params import DriftParams
-from pipeline.profile import build_profile
+from pipeline.predictions import read_features
+from pipeline.profile import ReferenceProfile, build_profile
 from pipeline.schema import DatasetSchema, FeatureSpec
 from pipeline.sources.simulated import simulate_churn
 from tests.factories import log_predictions
@@ -49,14 +50,14 @@ def population(
     )
 
 
-def reference(seed: int = 0) -> dict[str, Any]:
+def reference(seed: int = 0) -> ReferenceProfile:
     return build_profile(population(5000, np.random.default_rng(seed)), SCHEMA, seed)
 
 
 REFERENCE = reference()
 
 
-def churn_profile() -> dict[str, Any]:
+def churn_profile() -> ReferenceProfile:
     from pipeline.params import DataParams
     from pipeline.schema import infer_schema, normalise_missing
 
@@ -148,10 +149,10 @@ def test_distances_are_symmetric(seed: int, n: int) -> None:
     left, right = population(n, rng, shares=BASE_SHARES), population(n, rng, shares=BASE_SHARES[::-1])
     config = DriftParams(large_sample=10, min_samples=10)
     there = feature_drift(
-        "colour", build_profile(left, SCHEMA, 0)["features"]["colour"], right["colour"], n, config
+        "colour", build_profile(left, SCHEMA, 0).features["colour"], right["colour"], n, config
     )
     back = feature_drift(
-        "colour", build_profile(right, SCHEMA, 0)["features"]["colour"], left["colour"], n, config
+        "colour", build_profile(right, SCHEMA, 0).features["colour"], left["colour"], n, config
     )
     assert there.score is not None
     assert back.score is not None
@@ -240,7 +241,7 @@ def test_prediction_log_window_skips_shadow_rows_and_other_models(tmp_path: Path
         (10, "m", "champion", 4.0),
     ]:
         log_predictions(path, model, pd.DataFrame({"x": [x]}), now - ago, variant)
-    assert read_prediction_log(path, "m")["x"].tolist() == [1.0, 2.0, 3.0, 4.0]
-    assert read_prediction_log(path, "m", since=now - 60, until=now - 20)["x"].tolist() == [2.0, 3.0]
-    assert read_prediction_log(path, "m", limit=2)["x"].tolist() == [3.0, 4.0]
-    assert read_prediction_log(tmp_path / "absent.sqlite", "m").empty
+    assert read_features(path, "m")["x"].tolist() == [1.0, 2.0, 3.0, 4.0]
+    assert read_features(path, "m", since=now - 60, until=now - 20)["x"].tolist() == [2.0, 3.0]
+    assert read_features(path, "m", limit=2)["x"].tolist() == [3.0, 4.0]
+    assert read_features(tmp_path / "absent.sqlite", "m").empty
