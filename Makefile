@@ -61,19 +61,19 @@ bench: $(STAMP) ## benchmark the model server against mlflow models serve (needs
 	$(BIN)/python bench/serving.py
 
 up: $(STAMP) ## start the stack (compose with a Docker engine, else local; STACK=compose|local), print every URL
-	$(BIN)/python ops/local/stack.py up
+	$(BIN)/python -m ops.local.stack up
 
 down: $(STAMP) ## stop every service (compose or local)
-	$(BIN)/python ops/local/stack.py down
+	$(BIN)/python -m ops.local.stack down
 
 secrets: $(STAMP) ## write the compose stack's missing secret files (.bitloop/secrets/, or BITLOOP_SECRETS_DIR)
-	$(BIN)/python ops/local/stack.py secrets
+	$(BIN)/python -m ops.local.stack secrets
 
 status: $(STAMP) ## show the state of each service
-	$(BIN)/python ops/local/stack.py status
+	$(BIN)/python -m ops.local.stack status
 
 logs: $(STAMP) ## follow the logs of every service (Ctrl-C to stop)
-	$(BIN)/python ops/local/stack.py logs
+	$(BIN)/python -m ops.local.stack logs
 
 drift-demo: $(STAMP) ## with the stack up: drift the world, send its traffic, watch drift retrain and swap the champion
 	$(BIN)/python -m ops.local.drift_demo
@@ -82,5 +82,5 @@ screenshots: $(STAMP) ## the README's pictures in docs/img/ (needs chromium; sta
 	$(BIN)/python -m ops.local.screenshots $(if $(GRAFANA_URL),--grafana-url $(GRAFANA_URL))
 
 clean: ## stop the stack and remove its state (.bitloop/) and the pipeline outputs
-	@if [ -x $(BIN)/python ]; then $(BIN)/python ops/local/stack.py down; fi
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m ops.local.stack down; fi
 	rm -rf .bitloop data models reports metrics.json

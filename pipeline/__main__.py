@@ -6,12 +6,13 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pipeline.params import ParamsError, load_params
+from pipeline.params import Params, ParamsError, load_params
 from pipeline.run import STAGES, run_all, run_stage
 from pipeline.settings import PipelineSettings
 from pipeline.workspace import Workspace, params_file
@@ -19,7 +20,108 @@ from pipeline.workspace import Workspace, params_file
 EXIT_INVALID_DATA = 3  # a bad batch: retrying cannot help, so orchestrators should not retry
 
 
+@dataclass(frozen=True)
+class Context:
+    """What every command works on: the project, its params and workspace, and where MLflow is."""
+
+    root: Path
+    params: Params
+    workspace: Workspace
+    settings: PipelineSettings
+
+
+Command = Callable[[argparse.Namespace, Context], int]
+
+
+def _show(result: Any) -> int:
+    print(result if isinstance(result, str) else json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _stage(args: argparse.Namespace, ctx: Context) -> int:
+    return _show(run_stage(args.command, ctx.params, ctx.workspace, ctx.settings))
+
+
+def _ingest(args: argparse.Namespace, ctx: Context) -> int:
+    drawn = {"seed": args.seed, "drift": args.drift, "source_url": args.source_url}
+    return _show(run_stage("ingest", ctx.params, ctx.workspace, ctx.settings, **drawn))
+
+
+def _promote(args: argparse.Namespace, ctx: Context) -> int:
+    options = {"allow_schema_change": args.allow_schema_change}
+    return _show(run_stage("promote", ctx.params, ctx.workspace, ctx.settings, **options))
+
+
+def _repro(args: argparse.Namespace, ctx: Context) -> int:
+    from pipeline.versioning import ingest_batch, reproduce_stages
+
+    drawn = {"seed": args.seed, "drift": args.drift, "source_url": args.source_url}
+    if all(v is None for v in drawn.values()):
+        return _show(reproduce_stages(ctx.params, ctx.workspace, args.stage))
+    if args.stage != "ingest":
+        raise ParamsError("--seed, --drift and --source-url choose a batch: use them with ingest")
+    return _show(ingest_batch(ctx.params, ctx.workspace, **drawn))
+
+
+def _run(args: argparse.Namespace, ctx: Context) -> int:
+    return _show(run_all(ctx.params, ctx.workspace, ctx.settings, seed=args.seed, drift=args.drift))
+
+
+def _summary(args: argparse.Namespace, ctx: Context) -> int:
+    from pipeline.summary import summarize
+
+    return _show(summarize(ctx.params, ctx.workspace, ctx.settings, args.run_label))
+
+
+def _drift(args: argparse.Namespace, ctx: Context) -> int:
+    from pipeline.monitor import monitor_drift
+
+    until = args.until or datetime.now(UTC)
+    since = args.since or until - timedelta(hours=1)
+    log_path = args.log if args.log.is_absolute() else ctx.root / args.log
+    return _show(monitor_drift(ctx.params, ctx.workspace, ctx.settings, log_path, since, until, args.label))
+
+
+def _datasets(args: argparse.Namespace, ctx: Context) -> int:
+    from pipeline.store import list_datasets
+
+    return _show(list_datasets(ctx.root, ctx.params.model.name))
+
+
+def _batches_list(args: argparse.Namespace, ctx: Context) -> int:
+    from pipeline.store import list_batches
+
+    return _show(list_batches(ctx.workspace))
+
+
+def _batches_withdraw(args: argparse.Namespace, ctx: Context) -> int:
+    from pipeline.store import withdraw_batch
+
+    return _show(withdraw_batch(ctx.workspace, args.batch, args.reason))
+
+
+def _reproduce(args: argparse.Namespace, ctx: Context) -> int:
+    from pipeline.reproduce import reproduce
+
+    outcome = reproduce(ctx.root, args.model or ctx.params.model.name, args.version, ctx.settings)
+    _show(outcome.as_dict())
+    return 0 if outcome.identical else 1
+
+
+def _rollback(args: argparse.Namespace, ctx: Context) -> int:
+    from pipeline.promote import rollback
+
+    return _show(rollback(ctx.params.model.name, ctx.settings))
+
+
+def _champion(args: argparse.Namespace, ctx: Context) -> int:
+    from pipeline.promote import aliases
+
+    return _show(aliases(ctx.params.model.name, ctx.settings))
+
+
 def _parser() -> argparse.ArgumentParser:
+    """Every command with its arguments; each sub-command names the function that runs it."""
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     parser.add_argument(
         "--root",
@@ -28,39 +130,46 @@ def _parser() -> argparse.ArgumentParser:
         help="project directory holding params.yaml (default: the current one)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    ingest = sub.add_parser("ingest", help="append a new batch from the source to data/<model>/raw")
+
+    def command(name: str, handler: Command, says: str) -> argparse.ArgumentParser:
+        found = sub.add_parser(name, help=says)
+        found.set_defaults(handler=handler)
+        return found
+
+    ingest = command("ingest", _ingest, "append a new batch from the source to data/<model>/raw")
     ingest.add_argument("--seed", type=int, help="simulated source: draw this batch instead of data.seed")
     ingest.add_argument("--drift", type=float, help="simulated source: drift of this batch (0-1)")
     ingest.add_argument(
         "--source-url", help="simulated source: draw from this data-source service instead of data.path"
     )
-    sub.add_parser("validate", help="check the raw batches; build data/<model>/prepared")
-    sub.add_parser("split", help="stable hash split into data/<model>/split/{train,test}.parquet")
-    sub.add_parser("train", help="fit every candidate in params.yaml")
-    sub.add_parser(
-        "evaluate", help="score candidates on the holdout; write reports/<model>/metrics.json and plots"
+    command("validate", _stage, "check the raw batches; build data/<model>/prepared")
+    command("split", _stage, "stable hash split into data/<model>/split/{train,test}.parquet")
+    command("train", _stage, "fit every candidate in params.yaml")
+    command(
+        "evaluate", _stage, "score candidates on the holdout; write reports/<model>/metrics.json and plots"
     )
-    sub.add_parser("register", help="log candidates to MLflow; register those passing the floors")
-    promote = sub.add_parser("promote", help="gate the best candidate against @champion")
+    command("register", _stage, "log candidates to MLflow; register those passing the floors")
+    promote = command("promote", _promote, "gate the best candidate against @champion")
     promote.add_argument(
         "--allow-schema-change",
         action="store_true",
         help="replace a champion whose task or features differ, without comparison",
     )
-    repro = sub.add_parser(
+    repro = command(
         "repro",
-        help="run a stage (default: every stage) through DVC and push new data (make repro, the DAG)",
+        _repro,
+        "run a stage (default: every stage) through DVC and push new data (make repro, the DAG)",
     )
     repro.add_argument("stage", nargs="?", choices=STAGES, help="only this stage, if it changed")
     repro.add_argument("--seed", type=int, help="ingest: draw this simulated batch and commit it")
     repro.add_argument("--drift", type=float, help="ingest: drift of this simulated batch (0-1)")
     repro.add_argument("--source-url", help="ingest: draw from this data-source service")
-    run = sub.add_parser("run", help="every stage in order, without DVC")
+    run = command("run", _run, "every stage in order, without DVC")
     run.add_argument("--seed", type=int, help="simulated source: draw this batch instead of data.seed")
     run.add_argument("--drift", type=float, help="simulated source: drift of this batch (0-1)")
-    summary = sub.add_parser("summary", help="record the last promotion decision as an MLflow run")
+    summary = command("summary", _summary, "record the last promotion decision as an MLflow run")
     summary.add_argument("--run-label", required=True, help="the orchestrator's run id (makes it idempotent)")
-    drift = sub.add_parser("drift", help="compare logged live inputs with the champion's reference")
+    drift = command("drift", _drift, "compare logged live inputs with the champion's reference")
     drift.add_argument("--since", type=_timestamp, help="window start, ISO 8601 (default: --until - 1h)")
     drift.add_argument("--until", type=_timestamp, help="window end, ISO 8601 (default: now)")
     drift.add_argument("--label", required=True, help="the orchestrator's run id (makes it idempotent)")
@@ -70,20 +179,23 @@ def _parser() -> argparse.ArgumentParser:
         default=Path(".bitloop/predictions.sqlite"),
         help="the model server's prediction log (relative paths are under --root)",
     )
-    sub.add_parser("datasets", help="every model's workspace with its dataset version")
+    command("datasets", _datasets, "every model's workspace with its dataset version")
     batches = sub.add_parser("batches", help="list the raw store's batches, or withdraw a bad one")
     action = batches.add_subparsers(dest="action", required=True, metavar="action")
-    action.add_parser("list", help="every batch with its rows, status and problems")
+    action.add_parser("list", help="every batch with its rows, status and problems").set_defaults(
+        handler=_batches_list
+    )
     withdraw = action.add_parser("withdraw", help="exclude a batch from now on (its file stays)")
+    withdraw.set_defaults(handler=_batches_withdraw)
     withdraw.add_argument("batch", help="the batch file, e.g. batch-00005.parquet")
     withdraw.add_argument("--reason", default="withdrawn by hand", help="recorded in the manifest")
-    again = sub.add_parser(
-        "reproduce", help="retrain a registered version from its record; exit 0 only if identical"
+    again = command(
+        "reproduce", _reproduce, "retrain a registered version from its record; exit 0 only if identical"
     )
     again.add_argument("--model", help="the registered model (default: params.yaml's model.name)")
     again.add_argument("--version", required=True, help="the model version, e.g. 3")
-    sub.add_parser("rollback", help="move @champion back to @previous")
-    sub.add_parser("champion", help="show the versions behind @champion, @challenger and @previous")
+    command("rollback", _rollback, "move @champion back to @previous")
+    command("champion", _champion, "show the versions behind @champion, @challenger and @previous")
     serve = sub.add_parser("serve-data", help="serve simulated batches over HTTP (GET /batch)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8001)
@@ -99,10 +211,6 @@ def _timestamp(text: str) -> datetime:
             f"{text!r} is not an ISO 8601 time (e.g. 2026-01-31T12:00:00+00:00)"
         ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _show(result: Any) -> None:
-    print(result if isinstance(result, str) else json.dumps(result, indent=2, default=str))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -138,61 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         params = load_params(params_file(root))
         workspace = Workspace(root, params.model.name)
-        if args.command == "datasets":
-            from pipeline.store import list_datasets
-
-            _show(list_datasets(root, params.model.name))
-        elif args.command == "batches":
-            from pipeline.store import list_batches, withdraw_batch
-
-            if args.action == "list":
-                _show(list_batches(workspace))
-            else:
-                _show(withdraw_batch(workspace, args.batch, args.reason))
-        elif args.command == "reproduce":
-            from pipeline.reproduce import reproduce
-
-            outcome = reproduce(root, args.model or params.model.name, args.version, settings)
-            _show(outcome.as_dict())
-            return 0 if outcome.identical else 1
-        elif args.command == "rollback":
-            from pipeline.promote import rollback
-
-            _show(rollback(params.model.name, settings))
-        elif args.command == "summary":
-            from pipeline.summary import summarize
-
-            _show(summarize(params, workspace, settings, args.run_label))
-        elif args.command == "drift":
-            from pipeline.monitor import monitor_drift
-
-            until = args.until or datetime.now(UTC)
-            since = args.since or until - timedelta(hours=1)
-            log_path = args.log if args.log.is_absolute() else root / args.log
-            _show(monitor_drift(params, workspace, settings, log_path, since, until, args.label))
-        elif args.command == "champion":
-            from pipeline.promote import aliases
-
-            _show(aliases(params.model.name, settings))
-        elif args.command == "repro":
-            from pipeline.versioning import ingest_batch, reproduce_stages
-
-            drawn = {"seed": args.seed, "drift": args.drift, "source_url": args.source_url}
-            if any(v is not None for v in drawn.values()):
-                if args.stage != "ingest":
-                    raise ParamsError("--seed, --drift and --source-url choose a batch: use them with ingest")
-                _show(ingest_batch(params, workspace, **drawn))
-            else:
-                _show(reproduce_stages(params, workspace, args.stage))
-        elif args.command == "run":
-            _show(run_all(params, workspace, settings, seed=args.seed, drift=args.drift))
-        else:
-            options = {
-                k: getattr(args, k)
-                for k in ("seed", "drift", "source_url", "allow_schema_change")
-                if hasattr(args, k)
-            }
-            _show(run_stage(args.command, params, workspace, settings, **options))
+        handler: Command = args.handler
+        return handler(args, Context(root, params, workspace, settings))
     except StageFailed as err:
         refused = err.exit_code == EXIT_INVALID_DATA and workspace is not None
         report = f"\n\nfull report: {workspace.validation_report}" if refused and workspace else ""
@@ -215,7 +270,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2 if isinstance(err, ParamsError | UnknownBatch) else 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from pipeline.params import Params
@@ -10,50 +11,81 @@ from pipeline.settings import PipelineSettings
 from pipeline.workspace import Workspace
 
 log = logging.getLogger(__name__)
-STAGES = ("ingest", "validate", "split", "train", "evaluate", "register", "promote")
+
+
+def _ingest(
+    params: Params,
+    workspace: Workspace,
+    settings: PipelineSettings,
+    seed: int | None = None,
+    drift: float | None = None,
+    source_url: str | None = None,
+) -> Any:
+    from pipeline.ingest import ingest
+
+    return ingest(params, workspace, seed=seed, drift=drift, source_url=source_url).version.as_dict()
+
+
+def _validate(params: Params, workspace: Workspace, settings: PipelineSettings) -> Any:
+    from pipeline.validate import validate
+
+    return validate(params, workspace).render()
+
+
+def _split(params: Params, workspace: Workspace, settings: PipelineSettings) -> Any:
+    from pipeline.split import split
+
+    return dict(zip(("train_rows", "test_rows"), split(params.split, workspace), strict=True))
+
+
+def _train(params: Params, workspace: Workspace, settings: PipelineSettings) -> Any:
+    from pipeline.train import train
+
+    return sorted(train(params, workspace))
+
+
+def _evaluate(params: Params, workspace: Workspace, settings: PipelineSettings) -> Any:
+    from pipeline.evaluate import evaluate
+
+    return evaluate(params, workspace)
+
+
+def _register(params: Params, workspace: Workspace, settings: PipelineSettings) -> Any:
+    from pipeline.register import register
+
+    return register(params, workspace, settings)
+
+
+def _promote(
+    params: Params, workspace: Workspace, settings: PipelineSettings, allow_schema_change: bool = False
+) -> Any:
+    from pipeline.promote import promote
+
+    return promote(params, workspace, settings, allow_schema_change=allow_schema_change)
+
+
+# Each stage's function, in order; heavy libraries are imported per stage so `ingest` never pays
+# for MLflow. Keyword options go only to the stage that takes them.
+STAGE_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "ingest": _ingest,
+    "validate": _validate,
+    "split": _split,
+    "train": _train,
+    "evaluate": _evaluate,
+    "register": _register,
+    "promote": _promote,
+}
+STAGES = tuple(STAGE_FUNCTIONS)
 
 
 def run_stage(
     name: str, params: Params, workspace: Workspace, settings: PipelineSettings, **options: Any
 ) -> Any:
-    """Run one stage; heavy libraries are imported per stage so `ingest` never pays for MLflow."""
-    if name == "ingest":
-        from pipeline.ingest import ingest
-
-        return ingest(
-            params,
-            workspace,
-            seed=options.get("seed"),
-            drift=options.get("drift"),
-            source_url=options.get("source_url"),
-        ).version.as_dict()
-    if name == "validate":
-        from pipeline.validate import validate
-
-        return validate(params, workspace).render()
-    if name == "split":
-        from pipeline.split import split
-
-        return dict(zip(("train_rows", "test_rows"), split(params.split, workspace), strict=True))
-    if name == "train":
-        from pipeline.train import train
-
-        return sorted(train(params, workspace))
-    if name == "evaluate":
-        from pipeline.evaluate import evaluate
-
-        return evaluate(params, workspace)
-    if name == "register":
-        from pipeline.register import register
-
-        return register(params, workspace, settings)
-    if name == "promote":
-        from pipeline.promote import promote
-
-        return promote(
-            params, workspace, settings, allow_schema_change=options.get("allow_schema_change", False)
-        )
-    raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
+    """Run one stage with the options it takes (`seed`, `drift`, `source_url` for ingest;
+    `allow_schema_change` for promote)."""
+    if name not in STAGE_FUNCTIONS:
+        raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
+    return STAGE_FUNCTIONS[name](params, workspace, settings, **options)
 
 
 def run_all(
@@ -68,5 +100,6 @@ def run_all(
     result: dict[str, Any] = {}
     for index, name in enumerate(STAGES, start=1):
         log.info("stage %d/%d: %s", index, len(STAGES), name)
-        result = run_stage(name, params, workspace, settings, seed=seed, drift=drift)
+        options = {"seed": seed, "drift": drift} if name == "ingest" else {}
+        result = run_stage(name, params, workspace, settings, **options)
     return result

@@ -23,7 +23,8 @@ from typing import Any
 import httpx
 import pandas as pd
 
-from ops.local.stack import StackSettings, airflow_client, trigger_dag, wait_dag_run
+from ops.local.airflow_api import airflow_client, trigger_dag, wait_dag_run
+from ops.local.settings import StackSettings
 
 
 def step(started: float, text: str) -> None:

@@ -27,15 +27,9 @@ from urllib.parse import quote
 import httpx
 import pandas as pd
 
-from ops.local.stack import (
-    PROJECT,
-    StackSettings,
-    airflow_client,
-    airflow_secrets,
-    down,
-    run_training_dag,
-    up,
-)
+from ops.local.airflow_api import airflow_client, run_training_dag
+from ops.local.settings import PROJECT, StackSettings, airflow_secrets
+from ops.local.stack import down, up
 
 IMAGES = PROJECT / "docs" / "img"
 VIEWPORT = {"width": 1440, "height": 900}

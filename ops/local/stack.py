@@ -20,32 +20,14 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PROJECT = Path(__file__).resolve().parents[2]
+from ops.local.airflow_api import run_training_dag
+from ops.local.settings import PROJECT, StackSettings, airflow_secrets
+
 CONFIG = PROJECT / "ops" / "supervisor" / "supervisord.conf"
-
-
-class StackSettings(BaseSettings):
-    """Where the local stack keeps its state and which ports it binds (all on 127.0.0.1)."""
-
-    model_config = SettingsConfigDict(env_prefix="BITLOOP_", extra="ignore")
-
-    state_dir: Path = PROJECT / ".bitloop"
-    secrets_dir: Path = PROJECT / ".bitloop" / "secrets"  # the compose stack's; docker-compose.yml agrees
-    mlflow_port: int = 5000
-    data_source_port: int = 8001
-    api_port: int = 8000
-    airflow_port: int = 8080
-    prometheus_port: int = 9090
-    pushgateway_port: int = 9091
-    process_exporter_port: int = 9256
-    start_timeout: float = 240.0
-    training_timeout: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -54,23 +36,6 @@ class Service:
     url: str
     health: str
     login: str = "none (local only)"
-
-
-def airflow_secrets(settings: StackSettings) -> dict[str, str]:
-    """The Airflow admin password and JWT secret: generated on first use, kept in the state directory."""
-    home = settings.state_dir / "airflow"
-    home.mkdir(parents=True, exist_ok=True)
-    path = home / "secrets.json"
-    if not path.exists():
-        path.write_text(
-            json.dumps({"admin_password": secrets.token_urlsafe(18), "jwt_secret": secrets.token_urlsafe(32)})
-        )
-        path.chmod(0o600)
-    values: dict[str, str] = json.loads(path.read_text())
-    passwords = home / "passwords.json"  # the format Airflow's simple auth manager reads
-    passwords.write_text(json.dumps({"admin": values["admin_password"]}))
-    passwords.chmod(0o600)
-    return values
 
 
 # The compose stack's secrets, one file each (docker-compose.yml mounts them at /run/secrets/).
@@ -243,73 +208,6 @@ def _has_champion(settings: StackSettings) -> bool:
     params = load_params(PROJECT / "params.yaml")
     client = connect(PipelineSettings(mlflow_tracking_uri=f"http://127.0.0.1:{settings.mlflow_port}"))
     return alias_version(client, params.model.name, CHAMPION) is not None
-
-
-def airflow_client(settings: StackSettings) -> httpx.Client:
-    """An authenticated client for Airflow's REST API (token from the admin login)."""
-    base = f"http://127.0.0.1:{settings.airflow_port}"
-    password = airflow_secrets(settings)["admin_password"]
-    token = httpx.post(f"{base}/auth/token", json={"username": "admin", "password": password}, timeout=30)
-    token.raise_for_status()
-    return httpx.Client(
-        base_url=base, timeout=30, headers={"Authorization": f"Bearer {token.json()['access_token']}"}
-    )
-
-
-def trigger_dag(airflow: httpx.Client, dag_id: str, deadline: float) -> str:
-    """Trigger a run once Airflow has parsed the DAG; returns the run id."""
-    while airflow.get(f"/api/v2/dags/{dag_id}").status_code != 200:
-        if time.monotonic() > deadline:
-            raise SystemExit(
-                f"Airflow never listed the {dag_id} DAG; see `make logs` (airflow-dag-processor)"
-            )
-        print(f"  waiting for Airflow to parse dags/{dag_id}.py", flush=True)
-        time.sleep(3.0)
-    # The run is named here, so retrying after a server error cannot start a second run: a retry
-    # whose first attempt did create it gets 409 for that same name.
-    run_id = f"manual__{datetime.now(UTC).isoformat()}"
-    body = {"dag_run_id": run_id, "logical_date": None}
-    for attempt in range(1, 4):
-        run = airflow.post(f"/api/v2/dags/{dag_id}/dagRuns", json=body)
-        if run.status_code == 409 and attempt > 1:
-            return run_id  # the attempt that answered 5xx had started it after all
-        if run.status_code < 500:
-            run.raise_for_status()
-            return run_id
-        print(f"  Airflow answered {run.status_code} to the trigger (attempt {attempt}): {run.text[:300]}")
-        if time.monotonic() > deadline:
-            break
-        time.sleep(5.0)
-    raise SystemExit(f"Airflow could not start a {dag_id} run: see `make logs` (airflow-api)")
-
-
-def wait_dag_run(airflow: httpx.Client, dag_id: str, run_id: str, deadline: float) -> dict[str, str]:
-    """Wait for a DAG run to finish, showing progress; returns the final state of each task."""
-    state = "queued"
-    while True:
-        state = airflow.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}").json()["state"]
-        tasks = airflow.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json()
-        states = {t["task_id"]: str(t["state"]) for t in tasks.get("task_instances", [])}
-        done = sum(s in ("success", "skipped") for s in states.values())
-        print(f"  {dag_id} run {run_id}: {state}, {done}/{len(states)} tasks done", flush=True)
-        if state in ("success", "failed"):
-            return {"__run__": state, **states}
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{dag_id} run {run_id} did not finish in time; see `make logs`")
-        time.sleep(5.0)
-
-
-def run_training_dag(settings: StackSettings) -> str:
-    """Trigger one run of the training DAG and wait for it; returns its run id."""
-    deadline = time.monotonic() + settings.training_timeout
-    with airflow_client(settings) as airflow:
-        run_id = trigger_dag(airflow, "training", deadline)
-        if wait_dag_run(airflow, "training", run_id, deadline)["__run__"] == "failed":
-            raise SystemExit(
-                f"training DAG run {run_id} failed: open http://127.0.0.1:{settings.airflow_port} "
-                "(login below) or see `make logs`"
-            )
-        return run_id
 
 
 def ensure_champion(settings: StackSettings) -> None:

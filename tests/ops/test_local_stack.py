@@ -11,14 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ops.local.stack import (
-    StackSettings,
-    _environment,
-    configuration_changes,
-    print_urls,
-    record_configuration,
-    trigger_dag,
-)
+from ops.local.airflow_api import trigger_dag
+from ops.local.settings import StackSettings
+from ops.local.stack import _environment, configuration_changes, print_urls, record_configuration
 
 
 def test_airflow_waits_a_minute_for_the_sqlite_write_lock(tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ import pandas as pd
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from pipeline.drift import detect, feature_drift
+from pipeline.drift import detect
+from pipeline.drift_statistics import feature_drift
 from pipeline.params import DriftParams
 from pipeline.predictions import read_features
 from pipeline.profile import ReferenceProfile, build_profile

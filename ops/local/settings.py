@@ -1,0 +1,47 @@
+"""Where the local stack lives: its project, state directory, ports and timeouts, and the Airflow
+secrets it generates there on first use."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+class StackSettings(BaseSettings):
+    """Where the local stack keeps its state and which ports it binds (all on 127.0.0.1)."""
+
+    model_config = SettingsConfigDict(env_prefix="BITLOOP_", extra="ignore")
+
+    state_dir: Path = PROJECT / ".bitloop"
+    secrets_dir: Path = PROJECT / ".bitloop" / "secrets"  # the compose stack's; docker-compose.yml agrees
+    mlflow_port: int = 5000
+    data_source_port: int = 8001
+    api_port: int = 8000
+    airflow_port: int = 8080
+    prometheus_port: int = 9090
+    pushgateway_port: int = 9091
+    process_exporter_port: int = 9256
+    start_timeout: float = 240.0
+    training_timeout: float = 900.0
+
+
+def airflow_secrets(settings: StackSettings) -> dict[str, str]:
+    """The Airflow admin password and JWT secret: generated on first use, kept in the state directory."""
+    home = settings.state_dir / "airflow"
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "secrets.json"
+    if not path.exists():
+        path.write_text(
+            json.dumps({"admin_password": secrets.token_urlsafe(18), "jwt_secret": secrets.token_urlsafe(32)})
+        )
+        path.chmod(0o600)
+    values: dict[str, str] = json.loads(path.read_text())
+    passwords = home / "passwords.json"  # the format Airflow's simple auth manager reads
+    passwords.write_text(json.dumps({"admin": values["admin_password"]}))
+    passwords.chmod(0o600)
+    return values
