@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+from pathlib import Path
+
+import yaml
 
 from tests.factories import PROJECT
 
@@ -48,3 +52,25 @@ def test_setup_is_a_no_op_when_the_environment_is_current() -> None:
 def test_test_target_runs_pytest_without_stack_or_compose_tests() -> None:
     assert re.search(r"pytest -m \"not stack and not compose and not repro\"", make("-n", "test"))
     assert re.search(r"pytest -m \"compose and not repro\"", make("-n", "test-compose"))
+
+
+def test_the_pre_commit_hooks_run_what_make_lint_runs(tmp_path: Path) -> None:
+    hooks = yaml.safe_load((PROJECT / ".pre-commit-config.yaml").read_text())["repos"][0]["hooks"]
+    recipe = make("-n", "lint").replace(str(PROJECT) + "/", "")
+    lint = [line.strip().removesuffix(" .") for line in recipe.splitlines() if line.strip()]
+    assert [hook["entry"].replace(" --force-exclude", "") for hook in hooks] == lint
+    pre_commit = [str(PROJECT / ".venv" / "bin" / "pre-commit")]
+    env = {**os.environ, "PRE_COMMIT_HOME": str(tmp_path / "cache")}
+    subprocess.run([*pre_commit, "validate-config"], cwd=PROJECT, check=True, env=env)
+    # A file ruff would reformat fails the commit.
+    unformatted = tmp_path / "unformatted.py"
+    unformatted.write_text("x=1\n")
+    hook = subprocess.run(
+        [*pre_commit, "run", "ruff-format", "--files", str(unformatted)],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert hook.returncode == 1, hook.stdout
+    assert "would be reformatted" in hook.stdout
