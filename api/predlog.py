@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from api import metrics
-from pipeline.predictions import Row, connect, insert_rows
+from pipeline.predictions import Row, connect, stage_rows
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,10 @@ class PredictionLog:
                         break
                     idle = max(retention_due - time.monotonic(), 0.1) if self._retention_seconds else None
                     self._cond.wait(idle)
-                if self._abandoned or (self._stopping and not self._pending):
+                if self._abandoned:
+                    self._conn.close()
+                    return
+                if self._stopping and not self._pending:
                     return
                 deadline = time.monotonic() + self._flush_seconds
                 while (
@@ -163,8 +166,19 @@ class PredictionLog:
 
     def _write(self, batch: list[Row]) -> bool:
         try:
-            insert_rows(self._conn, batch)
+            stage_rows(self._conn, batch)  # waits for the write lock, up to the connection's timeout
+            with self._cond:
+                # Commit and dequeue under the lock close() takes to give up: rows it counted as
+                # lost are never written after all, and rows written are never counted as lost.
+                if self._abandoned:
+                    self._conn.rollback()
+                    return True
+                self._conn.commit()
+                for _ in batch:
+                    self._pending.popleft()
+                recovered, self._error = self._error is not None, None
         except sqlite3.Error as err:  # full disk, I/O error, a lock held too long: retried, never dropped
+            self._conn.rollback()
             metrics.LOG_WRITE_FAILURES.inc()
             with self._cond:
                 first = self._error is None
@@ -177,12 +191,6 @@ class PredictionLog:
                 )
             return False
         now = time.time()
-        with self._cond:
-            if self._abandoned:
-                return True
-            for _ in batch:
-                self._pending.popleft()
-            recovered, self._error = self._error is not None, None
         if recovered:
             log.info("prediction log writes succeed again", extra={"path": str(self.path)})
         metrics.LOG_DEGRADED.set(0)

@@ -75,6 +75,16 @@ def connect(path: Path) -> sqlite3.Connection:
 
 def insert_rows(conn: sqlite3.Connection, rows: Iterable[Row]) -> None:
     """Append rows in one transaction (sqlite3.Error when the file cannot take them)."""
+    try:
+        stage_rows(conn, rows)
+    except sqlite3.Error:
+        conn.rollback()
+        raise
+    conn.commit()
+
+
+def stage_rows(conn: sqlite3.Connection, rows: Iterable[Row]) -> None:
+    """Insert rows in an open transaction; the caller commits or rolls back."""
     compact = (",", ":")
     values = [
         (
@@ -89,8 +99,7 @@ def insert_rows(conn: sqlite3.Connection, rows: Iterable[Row]) -> None:
         )
         for r in rows
     ]
-    with conn:
-        conn.executemany(INSERT, values)
+    conn.executemany(INSERT, values)
 
 
 def read_features(
