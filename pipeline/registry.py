@@ -19,6 +19,7 @@ import httpx
 from pipeline.profile import ReferenceProfile
 from pipeline.schema import DatasetSchema
 from pipeline.settings import PipelineSettings
+from pipeline.workspace import PROFILE_FILE
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -30,7 +31,7 @@ SERVED_ALIASES = (CHAMPION, CHALLENGER)
 """The aliases the model server answers with (A/B and shadow)."""
 
 SCHEMA_ARTIFACT = "feature_schema.json"
-PROFILE_ARTIFACT = "reference_profile.json"
+PROFILE_ARTIFACT = PROFILE_FILE  # register logs the workspace file under its own name
 RECORD_DIR = "reproduce"
 """The run's artefact folder holding params.yaml, dvc.lock and environment.txt."""
 

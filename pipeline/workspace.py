@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.registry import PROFILE_ARTIFACT
+PROFILE_FILE = "reference_profile.json"
+"""The reference profile's name, in the workspace and (logged as is) in every training run."""
 
 
 def params_file(root: Path) -> Path:
@@ -81,7 +82,7 @@ class Workspace:
 
     @property
     def profile_file(self) -> Path:
-        return self.models_dir / PROFILE_ARTIFACT  # logged under its file name
+        return self.models_dir / PROFILE_FILE
 
     @property
     def reports_dir(self) -> Path:

@@ -63,10 +63,18 @@ def test_repro_twice_runs_nothing_and_forced_runs_are_identical(project: Path, m
     assert "Running stage" not in second
     assert "up to date" in second
 
+    # Every output is identical, except the promotion record: a forced re-run finds its candidate
+    # already champion, and says so.
+    decision = hashes.pop("reports/promotion.json")
     dvc(project, mlflow_uri, "repro", "--force")
-    assert out_hashes(project) == hashes
+    again = out_hashes(project)
+    assert again.pop("reports/promotion.json") != decision
+    assert again == hashes
+    assert json.loads(next((project / "reports").glob("*/promotion.json")).read_text())["already_champion"]
     dvc(project, mlflow_uri, "repro", "--force")
-    assert out_hashes(project) == hashes
+    again = out_hashes(project)
+    again.pop("reports/promotion.json")
+    assert again == hashes
     assert {"models/candidates", "reports/metrics.json", "data/split", "reports/evaluation"} <= set(hashes)
 
 

@@ -1,0 +1,122 @@
+"""Each DVC stage declares exactly the code and the parameters it reads, so `dvc repro` re-runs a
+stage when, and only when, something it depends on changed.
+
+The code is every `pipeline` module the stage's module imports, directly or through others; the
+parameters are the ones the stage reads when it runs, recorded by wrapping params.yaml's model.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from pipeline.run import STAGE_FUNCTIONS
+from pipeline.settings import PipelineSettings
+from tests.factories import PROJECT, light_params, make_workspace
+
+DVC = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
+
+
+def module_file(module: str) -> Path:
+    path = PROJECT.joinpath(*module.split("."))
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def imports(path: Path) -> set[str]:
+    """The `pipeline` modules a file imports, at the top or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pipeline"):
+            found.add(node.module)
+            found |= {
+                f"{node.module}.{a.name}"
+                for a in node.names
+                if module_file(f"{node.module}.{a.name}").exists()
+            }
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("pipeline")}
+    return found
+
+
+def code_of(stage: str) -> set[str]:
+    """Every pipeline file the stage's module reaches through imports, itself included."""
+    seen: set[str] = set()
+    todo = [f"pipeline.{stage}"]
+    while todo:
+        module = todo.pop()
+        if module in seen or not module_file(module).exists():
+            continue
+        seen.add(module)
+        todo += imports(module_file(module))
+    return {str(module_file(m).relative_to(PROJECT)) for m in seen} - {"pipeline/__init__.py"}
+
+
+def declared_code(stage: str) -> set[str]:
+    """The pipeline files a stage's deps cover (a folder covers every file under it)."""
+    covered = set()
+    for dep in DVC[stage]["deps"]:
+        path = PROJECT / dep
+        if dep.startswith("pipeline"):
+            files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+            covered |= {str(f.relative_to(PROJECT)) for f in files}
+    return covered
+
+
+@pytest.mark.parametrize("stage", list(STAGE_FUNCTIONS))
+def test_a_stage_declares_exactly_the_code_it_imports(stage: str) -> None:
+    assert declared_code(stage) == code_of(stage)
+
+
+def test_the_import_reader_follows_imports_inside_functions_and_packages(tmp_path: Path) -> None:
+    assert "pipeline/sources/simulated.py" in code_of("ingest")  # through `pipeline.sources`
+    assert "pipeline/candidates.py" in code_of("train")
+    assert "pipeline/run.py" not in code_of("train")
+
+
+class Recording:
+    """params.yaml's model, recording every `section.key` read under its params.yaml name.
+
+    A model's own methods run against the recording, so what they read is recorded too; anything
+    else callable (a pydantic copy) counts as reading the whole section.
+    """
+
+    def __init__(self, target: BaseModel, path: str, seen: set[str]) -> None:
+        self._target, self._path, self._seen = target, path, seen
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._target, name)
+        own = getattr(type(self._target), name, None)
+        if callable(value) and own is not None and not hasattr(BaseModel, name):
+            return own.__get__(self)
+        field = type(self._target).model_fields.get(name)
+        key = field.alias if field is not None and field.alias else name
+        where = f"{self._path}.{key}".lstrip(".")
+        if isinstance(value, BaseModel):
+            return Recording(value, where, self._seen)
+        self._seen.add(self._path if callable(value) else where)
+        return value
+
+
+def covers(declared: str, read: str) -> bool:
+    return read == declared or read.startswith(declared + ".")
+
+
+def test_each_stage_declares_exactly_the_parameters_it_reads(tmp_path: Path, mlflow_uri: str) -> None:
+    workspace, params = make_workspace(tmp_path, light_params(model={"name": "declared"}))
+    settings = PipelineSettings(mlflow_tracking_uri=mlflow_uri)
+    unread, undeclared = {}, {}
+    for stage, function in STAGE_FUNCTIONS.items():
+        seen: set[str] = set()
+        function(Recording(params, "", seen), workspace, settings)
+        declared = [str(p) for p in DVC[stage].get("params", [])]
+        unread[stage] = sorted(d for d in declared if not any(covers(d, r) for r in seen))
+        undeclared[stage] = sorted(r for r in seen if not any(covers(d, r) for d in declared))
+    missing = {s: found for s, found in undeclared.items() if found}
+    assert missing == {}, f"read but not declared in dvc.yaml: {missing}"
+    extra = {s: found for s, found in unread.items() if found}
+    assert extra == {}, f"declared in dvc.yaml but never read: {extra}"
