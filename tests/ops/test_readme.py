@@ -204,3 +204,14 @@ def test_a_duration_over_the_readmes_figure_is_reported() -> None:
     assert within_stated("make drift-demo", 91, text) is not None
     with pytest.raises(LookupError, match="make up"):
         stated_minutes("make up", text)
+
+
+def test_the_throughput_ratio_the_readme_states_is_the_last_benchmarks() -> None:
+    measured = re.search(
+        r"throughput at concurrency 64, bitloop / mlflow serve \| ([\d.]+)x",
+        (PROJECT / "docs" / "benchmarks.md").read_text(),
+    )
+    stated = re.search(r"About (\d+) times the throughput of\s+`mlflow models serve`", README)
+    assert measured, "docs/benchmarks.md (make bench) has no throughput ratio"
+    assert stated, "the README states no throughput ratio"
+    assert int(stated[1]) == round(float(measured[1]))
