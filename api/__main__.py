@@ -17,7 +17,7 @@ def main() -> None:
     if problem := settings.startup_problem():
         raise SystemExit(f"bitloop model server cannot start: {problem}")
     try:
-        open_for_writing(settings.prediction_log).close()
+        open_for_writing(settings.prediction_log_url).close()
     except PredictionLogUnavailable as err:
         raise SystemExit(f"bitloop model server cannot start: {err}") from None
     for switch in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):

@@ -57,7 +57,7 @@ class DriftWatcher:
     def _evaluate(self, name: str, version: str, profile: ReferenceProfile) -> DriftReport:
         now = time.time()
         frame = read_features(
-            self.settings.prediction_log,
+            self.settings.prediction_log_url,
             name,
             since=now - self.settings.drift_window_seconds,
             limit=self.config.max_rows,

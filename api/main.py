@@ -135,7 +135,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         )
         watcher = DriftWatcher(settings, manager, settings.drift_config())
         prediction_log = PredictionLog(
-            settings.prediction_log,
+            settings.prediction_log_url,
             settings.prediction_log_flush_rows,
             settings.prediction_log_flush_ms,
             settings.prediction_log_max_pending_rows,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import sqlite3
 import threading
 import time
 from collections import deque
@@ -20,18 +19,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from api import metrics
-from pipeline.predictions import Row, connect, stage_rows
+from pipeline.predictions import (
+    PredictionLogUnavailable,
+    PredictionStore,
+    Row,
+    open_store,
+    redacted,
+    scrubbed,
+)
 
 log = logging.getLogger(__name__)
 
 RETENTION_CHUNK = 1000
 RETENTION_PERIOD_SECONDS = 60.0
 MAX_BACKOFF_SECONDS = 5.0
-SETTING = "BITLOOP_API_PREDICTION_LOG"
 
-
-class PredictionLogUnavailable(RuntimeError):
-    """The prediction log cannot be opened for writing."""
+__all__ = ["LogStatus", "PredictionLog", "PredictionLogUnavailable", "open_for_writing"]
 
 
 @dataclass(frozen=True)
@@ -42,18 +45,20 @@ class LogStatus:
     """Why the last write failed, while writes are failing; None when the log is healthy."""
 
 
-def open_for_writing(path: Path) -> sqlite3.Connection:
-    """The log's connection, after proving it can take a write lock; a clear error naming the path."""
+def open_for_writing(location: str | Path) -> PredictionStore:
+    """The log, migrated, after proving it takes a write: PredictionLogUnavailable naming the setting."""
+    url = str(location)
+    store = open_store(url)
     try:
-        conn = connect(path)
-        conn.execute("BEGIN IMMEDIATE")
-        conn.rollback()
-    except (OSError, sqlite3.Error) as err:
+        store.stage([])
+        store.rollback()
+    except Exception as err:
+        store.close()
         raise PredictionLogUnavailable(
-            f"cannot write the prediction log {path} ({err}): make its directory writable "
-            f"or point {SETTING} at a writable file"
+            f"cannot write the prediction log {redacted(url)} ({type(err).__name__}): make it writable "
+            "or point BITLOOP_PREDICTION_LOG_URL at a writable store"
         ) from None
-    return conn
+    return store
 
 
 class PredictionLog:
@@ -61,13 +66,13 @@ class PredictionLog:
 
     def __init__(
         self,
-        path: Path,
+        location: str | Path,
         flush_rows: int = 512,
         flush_ms: float = 50.0,
         max_pending: int = 100_000,
         retention_days: float = 0.0,
     ) -> None:
-        self.path = path
+        self.url = str(location)
         self._flush_rows = flush_rows
         self._flush_seconds = flush_ms / 1000
         self._max_pending = max_pending
@@ -78,7 +83,7 @@ class PredictionLog:
         self._abandoned = False
         self._dropped = 0
         self._error: str | None = None
-        self._conn = open_for_writing(path)
+        self._store: PredictionStore | None = open_for_writing(self.url)
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
@@ -123,11 +128,11 @@ class PredictionLog:
                 metrics.LOG_QUEUE.dec(lost)
                 log.error(
                     "prediction log not flushed in time: rows lost at shutdown",
-                    extra={"lost": lost, "seconds": timeout, "error": self._error, "path": str(self.path)},
+                    extra={"lost": lost, "seconds": timeout, "error": self._error, "log": redacted(self.url)},
                 )
             status = LogStatus(len(self._pending), self._dropped, self._error)
         if not self._thread.is_alive():
-            self._conn.close()
+            self._disconnect()
         return status
 
     def _run(self) -> None:
@@ -141,7 +146,7 @@ class PredictionLog:
                     idle = max(retention_due - time.monotonic(), 0.1) if self._retention_seconds else None
                     self._cond.wait(idle)
                 if self._abandoned:
-                    self._conn.close()
+                    self._disconnect()
                     return
                 if self._stopping and not self._pending:
                     return
@@ -166,19 +171,21 @@ class PredictionLog:
 
     def _write(self, batch: list[Row]) -> bool:
         try:
-            stage_rows(self._conn, batch)  # waits for the write lock, up to the connection's timeout
+            store = self._connected()
+            store.stage(batch)  # waits for the write lock, up to the store's timeout
             with self._cond:
                 # Commit and dequeue under the lock close() takes to give up: rows it counted as
                 # lost are never written after all, and rows written are never counted as lost.
                 if self._abandoned:
-                    self._conn.rollback()
+                    store.rollback()
                     return True
-                self._conn.commit()
+                store.commit()
                 for _ in batch:
                     self._pending.popleft()
                 recovered, self._error = self._error is not None, None
-        except sqlite3.Error as err:  # full disk, I/O error, a lock held too long: retried, never dropped
-            self._conn.rollback()
+        # A full disk, an I/O error, a lock held too long, a database gone: retried, never dropped.
+        except Exception as err:
+            self._disconnect()  # a broken connection is opened again on the next attempt
             metrics.LOG_WRITE_FAILURES.inc()
             with self._cond:
                 first = self._error is None
@@ -187,12 +194,12 @@ class PredictionLog:
             if first:
                 log.error(
                     "prediction log write failed; rows are kept in memory and retried",
-                    extra={"error": str(err), "path": str(self.path)},
+                    extra={"error": scrubbed(str(err), self.url), "log": redacted(self.url)},
                 )
             return False
         now = time.time()
         if recovered:
-            log.info("prediction log writes succeed again", extra={"path": str(self.path)})
+            log.info("prediction log writes succeed again", extra={"log": redacted(self.url)})
         metrics.LOG_DEGRADED.set(0)
         metrics.LOG_QUEUE.dec(len(batch))
         metrics.LOG_ROWS.inc(len(batch))
@@ -200,18 +207,27 @@ class PredictionLog:
             metrics.LOG_LAG.observe(now - row.ts)
         return True
 
+    def _connected(self) -> PredictionStore:
+        if self._store is None:
+            self._store = open_store(self.url)
+        return self._store
+
+    def _disconnect(self) -> None:
+        store, self._store = self._store, None
+        if store is not None:
+            try:
+                store.rollback()
+                store.close()
+            except Exception:  # already broken: nothing left to release
+                log.debug("prediction log connection closed while broken")
+
     def _expire(self) -> bool:
         """Delete one chunk of rows past retention; True when there may be more."""
-        cutoff = time.time() - self._retention_seconds
         try:
-            with self._conn:
-                deleted = self._conn.execute(
-                    "DELETE FROM predictions WHERE id IN "
-                    "(SELECT id FROM predictions WHERE ts < ? ORDER BY ts LIMIT ?)",
-                    (cutoff, RETENTION_CHUNK),
-                ).rowcount
-        except sqlite3.Error as err:
-            log.warning("prediction log retention failed", extra={"error": str(err)})
+            deleted = self._connected().expire(time.time() - self._retention_seconds, RETENTION_CHUNK)
+        except Exception as err:
+            self._disconnect()
+            log.warning("prediction log retention failed", extra={"error": scrubbed(str(err), self.url)})
             return False
         if deleted:
             metrics.LOG_EXPIRED.inc(deleted)

@@ -9,12 +9,13 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.params import DriftParams, ParamsError, load_params
+from pipeline.settings import PREDICTION_LOG_DEFAULT, PREDICTION_LOG_SETTING
 
 
 class ApiSettings(BaseSettings):
     """Where the model comes from, how it is served, and the limits that protect the server."""
 
-    model_config = SettingsConfigDict(env_prefix="BITLOOP_API_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="BITLOOP_API_", extra="ignore", validate_by_name=True)
 
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
@@ -40,7 +41,8 @@ class ApiSettings(BaseSettings):
     micro_batch_max_size: Annotated[int, Field(ge=1)] = 64
     micro_batch_max_wait_ms: Annotated[float, Field(ge=0)] = 2.0
     inference_threads: Annotated[int, Field(ge=1)] = 1
-    prediction_log: Path = Path(".bitloop/predictions.sqlite")
+    prediction_log_url: str = Field(PREDICTION_LOG_DEFAULT, validation_alias=PREDICTION_LOG_SETTING)
+    """The prediction log: a SQLite file path, or a postgresql:// URL every replica can share."""
     prediction_log_flush_rows: Annotated[int, Field(ge=1)] = 512
     prediction_log_flush_ms: Annotated[float, Field(gt=0)] = 50.0
     """The longest an answered prediction waits to be written: what a SIGKILL can lose."""

@@ -16,7 +16,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from pipeline.predictions import SCHEMA, WINDOW_QUERY  # noqa: E402
+from pipeline.predictions import WINDOW_QUERY, SqliteStore, open_store  # noqa: E402
 
 FORMER_QUERY = (
     "SELECT features FROM predictions WHERE model_name = ? AND variant IN (?, ?)"
@@ -39,8 +39,10 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=5000, help="rows the window reads (drift.max_rows)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
-        conn = sqlite3.connect(Path(scratch) / "predictions.sqlite")
-        conn.executescript(SCHEMA)
+        store = open_store(Path(scratch) / "predictions.sqlite")  # the table as the model server makes it
+        if not isinstance(store, SqliteStore):
+            raise TypeError("a SQLite path gives a SQLite store")
+        conn = store.conn
         now = time.time()
         features = json.dumps({"age": 41, "region": "north", "monthly_charges": 94.5, "tenure_months": 5})
         step = 3000 / args.rows

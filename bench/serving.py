@@ -124,7 +124,7 @@ def servers(work: Path, uri: str, workers: int) -> Iterator[dict[str, str]]:
                     "BITLOOP_API_MODEL_NAME": MODEL,
                     "BITLOOP_API_PORT": str(ports["api"]),
                     "BITLOOP_API_WORKERS": str(workers),
-                    "BITLOOP_API_PREDICTION_LOG": str(work / "predictions.sqlite"),
+                    "BITLOOP_PREDICTION_LOG_URL": str(work / "predictions.sqlite"),
                     "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
                     "BITLOOP_LOG_LEVEL": "WARNING",
                 },

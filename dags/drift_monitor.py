@@ -49,7 +49,7 @@ def drift_monitor() -> None:
         context = get_current_context()
         since, until = data_window(context)
         args = ["--since", since.isoformat(), "--until", until.isoformat(), "--label", context["run_id"]]
-        if log := os.environ.get("BITLOOP_PREDICTION_LOG"):
+        if log := os.environ.get("BITLOOP_PREDICTION_LOG_URL"):
             args += ["--log", log]
         result: dict[str, Any] = json.loads(run_stage("drift", *args))
         return result

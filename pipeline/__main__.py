@@ -75,11 +75,14 @@ def _summary(args: argparse.Namespace, ctx: Context) -> int:
 
 def _drift(args: argparse.Namespace, ctx: Context) -> int:
     from pipeline.monitor import monitor_drift
+    from pipeline.predictions import is_postgres
 
     until = args.until or datetime.now(UTC)
     since = args.since or until - timedelta(hours=1)
-    log_path = args.log if args.log.is_absolute() else ctx.root / args.log
-    return _show(monitor_drift(ctx.params, ctx.workspace, ctx.settings, log_path, since, until, args.label))
+    log = args.log or ctx.settings.prediction_log_url
+    if not is_postgres(log) and not Path(log).is_absolute():
+        log = str(ctx.root / log)
+    return _show(monitor_drift(ctx.params, ctx.workspace, ctx.settings, log, since, until, args.label))
 
 
 def _datasets(args: argparse.Namespace, ctx: Context) -> int:
@@ -175,9 +178,8 @@ def _parser() -> argparse.ArgumentParser:
     drift.add_argument("--label", required=True, help="the orchestrator's run id (makes it idempotent)")
     drift.add_argument(
         "--log",
-        type=Path,
-        default=Path(".bitloop/predictions.sqlite"),
-        help="the model server's prediction log (relative paths are under --root)",
+        help="the model server's prediction log: a SQLite path (relative to --root) or a postgresql:// URL "
+        "(default: BITLOOP_PREDICTION_LOG_URL, else .bitloop/predictions.sqlite)",
     )
     command("datasets", _datasets, "every model's workspace with its dataset version")
     batches = sub.add_parser("batches", help="list the raw store's batches, or withdraw a bad one")

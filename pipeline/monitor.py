@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -43,7 +42,7 @@ def monitor_drift(
     params: Params,
     workspace: Workspace,
     settings: PipelineSettings,
-    prediction_log: Path,
+    prediction_log: str,
     since: datetime,
     until: datetime,
     label: str,

@@ -1,8 +1,11 @@
-"""The prediction-log table: its schema, the row, the one insert and the readers.
+"""The prediction log: its table, versioned migrations, the row, the writes and the readers.
 
-The model server writes it (through the bounded queue in `api/predlog.py`); the drift code of the
-model server and of the drift monitor reads it; tests write and read it through the same
-functions. SQLite in WAL mode, so one writer and any number of readers work at once.
+`BITLOOP_PREDICTION_LOG_URL` picks the store: a SQLite file path (the default,
+`.bitloop/predictions.sqlite`; WAL mode, so one writer and any number of readers work at once)
+or a `postgresql://` URL, which every model-server worker and replica can share. The model
+server writes it through the bounded queue in `api/predlog.py`; the drift code of the model
+server and of the drift monitor reads it here; tests write and read it through the same
+functions. Nothing else writes SQL against it.
 """
 
 from __future__ import annotations
@@ -10,41 +13,66 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS predictions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts REAL NOT NULL,
-    request_id TEXT NOT NULL,
-    model_name TEXT NOT NULL,
-    model_version TEXT NOT NULL,
-    variant TEXT NOT NULL,
-    features TEXT NOT NULL,
-    prediction TEXT NOT NULL,
-    probabilities TEXT
-);
-CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
-CREATE INDEX IF NOT EXISTS predictions_model_ts ON predictions (model_name, ts);
-"""
+from pipeline.settings import PREDICTION_LOG_SETTING
+
+SETTING = PREDICTION_LOG_SETTING
 SERVED_VARIANTS = ("champion", "challenger")
 """Rows that answered a request; "shadow" rows repeat inputs that were already logged."""
+COLUMNS = "ts, request_id, model_name, model_version, variant, features, prediction, probabilities"
+INSERT = f"INSERT INTO predictions ({COLUMNS}) VALUES "  # noqa: S608 - constant columns
+SELECT_ALL = f"SELECT {COLUMNS} FROM predictions ORDER BY id"  # noqa: S608 - constant columns
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    sqlite: tuple[str, ...]
+    postgres: tuple[str, ...]
+
+
+# Applied in order, each once, and recorded in bitloop_schema; a store never goes back a version.
+MIGRATIONS = (
+    Migration(
+        1,
+        "the predictions table, by time and by model and time",
+        sqlite=(
+            "CREATE TABLE IF NOT EXISTS predictions (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, "
+            "request_id TEXT NOT NULL, model_name TEXT NOT NULL, model_version TEXT NOT NULL, "
+            "variant TEXT NOT NULL, features TEXT NOT NULL, prediction TEXT NOT NULL, probabilities TEXT)",
+            "CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts)",
+            "CREATE INDEX IF NOT EXISTS predictions_model_ts ON predictions (model_name, ts)",
+        ),
+        postgres=(
+            "CREATE TABLE IF NOT EXISTS predictions (id BIGSERIAL PRIMARY KEY, ts DOUBLE PRECISION NOT NULL, "
+            "request_id TEXT NOT NULL, model_name TEXT NOT NULL, model_version TEXT NOT NULL, "
+            "variant TEXT NOT NULL, features JSONB NOT NULL, prediction JSONB NOT NULL, probabilities JSONB)",
+            "CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts)",
+            "CREATE INDEX IF NOT EXISTS predictions_model_ts ON predictions (model_name, ts)",
+        ),
+    ),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
 
 # Served newest first by the (model_name, ts) index: no sort, and at most `limit` rows are read.
 WINDOW_QUERY = (
     "SELECT features FROM predictions WHERE model_name = ? AND ts >= ? AND ts < ?"
     " AND variant IN (?, ?) ORDER BY ts DESC LIMIT ?"
 )
-INSERT = (
-    "INSERT INTO predictions (ts, request_id, model_name, model_version, variant, features, prediction, "
-    "probabilities) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
-COLUMNS = "ts, request_id, model_name, model_version, variant, features, prediction, probabilities"
+
+
+class PredictionLogUnavailable(RuntimeError):
+    """The prediction log cannot be opened; the message names the setting and never a password."""
 
 
 @dataclass(frozen=True)
@@ -63,47 +91,268 @@ class Row:
     probabilities: dict[str, float] | None
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """A connection to the log at `path`, created with its table and indexes when new."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=5.0, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.executescript(SCHEMA)
-    return conn
+def is_postgres(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
 
 
-def insert_rows(conn: sqlite3.Connection, rows: Iterable[Row]) -> None:
-    """Append rows in one transaction (sqlite3.Error when the file cannot take them)."""
-    try:
-        stage_rows(conn, rows)
-    except sqlite3.Error:
-        conn.rollback()
-        raise
-    conn.commit()
+def redacted(url: str) -> str:
+    """The URL fit for logs and answers: any password replaced by ***."""
+    if not is_postgres(url):
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
-def stage_rows(conn: sqlite3.Connection, rows: Iterable[Row]) -> None:
-    """Insert rows in an open transaction; the caller commits or rolls back."""
-    compact = (",", ":")
-    values = [
+def scrubbed(text: str, url: str) -> str:
+    """`text` (an error message, say) with the URL's password replaced by ***."""
+    password = urlsplit(url).password if is_postgres(url) else None
+    text = text.replace(url, redacted(url))
+    return text.replace(password, "***") if password else text
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _values(rows: Iterable[Row]) -> list[tuple[Any, ...]]:
+    """Rows as the table's columns, in COLUMNS order (JSON text for the structured ones)."""
+    return [
         (
             r.ts,
             r.request_id,
             r.model_name,
             r.model_version,
             r.variant,
-            json.dumps(r.features, separators=compact),
+            _json(r.features),
             json.dumps(r.prediction),
-            None if r.probabilities is None else json.dumps(r.probabilities, separators=compact),
+            None if r.probabilities is None else _json(r.probabilities),
         )
         for r in rows
     ]
-    conn.executemany(INSERT, values)
+
+
+class PredictionStore(ABC):
+    """One open connection to the log. Writes are staged, then committed or rolled back by the caller."""
+
+    placeholder = "?"
+    conn: Any
+    """The DB-API connection."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    @abstractmethod
+    def _execute(self, sql: str, args: tuple[Any, ...] = ()) -> Any: ...
+
+    @abstractmethod
+    def stage(self, rows: Iterable[Row]) -> None:
+        """Insert rows in an open transaction (waits for the write lock, up to the store's timeout)."""
+
+    @abstractmethod
+    def _lock_for_migration(self) -> None: ...
+
+    @abstractmethod
+    def _statements(self, migration: Migration) -> tuple[str, ...]: ...
+
+    def commit(self) -> None:
+        self.conn.commit()
+
+    def rollback(self) -> None:
+        self.conn.rollback()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", self.placeholder)
+
+    def migrate(self) -> int:
+        """Bring the table to SCHEMA_VERSION (every process may try at once); returns the version."""
+        try:
+            self._lock_for_migration()
+            self._execute(
+                "CREATE TABLE IF NOT EXISTS bitloop_schema (version INTEGER PRIMARY KEY, "
+                "description TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
+            )
+            current = self._execute("SELECT MAX(version) FROM bitloop_schema").fetchone()[0] or 0
+            if current > SCHEMA_VERSION:
+                raise PredictionLogUnavailable(
+                    f"the prediction log {redacted(self.url)} is at schema version {current}, newer than "
+                    f"this bitloop's {SCHEMA_VERSION}: run a bitloop as new as the one that wrote it"
+                )
+            for migration in MIGRATIONS:
+                if migration.version > current:
+                    for statement in self._statements(migration):
+                        self._execute(statement)
+                    self._execute(
+                        self._sql(
+                            "INSERT INTO bitloop_schema (version, description, applied_at) VALUES (?, ?, ?)"
+                        ),
+                        (migration.version, migration.description, time.time()),
+                    )
+            self.commit()
+        except BaseException:
+            self.rollback()
+            raise
+        return SCHEMA_VERSION
+
+    def expire(self, cutoff: float, chunk: int) -> int:
+        """Delete at most `chunk` rows older than `cutoff` (Unix seconds), oldest first; returns how many."""
+        try:
+            deleted = self._execute(
+                self._sql(
+                    "DELETE FROM predictions WHERE id IN "
+                    "(SELECT id FROM predictions WHERE ts < ? ORDER BY ts LIMIT ?)"
+                ),
+                (cutoff, chunk),
+            ).rowcount
+            self.commit()
+        except BaseException:
+            self.rollback()
+            raise
+        return int(deleted)
+
+    def window(self, model_name: str, since: float, until: float, limit: int) -> list[dict[str, Any]]:
+        found = self._execute(self._sql(WINDOW_QUERY), (model_name, since, until, *SERVED_VARIANTS, limit))
+        rows = [self._decode(r[0]) for r in found.fetchall()]
+        self.rollback()  # a read leaves no transaction open (PostgreSQL would hold its snapshot)
+        return rows[::-1]
+
+    def rows(self) -> list[Row]:
+        found = self._execute(SELECT_ALL).fetchall()
+        self.rollback()
+        return [
+            Row(
+                float(ts),
+                request,
+                name,
+                version,
+                variant,
+                self._decode(features),
+                self._decode(prediction),
+                None if probabilities is None else self._decode(probabilities),
+            )
+            for ts, request, name, version, variant, features, prediction, probabilities in found
+        ]
+
+    def count(self) -> int:
+        total = int(self._execute("SELECT COUNT(*) FROM predictions").fetchone()[0])
+        self.rollback()
+        return total
+
+    @staticmethod
+    def _decode(value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
+
+
+class SqliteStore(PredictionStore):
+    def __init__(self, url: str, *, read_only: bool = False) -> None:
+        super().__init__(url)
+        path = Path(url.removeprefix("sqlite:///"))
+        if read_only:
+            self.conn = sqlite3.connect(
+                f"file:{path}?mode=ro", uri=True, timeout=30.0, check_same_thread=False
+            )
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(path, timeout=5.0, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+
+    def _execute(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
+        return self.conn.execute(sql, args)
+
+    def _lock_for_migration(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def _statements(self, migration: Migration) -> tuple[str, ...]:
+        return migration.sqlite
+
+    def stage(self, rows: Iterable[Row]) -> None:
+        self.conn.executemany(
+            INSERT + "(?, ?, ?, ?, ?, ?, ?, ?)",
+            _values(rows),
+        )
+
+
+class PostgresStore(PredictionStore):
+    placeholder = "%s"
+    MIGRATION_LOCK = 0x6269746C6F6F70  # "bitloop": one migration at a time across replicas
+
+    def __init__(self, url: str, *, read_only: bool = False, timeout: float = 5.0) -> None:
+        import psycopg2
+
+        super().__init__(url)
+        # Writes wait at most `timeout` for a lock, like SQLite's busy timeout: the writer retries.
+        options = f"-c lock_timeout={int(timeout * 1000)} -c statement_timeout={int(timeout * 6000)}"
+        self.conn = psycopg2.connect(url, connect_timeout=max(int(timeout), 1), options=options)
+        if read_only:
+            self.conn.set_session(readonly=True)
+
+    def _execute(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
+        cursor = self.conn.cursor()
+        cursor.execute(sql, args)
+        return cursor
+
+    def _lock_for_migration(self) -> None:
+        self._execute("SELECT pg_advisory_xact_lock(%s)", (self.MIGRATION_LOCK,))
+
+    def _statements(self, migration: Migration) -> tuple[str, ...]:
+        return migration.postgres
+
+    def stage(self, rows: Iterable[Row]) -> None:
+        from psycopg2.extras import execute_values
+
+        execute_values(
+            self.conn.cursor(),
+            INSERT + "%s",
+            _values(rows),
+            page_size=1000,
+        )
+
+
+def open_store(location: str | Path, *, read_only: bool = False) -> PredictionStore:
+    """A connection to the log at `location` (a URL or a SQLite path), its table migrated (writers)
+    or as it is (readers). PredictionLogUnavailable, naming the setting, when it cannot be opened.
+    """
+    url = str(location)
+    try:
+        if is_postgres(url):
+            store: PredictionStore = PostgresStore(url, read_only=read_only)
+        else:
+            store = SqliteStore(url, read_only=read_only)
+        if not read_only:
+            store.migrate()
+        return store
+    except PredictionLogUnavailable:
+        raise
+    except Exception as err:  # sqlite3, psycopg2 and OS errors: all mean "cannot use this log"
+        detail = scrubbed(str(err), url).strip().splitlines()[0] if str(err).strip() else ""
+        raise PredictionLogUnavailable(
+            f"cannot open the prediction log {redacted(url)} ({type(err).__name__}: {detail}): "
+            f"check {SETTING}"
+        ) from None
+
+
+def insert_rows(url: str | Path, rows: Iterable[Row]) -> None:
+    """Append rows in one transaction (what the model server's writer does in batches)."""
+    store = open_store(url)
+    try:
+        store.stage(rows)
+        store.commit()
+    finally:
+        store.close()
+
+
+def _exists(url: str | Path) -> bool:
+    return is_postgres(str(url)) or Path(str(url).removeprefix("sqlite:///")).exists()
 
 
 def read_features(
-    path: Path,
+    url: str | Path,
     model_name: str,
     *,
     since: float | None = None,
@@ -112,38 +361,33 @@ def read_features(
 ) -> pd.DataFrame:
     """The newest `limit` logged inputs of a model in [since, until) (Unix seconds), oldest first.
 
-    Rows that shadow scoring logged a second time are left out. A missing log is an empty frame.
+    Rows that shadow scoring logged a second time are left out. A log not created yet is an empty frame.
     """
-    if not path.exists():
+    if not _exists(url):
         return pd.DataFrame()
-    args = (model_name, since or 0.0, until or math.inf, *SERVED_VARIANTS, limit)
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
+    store = open_store(url, read_only=True)
     try:
-        rows = conn.execute(WINDOW_QUERY, args).fetchall()
+        return pd.DataFrame(store.window(model_name, since or 0.0, until or math.inf, limit))
+    except Exception as err:
+        if "predictions" in str(err) and ("no such table" in str(err) or "does not exist" in str(err)):
+            return pd.DataFrame()  # no server has written to it yet
+        raise
     finally:
-        conn.close()
-    return pd.DataFrame([json.loads(r[0]) for r in reversed(rows)])
+        store.close()
 
 
-def read_rows(path: Path) -> list[Row]:
+def read_rows(url: str | Path) -> list[Row]:
     """Every row, in the order written."""
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-        found = conn.execute(f"SELECT {COLUMNS} FROM predictions ORDER BY id").fetchall()  # noqa: S608
-    return [
-        Row(
-            ts,
-            request,
-            name,
-            version,
-            variant,
-            json.loads(features),
-            json.loads(prediction),
-            None if probabilities is None else json.loads(probabilities),
-        )
-        for ts, request, name, version, variant, features, prediction, probabilities in found
-    ]
+    store = open_store(url, read_only=True)
+    try:
+        return store.rows()
+    finally:
+        store.close()
 
 
-def count_rows(path: Path) -> int:
-    with sqlite3.connect(path) as conn:
-        return int(conn.execute("SELECT COUNT(*) FROM predictions").fetchone()[0])
+def count_rows(url: str | Path) -> int:
+    store = open_store(url, read_only=True)
+    try:
+        return store.count()
+    finally:
+        store.close()

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import settings
 
-from tests.servers import mlflow_server
+from tests.servers import Postgres, mlflow_server, postgres_bin, postgres_server
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -25,3 +25,31 @@ def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real MLflow tracking server (SQLite + local artefacts) on a free 127.0.0.1 port."""
     with mlflow_server(tmp_path_factory.mktemp("mlflow")) as uri:
         yield uri
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A real PostgreSQL (Debian's `postgresql` package) on a free 127.0.0.1 port."""
+    if postgres_bin() is None:
+        message = "PostgreSQL is not installed (apt-get install postgresql)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}: .ci/run installs it, so CI must have it")
+        pytest.skip(message)
+    with postgres_server() as server:
+        yield server
+
+
+_databases = iter(range(100_000))
+
+
+@pytest.fixture
+def postgres_log_url(postgres: Postgres) -> str:
+    """The URL of a new, empty database on the shared PostgreSQL server."""
+    import psycopg2
+
+    name = f"log_{os.getpid()}_{next(_databases)}"
+    admin = psycopg2.connect(postgres.url)
+    admin.autocommit = True
+    admin.cursor().execute(f"CREATE DATABASE {name}")
+    admin.close()
+    return postgres.url.rsplit("/", 1)[0] + f"/{name}"

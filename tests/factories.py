@@ -108,16 +108,14 @@ def messy_churn_csv(path: Path, n: int = 1200, seed: int = 7) -> Path:
 
 
 def log_predictions(
-    path: Path, model_name: str, frame: pd.DataFrame, ts: float, variant: str = "champion"
+    path: Path | str, model_name: str, frame: pd.DataFrame, ts: float, variant: str = "champion"
 ) -> None:
     """Append a frame of feature rows to a prediction log, as the model server writes them."""
-    from pipeline.predictions import Row, connect, insert_rows
+    from pipeline.predictions import Row, insert_rows
 
     records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
-    conn = connect(path)
     rows = [
         Row(ts, f"r{i}", model_name, "1", variant, {str(k): v for k, v in r.items()}, 0, None)
         for i, r in enumerate(records)
     ]
-    insert_rows(conn, rows)
-    conn.close()
+    insert_rows(path, rows)

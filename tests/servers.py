@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -102,3 +105,113 @@ def mlflow_server(workdir: Path, port: int | None = None) -> Iterator[str]:
     }
     with serve(command, f"{uri}/health", workdir, env):
         yield uri
+
+
+def postgres_bin() -> Path | None:
+    """Debian's PostgreSQL server programs (`apt-get install postgresql`), newest version first."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    return found[-1].parent if found else None
+
+
+class Postgres:
+    """A real PostgreSQL on a free 127.0.0.1 port with its data in a new directory; `url` has a password.
+
+    The server refuses to run as root, so under root it runs as Debian's `postgres` user. It can be
+    stopped and started again on the same port and data, to take the database away from a client.
+    """
+
+    def __init__(self) -> None:
+        # Its own directory under /tmp: pytest's are the owner's only, and the server may run as `postgres`.
+        workdir = Path(tempfile.mkdtemp(prefix="bitloop-postgres-"))
+        programs = postgres_bin()
+        if programs is None:
+            raise FileNotFoundError("no PostgreSQL server programs under /usr/lib/postgresql")
+        self.programs, self.workdir = programs, workdir
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self.port = free_port()
+        password = secrets.token_urlsafe(12)
+        self.url = f"postgresql://bitloop:{password}@127.0.0.1:{self.port}/postgres"
+        (workdir / "sockets").mkdir(exist_ok=True)
+        (workdir / "password").write_text(password)
+        if self.as_user:
+            subprocess.run(["chown", "-R", "postgres", str(workdir)], check=True)
+        subprocess.run(
+            [
+                *self.as_user,
+                str(programs / "initdb"),
+                "-D",
+                str(workdir / "data"),
+                "-U",
+                "bitloop",
+                "-A",
+                "scram-sha-256",
+                f"--pwfile={workdir / 'password'}",
+                "--no-sync",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.workdir / "server.log"
+        self.process = subprocess.Popen(
+            [
+                *self.as_user,
+                str(self.programs / "postgres"),
+                "-D",
+                str(self.workdir / "data"),
+                "-p",
+                str(self.port),
+                "-h",
+                "127.0.0.1",
+                "-k",
+                str(self.workdir / "sockets"),
+                "-c",
+                "fsync=off",
+            ],
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while subprocess.run(
+            [str(self.programs / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)], capture_output=True
+        ).returncode:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"PostgreSQL did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        """A fast shutdown (clients are disconnected), waited for; a kill only if that fails."""
+        if self.process is None:
+            return
+        subprocess.run(
+            [
+                *self.as_user,
+                str(self.programs / "pg_ctl"),
+                "stop",
+                "-D",
+                str(self.workdir / "data"),
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                "30",
+            ],
+            capture_output=True,
+            check=False,
+        )
+        stop(self.process)
+        self.process = None
+
+
+@contextmanager
+def postgres_server() -> Iterator[Postgres]:
+    server = Postgres()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.workdir, ignore_errors=True)

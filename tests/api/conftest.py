@@ -60,7 +60,7 @@ def api_server(tmp_path: Path, uri: str, model: str, **env: str) -> Iterator[str
         "MLFLOW_TRACKING_URI": uri,
         "BITLOOP_API_MODEL_NAME": model,
         "BITLOOP_API_PORT": str(port),
-        "BITLOOP_API_PREDICTION_LOG": str(tmp_path / "predictions.sqlite"),
+        "BITLOOP_PREDICTION_LOG_URL": str(tmp_path / "predictions.sqlite"),
         "BITLOOP_API_RELOAD_INTERVAL_SECONDS": "0.5",
         **env,
     }
@@ -80,7 +80,7 @@ def make_client(tmp_path: Path, mlflow_uri: str) -> Iterator[Callable[..., TestC
         defaults: dict[str, Any] = {
             "mlflow_tracking_uri": mlflow_uri,
             "model_name": model_name,
-            "prediction_log": tmp_path / f"log-{len(clients)}.sqlite",
+            "prediction_log_url": str(tmp_path / f"log-{len(clients)}.sqlite"),
             "reload_interval_seconds": 3600,
         }
         settings = ApiSettings(**(defaults | overrides))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from pipeline.predictions import count_rows
+from pipeline.predictions import count_rows, read_features, read_rows
 from tests.api.conftest import Trained, sample_record
 
 pytestmark = pytest.mark.integration
@@ -247,12 +247,29 @@ def test_every_answered_prediction_is_logged(
     tmp_path: Path, make_client: Client, churn_model: Trained
 ) -> None:
     client = make_client(churn_model.name)
-    log_path = client.app.state.bitloop.settings.prediction_log  # type: ignore[attr-defined]
+    log_path = client.app.state.bitloop.settings.prediction_log_url  # type: ignore[attr-defined]
     client.post("/predict", json=sample_record(churn_model.schema))
     client.post("/predict/batch", json={"records": [sample_record(churn_model.schema)] * 4})
     client.post("/predict", json={"bad": 1})
     client.__exit__(None, None, None)  # shutdown drains the writer
     assert count_rows(log_path) == 5
+
+
+def test_replicas_share_one_postgresql_log_that_the_drift_window_reads(
+    make_client: Client, churn_model: Trained, postgres_log_url: str
+) -> None:
+    replicas = [make_client(churn_model.name, prediction_log_url=postgres_log_url) for _ in range(2)]
+    answered = [
+        replica.post("/predict", json=sample_record(churn_model.schema)).json()["request_id"]
+        for replica in replicas
+        for _ in range(3)
+    ]
+    for replica in replicas:
+        replica.__exit__(None, None, None)  # shutdown drains each writer
+    assert sorted(row.request_id for row in read_rows(postgres_log_url)) == sorted(answered)
+    window = read_features(postgres_log_url, churn_model.name)
+    assert len(window) == 6
+    assert set(window.columns) == set(churn_model.schema.feature_names)
 
 
 def test_an_empty_api_key_means_no_key() -> None:

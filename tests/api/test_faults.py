@@ -320,7 +320,7 @@ def test_a_full_disk_degrades_the_log_counts_every_lost_row_and_never_blocks_shu
             "MLFLOW_TRACKING_URI": mlflow_uri,
             "BITLOOP_API_MODEL_NAME": churn_model.name,
             "BITLOOP_API_PORT": str(port),
-            "BITLOOP_API_PREDICTION_LOG": str(disk / "predictions.sqlite"),
+            "BITLOOP_PREDICTION_LOG_URL": str(disk / "predictions.sqlite"),
             "BITLOOP_API_PREDICTION_LOG_MAX_PENDING_ROWS": "300",
             "BITLOOP_API_PREDICTION_LOG_SHUTDOWN_SECONDS": "2",
         }
@@ -379,7 +379,7 @@ def test_refuse_mode_answers_503_while_the_log_cannot_be_written(
         client = make_client(
             churn_model.name,
             log_failure="refuse",
-            prediction_log=disk / "p.sqlite",
+            prediction_log_url=str(disk / "p.sqlite"),
             prediction_log_flush_ms=1,
         )
         record = sample_record(churn_model.schema)
@@ -401,15 +401,17 @@ def test_an_unwritable_state_directory_is_a_clear_start_up_error(tmp_path: Path)
             (tmp_path / "server.log").touch()
             result = subprocess.run(
                 [sys.executable, "-m", "api"],
-                env={**os.environ, "BITLOOP_API_PREDICTION_LOG": str(target), "BITLOOP_API_MODEL_NAME": "m"},
+                env={**os.environ, "BITLOOP_PREDICTION_LOG_URL": str(target), "BITLOOP_API_MODEL_NAME": "m"},
                 capture_output=True,
                 text=True,
                 timeout=60,
                 check=False,
             )
             assert result.returncode != 0
-            assert f"cannot write the prediction log {target}" in result.stderr
-            assert "BITLOOP_API_PREDICTION_LOG" in result.stderr
+            assert re.search(
+                f"cannot (open|write) the prediction log {re.escape(str(target))}", result.stderr
+            )
+            assert "BITLOOP_PREDICTION_LOG_URL" in result.stderr
             assert "Traceback" not in result.stderr
 
 
@@ -418,7 +420,7 @@ def test_a_server_that_requires_a_key_refuses_to_start_without_one(tmp_path: Pat
     env = {
         **{k: v for k, v in os.environ.items() if k != "BITLOOP_API_API_KEY"},
         "BITLOOP_API_REQUIRE_API_KEY": "true",
-        "BITLOOP_API_PREDICTION_LOG": str(tmp_path / "predictions.sqlite"),
+        "BITLOOP_PREDICTION_LOG_URL": str(tmp_path / "predictions.sqlite"),
         "BITLOOP_API_MODEL_NAME": "m",
         **({} if key is None else {"BITLOOP_API_API_KEY": key}),
     }

@@ -14,7 +14,7 @@ from api.drift import DriftWatcher
 from api.predlog import RETENTION_CHUNK, PredictionLog
 from api.settings import ApiSettings
 from pipeline.params import DriftParams
-from pipeline.predictions import WINDOW_QUERY, Row, connect, count_rows
+from pipeline.predictions import WINDOW_QUERY, Row, SqliteStore, count_rows, open_store
 from tests.api.traffic import wait_for
 from tests.factories import log_predictions
 
@@ -48,11 +48,13 @@ def test_retention_deletes_old_rows_in_chunks_while_writes_go_on(tmp_path: Path)
 
 
 def test_the_window_query_reads_the_index_newest_first_without_sorting(tmp_path: Path) -> None:
-    conn = connect(tmp_path / "p.sqlite")
+    store = open_store(tmp_path / "p.sqlite")
+    assert isinstance(store, SqliteStore)
     plan = " ".join(
-        row[-1] for row in conn.execute(f"EXPLAIN QUERY PLAN {WINDOW_QUERY}", ("m", 0.0, 1e18, "a", "b", 10))
+        row[-1]
+        for row in store.conn.execute(f"EXPLAIN QUERY PLAN {WINDOW_QUERY}", ("m", 0.0, 1e18, "a", "b", 10))
     )
-    conn.close()
+    store.close()
     assert "USING INDEX predictions_model_ts (model_name=? AND ts>? AND ts<?)" in plan, plan
     assert "TEMP B-TREE" not in plan, plan
 

@@ -53,7 +53,7 @@ def client(
     settings = ApiSettings(
         mlflow_tracking_uri=mlflow_uri,
         model_name=churn_model.name,
-        prediction_log=Path(tmp_path_factory.mktemp("log")) / "p.sqlite",
+        prediction_log_url=str(Path(tmp_path_factory.mktemp("log")) / "p.sqlite"),
         reload_interval_seconds=3600,
     )
     with TestClient(create_app(settings)) as c:

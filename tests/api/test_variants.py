@@ -49,7 +49,7 @@ def test_ab_share_routes_traffic_to_the_challenger(
         line.startswith("bitloop_predictions_total{") and 'variant="challenger"' in line
         for line in metrics.splitlines()
     )
-    log_path = client.app.state.bitloop.settings.prediction_log  # type: ignore[attr-defined]
+    log_path = client.app.state.bitloop.settings.prediction_log_url  # type: ignore[attr-defined]
     client.__exit__(None, None, None)
     assert variants_logged(log_path) == seen
 
@@ -63,6 +63,6 @@ def test_shadow_scores_the_challenger_without_changing_answers(
     assert {(a["variant"], a["model_version"]) for a in answers} == {("champion", trained.version)}
     batch = client.post("/predict/batch", json={"records": [sample_record(trained.schema)] * 5})
     assert batch.json()["variant"] == "champion"
-    log_path = client.app.state.bitloop.settings.prediction_log  # type: ignore[attr-defined]
+    log_path = client.app.state.bitloop.settings.prediction_log_url  # type: ignore[attr-defined]
     client.__exit__(None, None, None)
     assert variants_logged(log_path) == {("champion", trained.version): 15, ("shadow", challenger): 15}

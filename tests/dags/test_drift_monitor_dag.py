@@ -76,7 +76,7 @@ def test_drifted_traffic_emits_the_asset_and_calm_traffic_does_not(
 ) -> None:
     log = champion_project / "predictions.sqlite"
     monkeypatch.setenv("BITLOOP_PROJECT_DIR", str(champion_project))
-    monkeypatch.setenv("BITLOOP_PREDICTION_LOG", str(log))
+    monkeypatch.setenv("BITLOOP_PREDICTION_LOG_URL", str(log))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
     dag = load_dag()
     client = MlflowClient(mlflow_uri)

@@ -290,7 +290,7 @@ def test_every_panel_query_and_alert_expression_works_against_a_real_prometheus(
                         "MLFLOW_TRACKING_URI": mlflow_uri,
                         "BITLOOP_API_MODEL_NAME": model.name,
                         "BITLOOP_API_PORT": str(ports[port]),
-                        "BITLOOP_API_PREDICTION_LOG": str(tmp_path / f"{port}.sqlite"),
+                        "BITLOOP_PREDICTION_LOG_URL": str(tmp_path / f"{port}.sqlite"),
                         "BITLOOP_API_DRIFT_INTERVAL_SECONDS": "1",
                     },
                     timeout=60,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from pipeline.predictions import Row, connect, insert_rows, read_rows
+from pipeline.predictions import Row, insert_rows, read_rows
 from pipeline.profile import ReferenceProfile, build_profile
 from pipeline.reports import CandidateSeen, ChampionSeen, PromotionReport, Registration
 from pipeline.workspace import read_json, write_json
@@ -22,10 +22,8 @@ def test_prediction_rows_read_back_as_written(tmp_path: Path) -> None:
         Row(2.5, "b", "m", "2", "shadow", {"x": -3.0, "colour": "red"}, "yes", None),
         Row(3.5, "c", "m", "1", "challenger", {}, 12.75, None),
     ]
-    conn = connect(tmp_path / "log.sqlite")
-    insert_rows(conn, rows[:2])
-    insert_rows(conn, rows[2:])
-    conn.close()
+    insert_rows(tmp_path / "log.sqlite", rows[:2])
+    insert_rows(tmp_path / "log.sqlite", rows[2:])
     assert read_rows(tmp_path / "log.sqlite") == rows
 
 
