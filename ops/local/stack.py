@@ -48,6 +48,7 @@ COMPOSE_SECRETS = (
     "mlflow_admin_password",
     "mlflow_flask_secret_key",
     "grafana_admin_password",
+    "predictions_db_password",
 )
 API_KEY_SECRET = "api_key"  # noqa: S105 - a file's name. Empty (the default): the model server's /predict is open
 

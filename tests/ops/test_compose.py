@@ -255,6 +255,21 @@ def test_the_compose_stack_serves_a_champion_trained_by_airflow(tmp_path: Path) 
                 answer = httpx.post(f"{api}/predict", json=record, timeout=30)
                 assert answer.status_code == 200, answer.text
                 assert answer.json()["model_version"] == champion
+                # The answer is logged in PostgreSQL's `predictions` database, which every replica
+                # and the drift monitor share.
+                database = run(
+                    "podman", "ps", "-q", "--filter", f"label=com.docker.compose.project={PROJECT_NAME}",
+                    "--filter", "label=com.docker.compose.service=postgres",
+                ).stdout.split()[0]  # fmt: skip
+
+                def logged() -> bool:
+                    rows = run(
+                        "podman", "exec", database, "psql", "-U", "postgres", "-d", "predictions", "-tAc",
+                        "SELECT request_id FROM predictions",
+                    ).stdout.split()  # fmt: skip
+                    return answer.json()["request_id"] in rows
+
+                wait_for(logged, "the answer in the PostgreSQL prediction log", 30)
 
                 def scraped() -> bool:
                     result = httpx.get(

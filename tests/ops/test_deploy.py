@@ -71,7 +71,7 @@ def test_compose_file_is_valid_and_hands_every_secret_over_as_a_file(tmp_path: P
     assert ours >= {"api", "mlflow", "datasource", "airflow-init", "airflow-api", "airflow-scheduler"}
     third_party = [s["image"] for n, s in services.items() if n not in ours]
     assert all(":" in image and not image.endswith(":latest") for image in third_party), third_party
-    assert set(config["volumes"]) >= {"postgres", "mlflow-artifacts", "prometheus", "grafana", "predictions"}
+    assert set(config["volumes"]) >= {"postgres", "mlflow-artifacts", "prometheus", "grafana"}
     # MLflow asks for a login; the pipeline and the model server log in as its admin.
     assert services["mlflow"]["command"][2:4] == ["--app-name", "basic-auth"]
     for name in ("api", "airflow-scheduler"):
