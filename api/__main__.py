@@ -6,9 +6,9 @@ import os
 
 import uvicorn
 
-from api.predlog import PredictionLogUnavailable, open_for_writing
 from api.settings import ApiSettings
 from pipeline.logs import configure_logging
+from pipeline.predictions import PredictionLogUnavailable, open_store
 
 
 def main() -> None:
@@ -17,7 +17,7 @@ def main() -> None:
     if problem := settings.startup_problem():
         raise SystemExit(f"bitloop model server cannot start: {problem}")
     try:
-        open_for_writing(settings.prediction_log_url).close()
+        open_store(settings.prediction_log_url).close()  # migrating takes the write lock
     except PredictionLogUnavailable as err:
         raise SystemExit(f"bitloop model server cannot start: {err}") from None
     for switch in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):

@@ -34,7 +34,7 @@ RETENTION_CHUNK = 1000
 RETENTION_PERIOD_SECONDS = 60.0
 MAX_BACKOFF_SECONDS = 5.0
 
-__all__ = ["LogStatus", "PredictionLog", "PredictionLogUnavailable", "open_for_writing"]
+__all__ = ["LogStatus", "PredictionLog", "PredictionLogUnavailable"]
 
 
 @dataclass(frozen=True)
@@ -43,22 +43,6 @@ class LogStatus:
     dropped_rows: int
     error: str | None
     """Why the last write failed, while writes are failing; None when the log is healthy."""
-
-
-def open_for_writing(location: str | Path) -> PredictionStore:
-    """The log, migrated, after proving it takes a write: PredictionLogUnavailable naming the setting."""
-    url = str(location)
-    store = open_store(url)
-    try:
-        store.stage([])
-        store.rollback()
-    except Exception as err:
-        store.close()
-        raise PredictionLogUnavailable(
-            f"cannot write the prediction log {redacted(url)} ({type(err).__name__}): make it writable "
-            "or point BITLOOP_PREDICTION_LOG_URL at a writable store"
-        ) from None
-    return store
 
 
 class PredictionLog:
@@ -83,7 +67,8 @@ class PredictionLog:
         self._abandoned = False
         self._dropped = 0
         self._error: str | None = None
-        self._store: PredictionStore | None = open_for_writing(self.url)
+        # Opening migrates the table, which takes the write lock: an unwritable log fails here.
+        self._store: PredictionStore | None = open_store(self.url)
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 

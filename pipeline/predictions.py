@@ -137,9 +137,8 @@ def _values(rows: Iterable[Row]) -> list[tuple[Any, ...]]:
 class PredictionStore(ABC):
     """One open connection to the log. Writes are staged, then committed or rolled back by the caller."""
 
-    placeholder = "?"
     conn: Any
-    """The DB-API connection."""
+    """The DB-API connection. SQL here marks parameters with `?`, whatever the driver's style."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -166,9 +165,6 @@ class PredictionStore(ABC):
     def close(self) -> None:
         self.conn.close()
 
-    def _sql(self, sql: str) -> str:
-        return sql.replace("?", self.placeholder)
-
     def migrate(self) -> int:
         """Bring the table to SCHEMA_VERSION (every process may try at once); returns the version."""
         try:
@@ -188,9 +184,7 @@ class PredictionStore(ABC):
                     for statement in self._statements(migration):
                         self._execute(statement)
                     self._execute(
-                        self._sql(
-                            "INSERT INTO bitloop_schema (version, description, applied_at) VALUES (?, ?, ?)"
-                        ),
+                        "INSERT INTO bitloop_schema (version, description, applied_at) VALUES (?, ?, ?)",
                         (migration.version, migration.description, time.time()),
                     )
             self.commit()
@@ -203,10 +197,8 @@ class PredictionStore(ABC):
         """Delete at most `chunk` rows older than `cutoff` (Unix seconds), oldest first; returns how many."""
         try:
             deleted = self._execute(
-                self._sql(
-                    "DELETE FROM predictions WHERE id IN "
-                    "(SELECT id FROM predictions WHERE ts < ? ORDER BY ts LIMIT ?)"
-                ),
+                "DELETE FROM predictions WHERE id IN "
+                "(SELECT id FROM predictions WHERE ts < ? ORDER BY ts LIMIT ?)",
                 (cutoff, chunk),
             ).rowcount
             self.commit()
@@ -216,7 +208,7 @@ class PredictionStore(ABC):
         return int(deleted)
 
     def window(self, model_name: str, since: float, until: float, limit: int) -> list[dict[str, Any]]:
-        found = self._execute(self._sql(WINDOW_QUERY), (model_name, since, until, *SERVED_VARIANTS, limit))
+        found = self._execute(WINDOW_QUERY, (model_name, since, until, *SERVED_VARIANTS, limit))
         rows = [self._decode(r[0]) for r in found.fetchall()]
         self.rollback()  # a read leaves no transaction open (PostgreSQL would hold its snapshot)
         return rows[::-1]
@@ -243,9 +235,13 @@ class PredictionStore(ABC):
         self.rollback()
         return total
 
-    @staticmethod
-    def _decode(value: Any) -> Any:
-        return json.loads(value) if isinstance(value, str) else value
+    @abstractmethod
+    def _decode(self, value: Any) -> Any:
+        """A JSON column's value as Python."""
+
+    @abstractmethod
+    def table_missing(self, err: Exception) -> bool:
+        """Whether `err` says the predictions table does not exist yet (nobody wrote the log)."""
 
 
 class SqliteStore(PredictionStore):
@@ -271,6 +267,12 @@ class SqliteStore(PredictionStore):
     def _statements(self, migration: Migration) -> tuple[str, ...]:
         return migration.sqlite
 
+    def _decode(self, value: Any) -> Any:
+        return json.loads(value)  # JSON text
+
+    def table_missing(self, err: Exception) -> bool:
+        return isinstance(err, sqlite3.OperationalError) and "no such table" in str(err)
+
     def stage(self, rows: Iterable[Row]) -> None:
         self.conn.executemany(
             INSERT + "(?, ?, ?, ?, ?, ?, ?, ?)",
@@ -279,7 +281,6 @@ class SqliteStore(PredictionStore):
 
 
 class PostgresStore(PredictionStore):
-    placeholder = "%s"
     MIGRATION_LOCK = 0x6269746C6F6F70  # "bitloop": one migration at a time across replicas
 
     def __init__(self, url: str, *, read_only: bool = False, timeout: float = 5.0) -> None:
@@ -294,14 +295,22 @@ class PostgresStore(PredictionStore):
 
     def _execute(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
         cursor = self.conn.cursor()
-        cursor.execute(sql, args)
+        cursor.execute(sql.replace("?", "%s"), args)  # psycopg2's parameter style
         return cursor
 
     def _lock_for_migration(self) -> None:
-        self._execute("SELECT pg_advisory_xact_lock(%s)", (self.MIGRATION_LOCK,))
+        self._execute("SELECT pg_advisory_xact_lock(?)", (self.MIGRATION_LOCK,))
 
     def _statements(self, migration: Migration) -> tuple[str, ...]:
         return migration.postgres
+
+    def _decode(self, value: Any) -> Any:
+        return value  # psycopg2 decodes JSONB itself
+
+    def table_missing(self, err: Exception) -> bool:
+        from psycopg2 import errors
+
+        return isinstance(err, errors.UndefinedTable)
 
     def stage(self, rows: Iterable[Row]) -> None:
         from psycopg2.extras import execute_values
@@ -369,7 +378,7 @@ def read_features(
     try:
         return pd.DataFrame(store.window(model_name, since or 0.0, until or math.inf, limit))
     except Exception as err:
-        if "predictions" in str(err) and ("no such table" in str(err) or "does not exist" in str(err)):
+        if store.table_missing(err):
             return pd.DataFrame()  # no server has written to it yet
         raise
     finally:

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import settings
 
-from tests.servers import Postgres, mlflow_server, postgres_bin, postgres_server
+from tests.servers import Postgres, mlflow_server, postgres_server
+from tests.tools import require_postgres
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -30,11 +31,7 @@ def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
     """A real PostgreSQL (Debian's `postgresql` package) on a free 127.0.0.1 port."""
-    if postgres_bin() is None:
-        message = "PostgreSQL is not installed (apt-get install postgresql)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}: .ci/run installs it, so CI must have it")
-        pytest.skip(message)
+    require_postgres()
     with postgres_server() as server:
         yield server
 

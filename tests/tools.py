@@ -16,12 +16,23 @@ import pytest
 def require(*tools: str, install: str) -> None:
     """Skip (fail under CI) unless every tool is on PATH; `install` says how to get them."""
     missing = [tool for tool in tools if shutil.which(tool) is None]
-    if not missing:
-        return
-    message = f"{', '.join(missing)} not installed ({install})"
+    if missing:
+        not_installed(f"{', '.join(missing)} not installed ({install})")
+
+
+def not_installed(message: str) -> None:
+    """Skip the test on a developer's machine; fail it in CI, where `.ci/run` installs every tool."""
     if os.environ.get("CI"):
         pytest.fail(f"{message}: .ci/run installs it, so CI must have it")
     pytest.skip(message)
+
+
+def require_postgres() -> None:
+    """Debian's PostgreSQL server programs, which live off PATH."""
+    from tests.servers import postgres_bin
+
+    if postgres_bin() is None:
+        not_installed("PostgreSQL is not installed (apt-get install postgresql)")
 
 
 def compose_client() -> list[str]:

@@ -22,7 +22,8 @@ from pipeline.predictions import (
     read_rows,
 )
 from tests.api.traffic import wait_for
-from tests.servers import Postgres, free_port, postgres_server
+from tests.servers import free_port, postgres_server
+from tests.tools import require_postgres
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -55,10 +56,15 @@ def test_rows_windows_and_retention_are_the_same_on_both_stores(log_url: str) ->
     insert_rows(log_url, rows(5, now - 100))
     insert_rows(log_url, rows(2, now - 50, variant="shadow", start=5))  # shadow rows repeat inputs
     insert_rows(log_url, rows(3, now - 10, model="other", start=7))
+    labelled = Row(
+        now - 5, "r10", "other", "1", "champion", {"x": 1.5, "c": "red"}, "yes", {"no": 0.2, "yes": 0.8}
+    )
+    insert_rows(log_url, [labelled])
     written = read_rows(log_url)
-    assert [r.request_id for r in written] == [f"r{i}" for i in range(10)]
+    assert [r.request_id for r in written] == [f"r{i}" for i in range(11)]
     assert written[0] == rows(1, now - 100)[0]
-    assert count_rows(log_url) == 10
+    assert written[-1] == labelled  # a class name reads back as the string it was
+    assert count_rows(log_url) == 11
     window = read_features(log_url, "m", since=now - 99, until=now - 96)
     assert window["x"].tolist() == [1.0, 2.0, 3.0]  # oldest first, [since, until), model m only
     assert read_features(log_url, "m", limit=2)["x"].tolist() == [3.0, 4.0]  # the newest two
@@ -96,9 +102,7 @@ def test_migrations_run_once_even_when_replicas_start_together(log_url: str) -> 
         versions = store._execute("SELECT version FROM bitloop_schema").fetchall()
         assert [v for (v,) in versions] == list(range(1, SCHEMA_VERSION + 1))
         # A log written by a newer bitloop is refused with a reason, not misread.
-        store._execute(
-            store._sql("INSERT INTO bitloop_schema VALUES (?, ?, ?)"), (SCHEMA_VERSION + 1, "next", 0.0)
-        )
+        store._execute("INSERT INTO bitloop_schema VALUES (?, ?, ?)", (SCHEMA_VERSION + 1, "next", 0.0))
         store.commit()
     finally:
         store.close()
@@ -115,9 +119,8 @@ def test_an_unreachable_database_is_named_by_its_setting_never_its_password() ->
     assert "bitloop:***@127.0.0.1" in str(refused.value)
 
 
-def test_two_replicas_write_one_postgres_log_and_survive_it_going_away(
-    postgres: Postgres, tmp_path: Path
-) -> None:
+def test_two_replicas_write_one_postgres_log_and_survive_it_going_away() -> None:
+    require_postgres()
     with postgres_server() as server:  # its own server: this test stops it
         replicas = [PredictionLog(server.url, flush_rows=16, flush_ms=10) for _ in range(2)]
         now = time.time()

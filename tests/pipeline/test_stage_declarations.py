@@ -72,7 +72,7 @@ def test_a_stage_declares_exactly_the_code_it_imports(stage: str) -> None:
     assert declared_code(stage) == code_of(stage)
 
 
-def test_the_import_reader_follows_imports_inside_functions_and_packages(tmp_path: Path) -> None:
+def test_the_import_reader_follows_imports_inside_functions_and_packages() -> None:
     assert "pipeline/sources/simulated.py" in code_of("ingest")  # through `pipeline.sources`
     assert "pipeline/candidates.py" in code_of("train")
     assert "pipeline/run.py" not in code_of("train")
