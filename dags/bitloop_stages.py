@@ -67,6 +67,12 @@ def record_success(context: Any) -> None:
     )
 
 
+# A cron timetable's `run_immediately`: a DAG unpaused for the first time waits for its next cron
+# time. Airflow's default (False) still runs the missed one when it was less than a tenth of the
+# period ago (2.4 hours for @daily), which raced `make up`'s own training run; a zero buffer never
+# does.
+NEVER_THE_MISSED_RUN = timedelta(0)
+
 DEFAULT_ARGS = {
     "retries": 2,
     "retry_delay": timedelta(seconds=30),

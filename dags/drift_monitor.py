@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import CronTriggerTimetable, dag, get_current_context, task
-from bitloop_stages import DEFAULT_ARGS, DRIFT, record_success, run_stage
+from bitloop_stages import DEFAULT_ARGS, DRIFT, NEVER_THE_MISSED_RUN, record_success, run_stage
 
 WINDOW = timedelta(minutes=float(os.environ.get("BITLOOP_DRIFT_WINDOW_MINUTES", "60")))
 
@@ -33,7 +33,10 @@ def data_window(context: Any) -> tuple[datetime, datetime]:
 @dag(
     dag_id="drift_monitor",
     schedule=CronTriggerTimetable(
-        os.environ.get("BITLOOP_DRIFT_SCHEDULE", "@hourly"), timezone="UTC", interval=WINDOW
+        os.environ.get("BITLOOP_DRIFT_SCHEDULE", "@hourly"),
+        timezone="UTC",
+        interval=WINDOW,
+        run_immediately=NEVER_THE_MISSED_RUN,
     ),
     # No start_date: the first scheduled run is the next one, not the one just missed when
     # the DAG is unpaused (which raced `make up`'s own first training run).

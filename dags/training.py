@@ -15,7 +15,7 @@ import itertools
 import os
 
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, get_current_context, task
-from bitloop_stages import CHAMPION, DEFAULT_ARGS, DRIFT, record_success, run_stage
+from bitloop_stages import CHAMPION, DEFAULT_ARGS, DRIFT, NEVER_THE_MISSED_RUN, record_success, run_stage
 
 
 def batch_seed(run_id: str) -> int:
@@ -26,7 +26,11 @@ def batch_seed(run_id: str) -> int:
 @dag(
     dag_id="training",
     schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable(os.environ.get("BITLOOP_TRAINING_SCHEDULE", "@daily"), timezone="UTC"),
+        timetable=CronTriggerTimetable(
+            os.environ.get("BITLOOP_TRAINING_SCHEDULE", "@daily"),
+            timezone="UTC",
+            run_immediately=NEVER_THE_MISSED_RUN,
+        ),
         assets=DRIFT,
     ),
     # No start_date: the first scheduled run is the next one, not the one just missed when
