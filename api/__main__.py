@@ -7,6 +7,7 @@ import os
 import uvicorn
 
 from api.settings import ApiSettings
+from api.spill import SpillDirectory, SpillUnavailable
 from pipeline.logs import configure_logging
 from pipeline.predictions import PredictionLogUnavailable, open_store
 
@@ -18,7 +19,9 @@ def main() -> None:
         raise SystemExit(f"bitloop model server cannot start: {problem}")
     try:
         open_store(settings.prediction_log_url).close()  # migrating takes the write lock
-    except PredictionLogUnavailable as err:
+        if settings.prediction_log_spill_dir is not None:
+            SpillDirectory(settings.prediction_log_spill_dir, 0).close()
+    except (PredictionLogUnavailable, SpillUnavailable) as err:
         raise SystemExit(f"bitloop model server cannot start: {err}") from None
     for switch in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
         os.environ.setdefault(switch, "true")

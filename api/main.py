@@ -140,6 +140,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             settings.prediction_log_flush_ms,
             settings.prediction_log_max_pending_rows,
             settings.prediction_log_retention_days,
+            settings.prediction_log_spill_dir,
+            settings.prediction_log_spill_max_bytes,
         )
         state = ServerState(
             settings,
@@ -174,7 +176,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             written = state.log.close(settings.prediction_log_shutdown_seconds)
             log.info(
                 "model server stopped",
-                extra={"prediction_log_dropped_rows": written.dropped_rows, "log_error": written.error},
+                extra={
+                    "prediction_log_dropped_rows": written.dropped_rows,
+                    "prediction_log_kept_on_disk_rows": written.pending_rows,
+                    "log_error": written.error,
+                },
             )
 
     # /docs and /redoc serve Swagger UI and ReDoc from the package, not a CDN: they work offline.

@@ -84,7 +84,12 @@ LOG_LAG = Histogram(
 )
 LOG_QUEUE = Gauge(
     "bitloop_prediction_log_queue_rows",
-    "Rows waiting to be written to the prediction log",
+    "Rows waiting to be written to the prediction log, in memory or on disk",
+    multiprocess_mode="livesum",
+)
+LOG_SPILLED = Gauge(
+    "bitloop_prediction_log_spilled_rows",
+    "Rows waiting to be written to the prediction log on disk only, past the memory budget",
     multiprocess_mode="livesum",
 )
 LOG_DROPPED = Counter(

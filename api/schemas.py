@@ -38,7 +38,10 @@ class Health(BaseModel):
 
 class PredictionLogOut(BaseModel):
     status: Literal["ok", "degraded"]
-    pending_rows: int = Field(description="rows answered and not yet written")
+    pending_rows: int = Field(description="rows answered and not yet written, in memory or on disk")
+    spilled_rows: int = Field(
+        description="of the pending rows, those held on disk only (past the memory budget)"
+    )
     dropped_rows: int = Field(description="rows answered and never written, since start-up")
 
 

@@ -131,8 +131,8 @@ class ScoringService:
         status = self.log.status()
         if status.error is not None:
             problems.append(
-                f"the prediction log is degraded: writes fail, {status.pending_rows} rows wait in memory, "
-                f"{status.dropped_rows} dropped"
+                f"the prediction log is degraded: writes fail, {status.pending_rows} rows wait "
+                f"({status.spilled_rows} of them on disk only), {status.dropped_rows} dropped"
             )
             ready = ready and self.settings.log_failure == "degrade"
         elif status.dropped_rows:

@@ -47,7 +47,13 @@ class ApiSettings(BaseSettings):
     prediction_log_flush_ms: Annotated[float, Field(gt=0)] = 50.0
     """The longest an answered prediction waits to be written: what a SIGKILL can lose."""
     prediction_log_max_pending_rows: Annotated[int, Field(ge=1)] = 100_000
-    """Rows held in memory while the log cannot be written; beyond them rows are dropped and counted."""
+    """Rows held in memory while the log cannot be written; beyond them rows wait on disk only."""
+    prediction_log_spill_dir: Path | None = Path(".bitloop/prediction-spill")
+    """Where each answered row is written before its answer leaves, until the log has it (a SIGKILL
+    loses nothing); a server's segments left there are written by the next server to start on it.
+    Empty: no spill, rows wait in memory only."""
+    prediction_log_spill_max_bytes: Annotated[int, Field(ge=0)] = 1 << 30
+    """Disk one server process may fill with rows the log has not taken; past it rows are dropped, counted."""
     prediction_log_shutdown_seconds: Annotated[float, Field(ge=0)] = 10.0
     """How long shutdown waits for the log to be written before it reports what it could not write."""
     prediction_log_retention_days: Annotated[float, Field(ge=0)] = Field(
@@ -65,9 +71,9 @@ class ApiSettings(BaseSettings):
     drift_window_seconds: Annotated[float, Field(gt=0)] = 3600.0
     """How far back the drift window reaches (at most drift.max_rows of params.yaml rows)."""
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "prediction_log_spill_dir", mode="before")
     @classmethod
-    def _empty_key_is_none(cls, value: object) -> object:
+    def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
 
     def startup_problem(self) -> str | None:

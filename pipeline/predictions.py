@@ -61,6 +61,18 @@ MIGRATIONS = (
             "CREATE INDEX IF NOT EXISTS predictions_model_ts ON predictions (model_name, ts)",
         ),
     ),
+    Migration(
+        2,
+        "each writer's last committed segment, so a spilled segment is written exactly once",
+        sqlite=(
+            "CREATE TABLE IF NOT EXISTS bitloop_log_writers (writer TEXT PRIMARY KEY, "
+            "committed_seq INTEGER NOT NULL, updated_at REAL NOT NULL)",
+        ),
+        postgres=(
+            "CREATE TABLE IF NOT EXISTS bitloop_log_writers (writer TEXT PRIMARY KEY, "
+            "committed_seq BIGINT NOT NULL, updated_at DOUBLE PRECISION NOT NULL)",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -193,14 +205,37 @@ class PredictionStore(ABC):
             raise
         return SCHEMA_VERSION
 
+    def stage_segment(self, rows: Iterable[Row], writer: str, seq: int) -> None:
+        """Insert one segment's rows and record it as `writer`'s last, in the open transaction: a
+        segment replayed after a crash is recognised by `committed_seq` and never written twice."""
+        self.stage(rows)
+        self._execute(
+            "INSERT INTO bitloop_log_writers (writer, committed_seq, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (writer) DO UPDATE SET committed_seq = excluded.committed_seq, "
+            "updated_at = excluded.updated_at",
+            (writer, seq, time.time()),
+        )
+
+    def committed_seq(self, writer: str) -> int:
+        """The last segment `writer` committed; -1 when it committed none."""
+        found = self._execute(
+            "SELECT committed_seq FROM bitloop_log_writers WHERE writer = ?", (writer,)
+        ).fetchone()
+        self.rollback()
+        return -1 if found is None else int(found[0])
+
     def expire(self, cutoff: float, chunk: int) -> int:
-        """Delete at most `chunk` rows older than `cutoff` (Unix seconds), oldest first; returns how many."""
+        """Delete at most `chunk` rows older than `cutoff` (Unix seconds), oldest first; returns how many.
+
+        Writers silent since `cutoff` are forgotten too: a segment that old is past retention anyway.
+        """
         try:
             deleted = self._execute(
                 "DELETE FROM predictions WHERE id IN "
                 "(SELECT id FROM predictions WHERE ts < ? ORDER BY ts LIMIT ?)",
                 (cutoff, chunk),
             ).rowcount
+            self._execute("DELETE FROM bitloop_log_writers WHERE updated_at < ?", (cutoff,))
             self.commit()
         except BaseException:
             self.rollback()

@@ -46,6 +46,7 @@ async def ready(state: StateDep, response: Response) -> Readiness:
         prediction_log=PredictionLogOut(
             status="ok" if log.error is None else "degraded",
             pending_rows=log.pending_rows,
+            spilled_rows=log.spilled_rows,
             dropped_rows=log.dropped_rows,
         ),
     )

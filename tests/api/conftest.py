@@ -81,6 +81,7 @@ def make_client(tmp_path: Path, mlflow_uri: str) -> Iterator[Callable[..., TestC
             "mlflow_tracking_uri": mlflow_uri,
             "model_name": model_name,
             "prediction_log_url": str(tmp_path / f"log-{len(clients)}.sqlite"),
+            "prediction_log_spill_dir": tmp_path / f"spill-{len(clients)}",
             "reload_interval_seconds": 3600,
         }
         settings = ApiSettings(**(defaults | overrides))

@@ -1,20 +1,15 @@
-"""The micro-batcher and the prediction-log writer on their own: a fake model that can be held in
-the middle of a call, and a real SQLite file whose write lock another connection holds."""
+"""The micro-batcher on its own: a fake model that can be held in the middle of a call."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import threading
 import time
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
 from api.batching import MicroBatcher
-from api.predlog import PredictionLog
-from pipeline.predictions import Row, count_rows
 
 
 class FakeModel:
@@ -160,45 +155,3 @@ def test_stop_waits_for_the_batch_in_flight_then_refuses_work() -> None:
     answer, finished_early = run(scenario())
     assert answer == (7.0, None)
     assert not finished_early
-
-
-def rows(n: int) -> list[Row]:
-    return [Row(time.time(), f"r{i}", "m", "1", "champion", {"x": float(i)}, 0, None) for i in range(n)]
-
-
-def hold_write_lock(path: Path) -> sqlite3.Connection:
-    """Another process's long write transaction: every write to the log waits, then fails."""
-    holder = sqlite3.connect(path, isolation_level=None)
-    holder.execute("BEGIN EXCLUSIVE")
-    return holder
-
-
-def test_a_full_queue_drops_and_counts_only_what_does_not_fit_then_writes_the_rest(tmp_path: Path) -> None:
-    path = tmp_path / "p.sqlite"
-    log = PredictionLog(path, flush_rows=4, flush_ms=10, max_pending=10)
-    holder = hold_write_lock(path)
-    log.append(rows(25))
-    status = log.status()
-    assert (status.pending_rows, status.dropped_rows) == (10, 15)
-    holder.rollback()
-    holder.close()
-    closed = log.close(timeout=30)
-    assert (closed.pending_rows, closed.dropped_rows, closed.error) == (0, 15, None)
-    assert count_rows(path) == 10
-
-
-def test_shutdown_is_bounded_while_writes_fail_and_counts_the_backlog_as_lost(tmp_path: Path) -> None:
-    path = tmp_path / "p.sqlite"
-    log = PredictionLog(path, flush_rows=4, flush_ms=10)
-    holder = hold_write_lock(path)
-    log.append(rows(7))
-    begun = time.monotonic()
-    closed = log.close(timeout=1.0)
-    waited = time.monotonic() - begun
-    holder.rollback()
-    holder.close()
-    assert waited < 2.0
-    assert closed.dropped_rows == 7
-    assert closed.pending_rows == 0
-    time.sleep(6)  # longer than a write's own lock wait: the abandoned writer must not write them later
-    assert count_rows(path) == 0

@@ -28,7 +28,7 @@ from sklearn.pipeline import Pipeline
 
 from pipeline.models import build_pipeline
 from pipeline.params import CandidateParams
-from pipeline.predictions import count_rows
+from pipeline.predictions import count_rows, read_rows
 from pipeline.register import pip_requirements
 from pipeline.serialization import trusted_types
 from tests.api.conftest import Trained, api_server, sample_record
@@ -321,6 +321,8 @@ def test_a_full_disk_degrades_the_log_counts_every_lost_row_and_never_blocks_shu
             "BITLOOP_API_MODEL_NAME": churn_model.name,
             "BITLOOP_API_PORT": str(port),
             "BITLOOP_PREDICTION_LOG_URL": str(disk / "predictions.sqlite"),
+            # The spill is on the full disk too: memory is all that is left.
+            "BITLOOP_API_PREDICTION_LOG_SPILL_DIR": str(disk / "spill"),
             "BITLOOP_API_PREDICTION_LOG_MAX_PENDING_ROWS": "300",
             "BITLOOP_API_PREDICTION_LOG_SHUTDOWN_SECONDS": "2",
         }
@@ -347,7 +349,7 @@ def test_a_full_disk_degrades_the_log_counts_every_lost_row_and_never_blocks_shu
                 wait_for(
                     lambda: (
                         readiness(base)["prediction_log"]
-                        == {"status": "ok", "pending_rows": 0, "dropped_rows": dropped}
+                        == {"status": "ok", "pending_rows": 0, "spilled_rows": 0, "dropped_rows": dropped}
                     )
                 )
                 assert count_rows(disk / "predictions.sqlite") + dropped == answered
@@ -370,6 +372,41 @@ def test_a_full_disk_degrades_the_log_counts_every_lost_row_and_never_blocks_shu
     assert dropped >= 100
     assert lost == 100
     assert stopped_in < 10
+
+
+def test_a_server_killed_with_sigkill_logs_every_answer_once_it_is_back(
+    tmp_path: Path, mlflow_uri: str, churn_model: Trained
+) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "predictions.sqlite"
+    env = {
+        "MLFLOW_TRACKING_URI": mlflow_uri,
+        "BITLOOP_API_MODEL_NAME": churn_model.name,
+        "BITLOOP_API_PORT": str(port),
+        "BITLOOP_PREDICTION_LOG_URL": str(log),
+    }
+    record = sample_record(churn_model.schema)
+    answered = []
+    # An hour between flushes: every answer is still unwritten when the server dies.
+    lazy = {
+        "BITLOOP_API_PREDICTION_LOG_FLUSH_MS": "3600000",
+        "BITLOOP_API_PREDICTION_LOG_FLUSH_ROWS": "100000",
+    }
+    with serve([sys.executable, "-m", "api"], f"{base}/health", tmp_path, env | lazy, timeout=60) as process:
+        with httpx.Client(base_url=base, timeout=10) as client:
+            for _ in range(40):
+                response = client.post("/predict", json=record)
+                assert response.status_code == 200, response.text
+                answered.append(response.json()["request_id"])
+        assert count_rows(log) == 0
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+    with serve([sys.executable, "-m", "api"], f"{base}/health", tmp_path, env, timeout=60):
+        wait_for(lambda: count_rows(log) == 40, timeout=30)
+        assert readiness(base)["prediction_log"]["dropped_rows"] == 0
+    assert sorted(r.request_id for r in read_rows(log)) == sorted(answered)
+    assert not list((tmp_path / ".bitloop" / "prediction-spill").glob("*.jsonl"))
 
 
 def test_refuse_mode_answers_503_while_the_log_cannot_be_written(

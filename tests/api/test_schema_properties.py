@@ -50,10 +50,12 @@ WRONG = {
 def client(
     churn_model: Trained, mlflow_uri: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TestClient]:
+    log = Path(tmp_path_factory.mktemp("log"))
     settings = ApiSettings(
         mlflow_tracking_uri=mlflow_uri,
         model_name=churn_model.name,
-        prediction_log_url=str(Path(tmp_path_factory.mktemp("log")) / "p.sqlite"),
+        prediction_log_url=str(log / "p.sqlite"),
+        prediction_log_spill_dir=log / "spill",
         reload_interval_seconds=3600,
     )
     with TestClient(create_app(settings)) as c:

@@ -119,18 +119,24 @@ def test_an_unreachable_database_is_named_by_its_setting_never_its_password() ->
     assert "bitloop:***@127.0.0.1" in str(refused.value)
 
 
-def test_two_replicas_write_one_postgres_log_and_survive_it_going_away() -> None:
+def test_two_replicas_write_one_postgres_log_and_survive_it_going_away(tmp_path: Path) -> None:
     require_postgres()
     with postgres_server() as server:  # its own server: this test stops it
-        replicas = [PredictionLog(server.url, flush_rows=16, flush_ms=10) for _ in range(2)]
+        replicas = [
+            PredictionLog(
+                server.url, flush_rows=16, flush_ms=10, max_pending=3, spill_dir=tmp_path / f"spill-{i}"
+            )
+            for i in range(2)
+        ]
         now = time.time()
         replicas[0].append(rows(20, now, start=0))
         replicas[1].append(rows(20, now, start=20))
         wait_for(lambda: count_rows(server.url) == 40, timeout=20)
-        server.stop()  # the database goes away: rows wait in memory, nothing is lost
+        server.stop()  # the database goes away: rows wait, past the memory budget on disk
         replicas[0].append(rows(5, now, start=40))
         wait_for(lambda: replicas[0].status().error is not None, timeout=30)
         assert replicas[0].status().pending_rows == 5
+        assert replicas[0].status().spilled_rows == 5
         server.start()  # it comes back: the writer reconnects and writes the backlog
         wait_for(lambda: replicas[0].status().pending_rows == 0, timeout=60)
         statuses = [replica.close(timeout=30) for replica in replicas]
