@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import metrics
 from api.batching import MicroBatcher
+from api.drain import Drain
 from api.drift import DriftWatcher
 from api.manager import ModelManager
 from api.predlog import PredictionLog
@@ -150,6 +151,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             prediction_log,
             watcher,
             ScoringService(settings, manager, batcher, prediction_log),
+            Drain(settings.drain_seconds),
         )
         app.state.bitloop = state
         manager.on_swap.append(lambda: setattr(app, "openapi_schema", None))
@@ -166,6 +168,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         )
         manager.start()
         watcher.start()
+        state.drain.install()
         try:
             yield
         finally:

@@ -60,6 +60,9 @@ class ApiSettings(BaseSettings):
         30.0, validation_alias="BITLOOP_PREDICTION_LOG_RETENTION_DAYS"
     )
     """Rows older than this are deleted, a few at a time; 0 keeps every row."""
+    drain_seconds: Annotated[float, Field(ge=0)] = 0.0
+    """After SIGTERM, how long /ready answers 503 while requests are still served, so a load
+    balancer's health checks take the replica out before it stops; 0 stops at once."""
     log_failure: Literal["degrade", "refuse"] = "degrade"
     """When the log cannot keep up: keep answering and count dropped rows, or refuse predictions (503)."""
     challenger_share: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0

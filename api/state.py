@@ -13,6 +13,7 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import APIKeyHeader
 
 from api.batching import MicroBatcher
+from api.drain import Drain
 from api.drift import DriftWatcher
 from api.manager import ModelManager
 from api.predlog import PredictionLog
@@ -28,6 +29,7 @@ class ServerState:
     log: PredictionLog
     drift: DriftWatcher
     scoring: ScoringService
+    drain: Drain
 
 
 def get_state(request: Request) -> ServerState:

@@ -35,6 +35,9 @@ async def health() -> Health:
 async def ready(state: StateDep, response: Response) -> Readiness:
     model = state.manager.champion
     ready, problems = state.scoring.readiness()
+    if state.drain.draining:
+        ready = False
+        problems.insert(0, "draining: this replica is shutting down")
     if not ready:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     log = state.log.status()

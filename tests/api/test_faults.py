@@ -374,18 +374,23 @@ def test_a_full_disk_degrades_the_log_counts_every_lost_row_and_never_blocks_shu
     assert stopped_in < 10
 
 
-def test_a_server_killed_with_sigkill_logs_every_answer_once_it_is_back(
-    tmp_path: Path, mlflow_uri: str, churn_model: Trained
-) -> None:
+def server_env(tmp_path: Path, mlflow_uri: str, model: Trained) -> tuple[str, Path, dict[str, str]]:
+    """A model server's base URL, prediction log and environment, its log in `tmp_path`."""
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
     log = tmp_path / "predictions.sqlite"
     env = {
         "MLFLOW_TRACKING_URI": mlflow_uri,
-        "BITLOOP_API_MODEL_NAME": churn_model.name,
+        "BITLOOP_API_MODEL_NAME": model.name,
         "BITLOOP_API_PORT": str(port),
         "BITLOOP_PREDICTION_LOG_URL": str(log),
     }
+    return f"http://127.0.0.1:{port}", log, env
+
+
+def test_a_server_killed_with_sigkill_logs_every_answer_once_it_is_back(
+    tmp_path: Path, mlflow_uri: str, churn_model: Trained
+) -> None:
+    base, log, env = server_env(tmp_path, mlflow_uri, churn_model)
     record = sample_record(churn_model.schema)
     answered = []
     # An hour between flushes: every answer is still unwritten when the server dies.
@@ -407,6 +412,28 @@ def test_a_server_killed_with_sigkill_logs_every_answer_once_it_is_back(
         assert readiness(base)["prediction_log"]["dropped_rows"] == 0
     assert sorted(r.request_id for r in read_rows(log)) == sorted(answered)
     assert not list((tmp_path / ".bitloop" / "prediction-spill").glob("*.jsonl"))
+
+
+def test_sigterm_turns_ready_off_serves_through_the_drain_then_logs_every_answer(
+    tmp_path: Path, mlflow_uri: str, churn_model: Trained
+) -> None:
+    base, log, env = server_env(tmp_path, mlflow_uri, churn_model)
+    env["BITLOOP_API_DRAIN_SECONDS"] = "3"
+    with serve([sys.executable, "-m", "api"], f"{base}/health", tmp_path, env, timeout=60) as process:
+        with Traffic(base, sample_record(churn_model.schema)) as traffic:
+            wait_for(lambda: len(traffic.answers) >= 50)
+            os.killpg(process.pid, signal.SIGTERM)
+            began = time.monotonic()
+            wait_for(lambda: httpx.get(f"{base}/ready").status_code == 503, timeout=5)
+            draining = httpx.get(f"{base}/ready").json()
+            time.sleep(1)  # load balancers' health checks notice; clients are still answered
+        process.wait(30)
+        stopped_in = time.monotonic() - began
+    statuses = [status for status, _ in traffic.answers]
+    assert draining["detail"].startswith("draining")
+    assert set(statuses) == {200}, [a for a in traffic.answers if a[0] != 200][:3]
+    assert count_rows(log) == len(statuses)  # what was in flight was answered, then written
+    assert 3 <= stopped_in < 15
 
 
 def test_refuse_mode_answers_503_while_the_log_cannot_be_written(

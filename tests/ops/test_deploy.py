@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from api.settings import ApiSettings
 from ops.local.stack import API_KEY_SECRET, COMPOSE_SECRETS, write_compose_secrets
 from tests.factories import PROJECT
 from tests.tools import compose_client, require
@@ -130,7 +131,14 @@ def test_kubernetes_manifests_validate_against_the_api_schemas() -> None:
     kustomization = yaml.safe_load((PROJECT / "ops" / "k8s" / "kustomization.yaml").read_text())
     files = [str(PROJECT / "ops" / "k8s" / name) for name in kustomization["resources"]]
     kinds = {yaml.safe_load(Path(f).read_text())["kind"] for f in files}
-    assert kinds == {"Namespace", "ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler"}
+    assert kinds == {
+        "Namespace",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+    }
     checked = subprocess.run(
         [str(BIN / "kubernetes-validate"), "--strict", *files], capture_output=True, text=True, check=False
     )
@@ -143,6 +151,39 @@ def test_kubernetes_manifests_validate_against_the_api_schemas() -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["resources"]["requests"]
     assert container["resources"]["limits"]
+
+
+def api_image_env(name: str) -> str:
+    """A variable the api image's Dockerfile stage sets."""
+    stage = (PROJECT / "ops" / "docker" / "Dockerfile").read_text().split("FROM runtime AS api")[1]
+    found = re.search(rf"\b{name}=(\S+)", stage.split("\nFROM ")[0])
+    assert found, f"the api image does not set {name}"
+    return found[1]
+
+
+def test_kubernetes_replicas_drain_and_share_one_prediction_log_when_given_its_secret() -> None:
+    deployment = yaml.safe_load((PROJECT / "ops" / "k8s" / "deployment.yaml").read_text())
+    budget = yaml.safe_load((PROJECT / "ops" / "k8s" / "pdb.yaml").read_text())
+    hpa = yaml.safe_load((PROJECT / "ops" / "k8s" / "hpa.yaml").read_text())
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    # One pod at a time may be evicted, and there are always two: a drain never empties the Service.
+    assert budget["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert hpa["spec"]["minReplicas"] >= 2
+    # SIGTERM comes after the preStop sleep, and the grace period covers the sleep plus the log's flush.
+    shutdown = ApiSettings().prediction_log_shutdown_seconds
+    assert (
+        pod["terminationGracePeriodSeconds"]
+        > container["lifecycle"]["preStop"]["sleep"]["seconds"] + shutdown
+    )
+    env = {e["name"]: e for e in container["env"]}
+    log_url = env["BITLOOP_PREDICTION_LOG_URL"]["valueFrom"]["secretKeyRef"]
+    assert (log_url["name"], log_url["key"], log_url["optional"]) == ("bitloop-prediction-log", "url", True)
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    spill = Path(api_image_env("BITLOOP_API_PREDICTION_LOG_SPILL_DIR"))
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts[str(spill.parent)]]  # writable, and outlives a container restart
 
 
 def test_the_kubernetes_api_key_is_required_unless_the_operator_opts_out() -> None:
