@@ -32,12 +32,13 @@ pytestmark = pytest.mark.compose
 
 BASE = "localhost/bitloop-base:bookworm"
 OURS = ("api", "datasource", "mlflow", "pipeline")
-TEST_IMAGES = ("postgres", "prometheus")
+TEST_IMAGES = ("postgres", "prometheus", "haproxy")
 SERVICES = [
     "postgres",
     "mlflow",
     "datasource",
     "api",
+    "lb",
     "airflow-init",
     "airflow-api",
     "airflow-scheduler",
@@ -108,6 +109,87 @@ class Healthchecks:
             ).stdout.split()
             for name in names:
                 subprocess.run(["podman", "healthcheck", "run", name], capture_output=True, check=False)
+
+
+def containers(service: str) -> list[str]:
+    return run(
+        "podman", "ps", "-a", "-q", "--filter", f"label=com.docker.compose.project={PROJECT_NAME}",
+        "--filter", f"label=com.docker.compose.service={service}",
+    ).stdout.split()  # fmt: skip
+
+
+def replica_predictions(container: str) -> float:
+    """The /predict answers a replica counted, read from inside its container."""
+    script = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8000/metrics').read().decode())"
+    exposition = run("podman", "exec", container, "python3", "-c", script).stdout
+    return sum(
+        float(line.split()[-1])
+        for line in exposition.splitlines()
+        if line.startswith("bitloop_http_requests_total{")
+        and 'route="/predict"' in line
+        and 'status="200"' in line
+    )
+
+
+class Load:
+    """One client sending predictions through the load balancer until stopped; statuses are kept."""
+
+    def __init__(self, api: str, record: dict[str, Any]) -> None:
+        self.statuses: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(api, record))
+
+    def _run(self, api: str, record: dict[str, Any]) -> None:
+        with httpx.Client(base_url=api, timeout=30) as client:
+            while not self._stop.is_set() and len(self.statuses) < 20_000:
+                try:
+                    self.statuses.append(client.post("/predict", json=record).status_code)
+                except httpx.HTTPError:
+                    self.statuses.append(-1)
+                time.sleep(0.01)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def check_replicas_behind_the_balancer(api: str, record: dict[str, Any], logged_rows: Any) -> int:
+    """Requests reach both replicas; one stopped (SIGTERM) and one killed (SIGKILL) under load, then
+    started again, fail none of them; the log then holds one row per answer."""
+    replicas = containers("api")
+    assert len(replicas) == 2, replicas
+    with httpx.Client(base_url=api, timeout=30) as client:
+        for _ in range(20):
+            assert client.post("/predict", json=record).status_code == 200
+    assert all(replica_predictions(r) > 0 for r in replicas)  # leastconn spread them
+    before = logged_rows()
+    with Load(api, record) as load:
+        for replica, signal in zip(replicas, ("TERM", "KILL"), strict=True):
+            time.sleep(3)
+            if signal == "TERM":
+                run("podman", "stop", "-t", "20", replica)
+            else:
+                run("podman", "kill", "-s", "KILL", replica)
+            time.sleep(3)
+            run("podman", "start", replica)
+            healthy = ["podman", "healthcheck", "run", replica]
+            wait_for(
+                lambda command=healthy: (
+                    subprocess.run(command, capture_output=True, check=False).returncode == 0
+                ),
+                f"replica {replica} back after SIG{signal}",
+                120,
+            )
+        time.sleep(5)  # both are in rotation again
+    answered = load.statuses.count(200)
+    assert set(load.statuses) == {200}, {s: load.statuses.count(s) for s in set(load.statuses)}
+    # The killed replica's answers not yet written waited in its spill and were written at restart.
+    wait_for(lambda: logged_rows() == before + answered, "one logged row per answer", 60)
+    return answered
 
 
 @contextmanager
@@ -184,7 +266,7 @@ def test_the_compose_stack_serves_a_champion_trained_by_airflow(tmp_path: Path) 
         ]
         try:
             with Healthchecks():
-                run(*compose, "up", "-d", "--no-build", *SERVICES, cwd=PROJECT, env=env)
+                run(*compose, "up", "-d", "--no-build", "--scale", "api=2", *SERVICES, cwd=PROJECT, env=env)
                 api = f"http://127.0.0.1:{ports['API']}"
                 mlflow = f"http://127.0.0.1:{ports['MLFLOW']}"
                 airflow = f"http://127.0.0.1:{ports['AIRFLOW']}"
@@ -262,14 +344,19 @@ def test_the_compose_stack_serves_a_champion_trained_by_airflow(tmp_path: Path) 
                     "--filter", "label=com.docker.compose.service=postgres",
                 ).stdout.split()[0]  # fmt: skip
 
+                def psql(query: str) -> str:
+                    return run(
+                        "podman", "exec", database, "psql", "-U", "postgres", "-d", "predictions",
+                        "-tAc", query,
+                    ).stdout.strip()  # fmt: skip
+
                 def logged() -> bool:
-                    rows = run(
-                        "podman", "exec", database, "psql", "-U", "postgres", "-d", "predictions", "-tAc",
-                        "SELECT request_id FROM predictions",
-                    ).stdout.split()  # fmt: skip
-                    return answer.json()["request_id"] in rows
+                    return answer.json()["request_id"] in psql("SELECT request_id FROM predictions").split()
 
                 wait_for(logged, "the answer in the PostgreSQL prediction log", 30)
+                balanced = check_replicas_behind_the_balancer(
+                    api, record, lambda: int(psql("SELECT COUNT(*) FROM predictions"))
+                )
 
                 def scraped() -> bool:
                     result = httpx.get(
@@ -277,10 +364,15 @@ def test_the_compose_stack_serves_a_champion_trained_by_airflow(tmp_path: Path) 
                         params={"query": 'up{job=~"bitloop-api|mlflow"}'},
                         timeout=5,
                     ).json()["data"]["result"]
-                    return [r["value"][1] for r in result] == ["1", "1"]
+                    return sorted(r["metric"]["job"] + r["value"][1] for r in result) == [
+                        "bitloop-api1",
+                        "bitloop-api1",
+                        "mlflow1",
+                    ]
 
-                # MLflow's /metrics is scraped with the password from the secret's file.
-                wait_for(scraped, "Prometheus scraping the API and MLflow", 120)
+                # Both model-server replicas are found by name; MLflow's /metrics is scraped with the
+                # password from the secret's file.
+                wait_for(scraped, "Prometheus scraping both API replicas and MLflow", 120)
                 # No secret is in a container's configuration: environment, command or labels.
                 containers = run(
                     "podman", "ps", "-a", "-q", "--filter", f"label=com.docker.compose.project={PROJECT_NAME}"
@@ -294,7 +386,8 @@ def test_the_compose_stack_serves_a_champion_trained_by_airflow(tmp_path: Path) 
                 memory = {s["name"]: s["mem_usage"] for s in json.loads(stats)}
                 print(
                     f"image sizes (MB): {sizes}\nbuild: {built - started:.0f} s, "
-                    f"compose up to healthy: {healthy - built:.0f} s\nmemory: {memory}"
+                    f"compose up to healthy: {healthy - built:.0f} s\nmemory: {memory}\n"
+                    f"answers through the balancer while replicas were stopped and killed: {balanced}"
                 )
         finally:
             subprocess.run(

@@ -84,6 +84,63 @@ def test_compose_file_is_valid_and_hands_every_secret_over_as_a_file(tmp_path: P
         assert environment["MLFLOW_TRACKING_PASSWORD_FILE"] == "/run/secrets/mlflow_admin_password"
 
 
+def haproxy_sections() -> dict[str, list[str]]:
+    """ops/haproxy/haproxy.cfg as {section header: its directives}, comments left out."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] = []
+    for raw in (PROJECT / "ops" / "haproxy" / "haproxy.cfg").read_text().splitlines():
+        line = raw.split("#")[0].strip()
+        if not line:
+            continue
+        if not raw.startswith(" "):
+            current = sections.setdefault(line, [])
+        else:
+            current.append(line)
+    return sections
+
+
+def test_compose_replicas_sit_behind_a_load_balancer_that_routes_only_to_ready_ones(tmp_path: Path) -> None:
+    secrets_dir = tmp_path / "secrets"
+    write_compose_secrets(secrets_dir)
+    rendered = compose("config", env={"BITLOOP_SECRETS_DIR": str(secrets_dir), "BITLOOP_API_PORT": "18000"})
+    assert rendered.returncode == 0, rendered.stderr
+    services = yaml.safe_load(rendered.stdout)["services"]
+    # The model server publishes nothing (replicas would collide); the balancer publishes its port.
+    assert "ports" not in services["api"]
+    [port] = services["lb"]["ports"]
+    mapping = port.split(":")[-2:] if isinstance(port, str) else [port["published"], port["target"]]
+    assert [str(p).removesuffix("/tcp") for p in mapping] == ["18000", "8000"]
+    assert services["lb"]["depends_on"]["api"]["condition"] == "service_healthy"
+    config = haproxy_sections()
+    assert "bind :8000" in config["frontend api"]
+    backend = config["backend api"]
+    assert "http-check send meth GET uri /ready" in backend
+    assert "http-check expect status 200" in backend
+    [template] = [d for d in backend if d.startswith("server-template")]
+    assert template.split()[-1] == f"api:{api_image_env('BITLOOP_API_PORT')}"
+    [defaults] = [d for d in backend if d.startswith("default-server")]
+    assert {"check", "resolvers"} <= set(defaults.split())
+    # Replicas are looked up again by name, so `--scale` needs no reload.
+    resolver = defaults.split()[defaults.split().index("resolvers") + 1]
+    assert f"resolvers {resolver}" in config
+    retry = config["defaults"]
+    assert "option redispatch 1" in retry
+    assert {"conn-failure", "empty-response"} <= set(
+        next(d for d in retry if d.startswith("retry-on")).split()
+    )
+    # A stopping replica turns not ready for longer than one health-check interval, and the engine
+    # waits for its drain and its log's flush before it kills it.
+    drain = float(services["api"]["environment"]["BITLOOP_API_DRAIN_SECONDS"])
+    interval = float(defaults.split()[defaults.split().index("inter") + 1].removesuffix("s"))
+    assert drain >= 2 * interval
+    grace = float(str(services["api"]["stop_grace_period"]).removesuffix("s"))
+    assert grace > drain + ApiSettings().prediction_log_shutdown_seconds
+    # Prometheus finds every replica by the same name.
+    scrape = yaml.safe_load((PROJECT / "ops" / "prometheus" / "prometheus.compose.yml").read_text())
+    [job] = [j for j in scrape["scrape_configs"] if j["job_name"] == "bitloop-api"]
+    assert job["dns_sd_configs"] == [{"names": ["api"], "type": "A", "port": 8000, "refresh_interval": "15s"}]
+
+
 def test_missing_secrets_are_generated_once_and_kept_private(tmp_path: Path) -> None:
     directory = tmp_path / "secrets"
     assert write_compose_secrets(directory) == [*COMPOSE_SECRETS, API_KEY_SECRET]
