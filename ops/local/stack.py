@@ -149,6 +149,7 @@ def _environment(settings: StackSettings) -> dict[str, str]:
         "BITLOOP_PROMETHEUS_PORT": str(settings.prometheus_port),
         "BITLOOP_PUSHGATEWAY_PORT": str(settings.pushgateway_port),
         "BITLOOP_PROCESS_EXPORTER_PORT": str(settings.process_exporter_port),
+        "BITLOOP_PREDICTION_LOG_URL": settings.log_url(),
         # The DAGs push their run outcomes here; empty (no pushes) without a Pushgateway.
         "BITLOOP_PUSHGATEWAY_URL": ""
         if "pushgateway" in skipped_services()
@@ -381,11 +382,23 @@ def record_configuration(settings: StackSettings, env: dict[str, str]) -> None:
     path.chmod(0o600)
 
 
+def check_prediction_log(settings: StackSettings) -> None:
+    """Stop before anything starts when the prediction log cannot be opened (the message names the
+    variable and never the password)."""
+    from pipeline.predictions import PredictionLogUnavailable, open_store
+
+    try:
+        open_store(settings.log_url()).close()
+    except PredictionLogUnavailable as err:
+        raise SystemExit(f"bitloop cannot start: {err}") from None
+
+
 def up(settings: StackSettings) -> None:
     _, compose = stack_mode()
     if compose is not None:
         compose_up(settings, compose)
         return
+    check_prediction_log(settings)
     for sub in ("logs", "mlflow", "prometheus"):
         (settings.state_dir / sub).mkdir(parents=True, exist_ok=True)
     env = _environment(settings)

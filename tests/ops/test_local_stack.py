@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -14,6 +15,8 @@ import pytest
 from ops.local.airflow_api import trigger_dag
 from ops.local.settings import StackSettings
 from ops.local.stack import _environment, configuration_changes, print_urls, record_configuration
+from tests.factories import PROJECT
+from tests.servers import free_port
 
 
 def test_airflow_waits_a_minute_for_the_sqlite_write_lock(tmp_path: Path) -> None:
@@ -100,3 +103,40 @@ def test_a_changed_setting_is_named_and_no_secret_is_kept(tmp_path: Path) -> Non
         "MLFLOW_TRACKING_URI",
     ]
     assert "key-one-123" not in (tmp_path / "running-configuration.json").read_text()
+
+
+def test_make_up_hands_the_prediction_log_url_to_the_server_and_the_dags(tmp_path: Path) -> None:
+    default = _environment(StackSettings(state_dir=tmp_path))
+    assert default["BITLOOP_PREDICTION_LOG_URL"] == str(tmp_path.resolve() / "predictions.sqlite")
+    url = "postgresql://predictions@db.example:5432/predictions"
+    chosen = _environment(StackSettings(state_dir=tmp_path, prediction_log_url=url))
+    assert chosen["BITLOOP_PREDICTION_LOG_URL"] == url
+    config = (PROJECT / "ops" / "supervisor" / "supervisord.conf").read_text()
+    # Airflow's tasks (the drift monitor) and the model server read the one URL make up was given.
+    assert config.count('BITLOOP_PREDICTION_LOG_URL="%(ENV_BITLOOP_PREDICTION_LOG_URL)s"') == 2
+    assert "predictions.sqlite" not in config
+
+
+def test_make_up_stops_on_an_unreachable_prediction_log_naming_the_variable(tmp_path: Path) -> None:
+    url = f"postgresql://bitloop:hunter2-secret@127.0.0.1:{free_port()}/predictions"
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "ops.local.stack", "up"],
+        cwd=PROJECT,
+        env={
+            **os.environ,
+            "BITLOOP_STATE_DIR": str(tmp_path),
+            "BITLOOP_PREDICTION_LOG_URL": url,
+            "STACK": "local",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "BITLOOP_PREDICTION_LOG_URL" in done.stderr
+    assert "hunter2-secret" not in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert time.monotonic() - started < 60
+    assert not (tmp_path / "supervisord.pid").exists()  # nothing was started
