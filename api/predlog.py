@@ -267,7 +267,12 @@ class PredictionLog:
         rows = rows or []
         try:
             store = self._connected()
-            store.stage_segment(rows, segment.writer, segment.seq)  # waits for the lock, up to a timeout
+            # Waits for the write lock, up to the store's timeout. Only a segment with a file is marked:
+            # a mark is what keeps a replayed file from being written twice.
+            if segment.on_disk:
+                store.stage_segment(rows, segment.writer, segment.seq)
+            else:
+                store.stage(rows)
             with self._cond:
                 # Commit and dequeue under the lock close() takes to give up: a segment it left on
                 # disk or counted as lost is never written after all, and a written one is neither.
