@@ -29,7 +29,7 @@ class StackSettings(BaseSettings):
     start_timeout: float = 240.0
     training_timeout: float = 900.0
     prediction_log_url: str | None = None
-    """BITLOOP_PREDICTION_LOG_URL: a SQLite path or a postgresql:// URL; by default the state directory's file."""
+    """BITLOOP_PREDICTION_LOG_URL: a SQLite path or a postgresql:// URL; by default in the state directory."""
 
     def log_url(self) -> str:
         return self.prediction_log_url or str(self.state_dir.resolve() / "predictions.sqlite")
