@@ -15,7 +15,7 @@ export DO_NOT_TRACK := true
 export UV_LINK_MODE := copy
 export STACK
 
-.PHONY: help setup test test-stack test-compose images repro-check lint format repro bench up down secrets status logs drift-demo screenshots clean
+.PHONY: help setup test test-stack test-compose images repro-check lint format repro bench bench-scale up down secrets status logs drift-demo screenshots clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "; printf "bitloop: make <target>\n\n"} \
@@ -59,6 +59,9 @@ repro: $(STAMP) ## run the DVC pipeline (needs MLflow: `make up`), pushing each 
 
 bench: $(STAMP) ## benchmark the model server against mlflow models serve (needs wrk); writes docs/benchmarks.md
 	$(BIN)/python bench/serving.py
+
+bench-scale: $(STAMP) ## how cost grows with data: training at 10k-1M rows, drift, log writes, 30 min of load (about 1 h); writes docs/scale.md
+	$(BIN)/python -m bench.scale
 
 up: $(STAMP) ## start the stack (compose with a Docker engine, else local; STACK=compose|local), print every URL
 	$(BIN)/python -m ops.local.stack up

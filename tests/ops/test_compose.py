@@ -297,13 +297,15 @@ def test_the_compose_stack_serves_a_champion_trained_by_airflow(tmp_path: Path) 
                     timeout=30,
                 ).json()["dag_run_id"]
 
-                def finished() -> str | None:
+                def finished(dag: str, run: str) -> str | None:
                     state = httpx.get(
-                        f"{airflow}/api/v2/dags/training/dagRuns/{run_id}", headers=headers, timeout=10
+                        f"{airflow}/api/v2/dags/{dag}/dagRuns/{run}", headers=headers, timeout=10
                     ).json()["state"]
                     return state if state in ("success", "failed") else None
 
-                assert wait_for(finished, "the training DAG run", 900) == "success"
+                assert (
+                    wait_for(lambda: finished("training", run_id), "the training DAG run", 900) == "success"
+                )
                 alias = f"{mlflow}/api/2.0/mlflow/registered-models/alias"
                 query = {"name": "bitloop-churn", "alias": "champion"}
                 champion = httpx.get(alias, params=query, auth=mlflow_login, timeout=10).json()
@@ -357,6 +359,29 @@ def test_the_compose_stack_serves_a_champion_trained_by_airflow(tmp_path: Path) 
                 balanced = check_replicas_behind_the_balancer(
                     api, record, lambda: int(psql("SELECT COUNT(*) FROM predictions"))
                 )
+                # The drift monitor reads what both replicas wrote: every champion row of the last hour.
+                served = psql(
+                    "SELECT COUNT(*) FROM predictions WHERE model_name = 'bitloop-churn' "
+                    "AND variant IN ('champion', 'challenger')"
+                )
+                drift_run = httpx.post(
+                    f"{airflow}/api/v2/dags/drift_monitor/dagRuns",
+                    json={"logical_date": None},
+                    headers=headers,
+                    timeout=30,
+                ).json()["dag_run_id"]
+                assert (
+                    wait_for(lambda: finished("drift_monitor", drift_run), "the drift monitor", 300)
+                    == "success"
+                )
+                detected = httpx.get(
+                    f"{airflow}/api/v2/dags/drift_monitor/dagRuns/{drift_run}/taskInstances/detect/"
+                    "xcomEntries/return_value",
+                    headers=headers,
+                    timeout=10,
+                ).json()["value"]
+                detected = json.loads(detected) if isinstance(detected, str) else detected
+                assert detected["rows"] == min(int(served), 5000), (detected, served)
 
                 def scraped() -> bool:
                     result = httpx.get(
