@@ -60,7 +60,7 @@ repro: $(STAMP) ## run the DVC pipeline (needs MLflow: `make up`), pushing each 
 bench: $(STAMP) ## benchmark the model server against mlflow models serve (needs wrk); writes docs/benchmarks.md
 	$(BIN)/python bench/serving.py
 
-bench-scale: $(STAMP) ## how cost grows with data: training at 10k-1M rows, drift, log writes, 30 min of load (about 1 h); writes docs/scale.md
+bench-scale: $(STAMP) ## how cost grows with data: training at 10k-1M rows, drift, log writes, 30 min of load (about 45 min); writes docs/scale.md
 	$(BIN)/python -m bench.scale
 
 up: $(STAMP) ## start the stack (compose with a Docker engine, else local; STACK=compose|local), print every URL
