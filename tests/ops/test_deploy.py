@@ -113,6 +113,10 @@ def test_compose_replicas_sit_behind_a_load_balancer_that_routes_only_to_ready_o
     assert services["lb"]["depends_on"]["api"]["condition"] == "service_healthy"
     config = haproxy_sections()
     assert "bind :8000" in config["frontend api"]
+    # Ready replicas take the traffic; with none ready (no champion yet) a live one still answers.
+    assert "use_backend api if { nbsrv(api) gt 0 }" in config["frontend api"]
+    assert "default_backend api_alive" in config["frontend api"]
+    assert "http-check send meth GET uri /health" in config["backend api_alive"]
     backend = config["backend api"]
     assert "http-check send meth GET uri /ready" in backend
     assert "http-check expect status 200" in backend
