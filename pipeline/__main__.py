@@ -53,14 +53,18 @@ def _promote(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _repro(args: argparse.Namespace, ctx: Context) -> int:
+    from pipeline.handoff import handed_off
     from pipeline.versioning import ingest_batch, reproduce_stages
 
     drawn = {"seed": args.seed, "drift": args.drift, "source_url": args.source_url}
-    if all(v is None for v in drawn.values()):
-        return _show(reproduce_stages(ctx.params, ctx.workspace, args.stage))
-    if args.stage != "ingest":
+    if any(v is not None for v in drawn.values()) and args.stage != "ingest":
         raise ParamsError("--seed, --drift and --source-url choose a batch: use them with ingest")
-    return _show(ingest_batch(ctx.params, ctx.workspace, **drawn))
+    with handed_off(ctx.workspace, ctx.settings.stage_handoff, args.stage):
+        if all(v is None for v in drawn.values()):
+            result = reproduce_stages(ctx.params, ctx.workspace, args.stage)
+        else:
+            result = ingest_batch(ctx.params, ctx.workspace, **drawn)
+    return _show(result)
 
 
 def _run(args: argparse.Namespace, ctx: Context) -> int:
@@ -68,9 +72,11 @@ def _run(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _summary(args: argparse.Namespace, ctx: Context) -> int:
+    from pipeline.handoff import handed_off
     from pipeline.summary import summarize
 
-    return _show(summarize(ctx.params, ctx.workspace, ctx.settings, args.run_label))
+    with handed_off(ctx.workspace, ctx.settings.stage_handoff, None, pull=False, publishes=False):
+        return _show(summarize(ctx.params, ctx.workspace, ctx.settings, args.run_label))
 
 
 def _drift(args: argparse.Namespace, ctx: Context) -> int:
@@ -92,15 +98,23 @@ def _datasets(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _batches_list(args: argparse.Namespace, ctx: Context) -> int:
+    from pipeline.handoff import handed_off
     from pipeline.store import list_batches
 
-    return _show(list_batches(ctx.workspace))
+    with handed_off(ctx.workspace, ctx.settings.stage_handoff, "ingest", publishes=False):
+        return _show(list_batches(ctx.workspace))
 
 
 def _batches_withdraw(args: argparse.Namespace, ctx: Context) -> int:
+    from pipeline.handoff import handed_off
     from pipeline.store import withdraw_batch
+    from pipeline.versioning import commit_store
 
-    return _show(withdraw_batch(ctx.workspace, args.batch, args.reason))
+    with handed_off(ctx.workspace, ctx.settings.stage_handoff, "ingest"):
+        withdrawn = withdraw_batch(ctx.workspace, args.batch, args.reason)
+        if ctx.settings.stage_handoff == "remote":  # otherwise the next ingest commits the store
+            commit_store(ctx.workspace)
+    return _show(withdrawn)
 
 
 def _reproduce(args: argparse.Namespace, ctx: Context) -> int:

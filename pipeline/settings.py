@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PREDICTION_LOG_SETTING = "BITLOOP_PREDICTION_LOG_URL"
 PREDICTION_LOG_DEFAULT = ".bitloop/predictions.sqlite"
+HANDOFF_SETTING = "BITLOOP_STAGE_HANDOFF"
+Handoff = Literal["workspace", "remote"]
 
 
 class PipelineSettings(BaseSettings):
@@ -18,3 +22,6 @@ class PipelineSettings(BaseSettings):
     """The MLflow tracking server and model registry (env MLFLOW_TRACKING_URI)."""
     prediction_log_url: str = Field(PREDICTION_LOG_DEFAULT, validation_alias=PREDICTION_LOG_SETTING)
     """The model server's prediction log, which the drift monitor reads (SQLite path or postgresql:// URL)."""
+    stage_handoff: Handoff = Field("workspace", validation_alias=HANDOFF_SETTING)
+    """How a stage finds the earlier stages' outputs: in the project directory (`workspace`, one
+    machine), or through the DVC remote (`remote`: workers that share no disk; pipeline/handoff.py)."""

@@ -70,7 +70,7 @@ def _stage_environment() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _repo(root: Path) -> Iterator[Any]:
+def open_repo(root: Path) -> Iterator[Any]:
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
@@ -137,7 +137,7 @@ def reproduce_stages(params: Params, workspace: Workspace, stage: str | None = N
         pushed += drawn["pushed_files"]
         ran += ["ingest"] if drawn["recorded"] else []
     if stage != "ingest":
-        with _repo(workspace.root) as repo:
+        with open_repo(workspace.root) as repo:
             ran += _reproduce(repo, stage)
             pushed += _push(repo, stage)
     log.info("reproduced", extra={"stages": ran, "pushed_files": pushed})
@@ -167,9 +167,7 @@ def ingest_batch(
 
     before = _lock_entry(workspace.root, "ingest")
     result = ingest(params, workspace, seed=seed, drift=drift, source_url=source_url)
-    with _repo(workspace.root) as repo:
-        repo.commit("ingest", force=True)
-        pushed = _push(repo, "ingest")
+    pushed = commit_store(workspace)
     recorded = _lock_entry(workspace.root, "ingest") != before
     log.info("committed and pushed the raw store", extra={"version": result.version.label, "pushed": pushed})
     return {
@@ -178,3 +176,10 @@ def ingest_batch(
         "pushed_files": pushed,
         "recorded": recorded,
     }
+
+
+def commit_store(workspace: Workspace) -> int:
+    """Commit the raw store as the ingest stage's state (after an ingest or a withdrawal) and push it."""
+    with open_repo(workspace.root) as repo:
+        repo.commit("ingest", force=True)
+        return _push(repo, "ingest")

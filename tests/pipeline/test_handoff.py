@@ -1,0 +1,95 @@
+"""Stages on machines that share no disk hand their outputs over through the DVC remote alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipeline.handoff import STATE_DIR
+from pipeline.run import STAGES
+from tests.factories import LIGHT_CANDIDATES, copy_project
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+SEED = 11
+
+
+def machine(root: Path, remote: Path, model: str) -> Path:
+    """A project directory of its own (a worker's disk); only the DVC remote is shared."""
+    copy_project(root)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["data"]["rows"] = 1500
+    params["train"]["candidates"] = LIGHT_CANDIDATES
+    params["evaluate"]["importance_repeats"] = 2
+    params["model"]["name"] = model
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    config = (root / ".dvc" / "config").read_text().replace("../.bitloop/dvc-remote", str(remote))
+    (root / ".dvc" / "config").write_text(config)
+    return root
+
+
+def pipeline(root: Path, uri: str, handoff: str, *args: str) -> Any:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "BITLOOP_STAGE_HANDOFF": handoff}
+    command = [sys.executable, "-m", "pipeline", "--root", str(root), *args]
+    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def outputs(lock: Path) -> dict[str, str]:
+    """Every stage output's hash but the promotion record (a second decision finds its champion)."""
+    stages = yaml.safe_load(lock.read_text())["stages"]
+    hashes = {o["path"]: o["md5"] for stage in stages.values() for o in stage.get("outs", [])}
+    return {path: md5 for path, md5 in hashes.items() if not path.endswith("promotion.json")}
+
+
+def test_stages_alternating_between_two_machines_give_what_one_machine_gives(
+    tmp_path: Path, mlflow_uri: str
+) -> None:
+    model = f"handoff-{tmp_path.name}"
+    shared = tmp_path / "shared-remote"
+    workers = [machine(tmp_path / name, shared, model) for name in ("a", "b")]
+    pipeline(workers[0], mlflow_uri, "remote", "repro", "ingest", "--seed", str(SEED))
+    # ingest retried on the other machine (its first attempt published): nothing is appended twice.
+    again = pipeline(workers[1], mlflow_uri, "remote", "repro", "ingest", "--seed", str(SEED))
+    assert (again["appended_rows"], again["version"], again["recorded"]) == (0, "v1", False)
+    for index, stage in enumerate(STAGES[1:]):
+        pipeline(workers[index % 2], mlflow_uri, "remote", "repro", stage)
+    # train retried on the machine that did not run it: the same candidates, byte for byte.
+    published = shared / STATE_DIR / model / "dvc.lock"
+    before = outputs(published)
+    trainer = STAGES[1:].index("train") % 2
+    pipeline(workers[1 - trainer], mlflow_uri, "remote", "repro", "train")
+    assert outputs(published) == before
+    summary = pipeline(workers[1], mlflow_uri, "remote", "summary", "--run-label", "handoff")
+    assert summary["promoted"] is True, summary
+
+    # One machine, one disk, the same batch: the same outputs as the two machines' run.
+    alone = machine(tmp_path / "alone", tmp_path / "own-remote", model)
+    pipeline(alone, mlflow_uri, "workspace", "repro", "ingest", "--seed", str(SEED))
+    for stage in STAGES[1:]:
+        pipeline(alone, mlflow_uri, "workspace", "repro", stage)
+    assert outputs(alone / "dvc.lock") == before
+    assert len(before) == 10, before
+    assert not (tmp_path / "own-remote" / STATE_DIR).exists()  # the workspace hand-off publishes nothing
+
+
+def test_a_withdrawal_on_one_machine_is_what_the_next_machine_validates(
+    tmp_path: Path, mlflow_uri: str
+) -> None:
+    model = f"withdraw-{tmp_path.name}"
+    shared = tmp_path / "shared-remote"
+    a, b = (machine(tmp_path / name, shared, model) for name in ("a", "b"))
+    pipeline(a, mlflow_uri, "remote", "repro", "ingest", "--seed", "1")
+    pipeline(a, mlflow_uri, "remote", "repro", "ingest", "--seed", "2")
+    withdrawn = pipeline(b, mlflow_uri, "remote", "batches", "withdraw", "batch-00001.parquet")
+    assert withdrawn["version"]["version"] == "v3"
+    pipeline(a, mlflow_uri, "remote", "repro", "validate")
+    listed = {b["batch"]: b["status"] for b in pipeline(b, mlflow_uri, "remote", "batches", "list")}
+    assert listed == {"batch-00001.parquet": "withdrawn", "batch-00002.parquet": "ok"}, listed
