@@ -15,7 +15,7 @@ export DO_NOT_TRACK := true
 export UV_LINK_MODE := copy
 export STACK
 
-.PHONY: help setup test test-stack test-compose images repro-check lint format repro bench bench-scale up down secrets status logs drift-demo screenshots clean
+.PHONY: help setup test test-stack test-compose test-scale images repro-check lint format repro bench bench-scale up down secrets status logs drift-demo screenshots clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "; printf "bitloop: make <target>\n\n"} \
@@ -30,13 +30,16 @@ $(STAMP): uv.lock pyproject.toml
 	@touch $@
 
 test: $(STAMP) ## run the test suite (unit, property, integration against real servers)
-	$(BIN)/pytest -m "not stack and not compose and not repro" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not stack and not compose and not scale and not repro" $(PYTEST_ARGS)
 
 test-stack: $(STAMP) ## smoke-test the local stack: make up, probe every service, the drift demo, make down
 	$(BIN)/pytest -m stack $(PYTEST_ARGS)
 
 test-compose: $(STAMP) ## build every image with podman, run the compose stack, smoke-test it, remove it all
 	$(BIN)/pytest -m "compose and not repro" -s $(PYTEST_ARGS)
+
+test-scale: $(STAMP) ## the compose stack scaled out (3 model servers, 2 Celery workers) through SIGKILLs under load
+	$(BIN)/pytest -m scale -s $(PYTEST_ARGS)
 
 images: ## build the service images and load them into docker/podman (BUILDER=nix|dockerfile, BASE_IMAGE=...)
 	bash ops/docker/build.sh

@@ -154,13 +154,13 @@ def _restore_raw(root: Path, md5: str, dest: Path) -> None:
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
-    from pipeline.versioning import quiet_dvc, stdout_to_stderr
+    from pipeline.versioning import quiet_dvc, remote_override, stdout_to_stderr
 
     quiet_dvc()
     store = dest.parent
     store.mkdir(parents=True, exist_ok=True)
     try:
-        with Repo(str(root)) as project:
+        with Repo(str(root), **remote_override()) as project:
             remote_name = project.config["core"].get("remote")
             if not remote_name:
                 raise ReproduceError(f"{root} has no default DVC remote to restore data from")

@@ -25,3 +25,6 @@ class PipelineSettings(BaseSettings):
     stage_handoff: Handoff = Field("workspace", validation_alias=HANDOFF_SETTING)
     """How a stage finds the earlier stages' outputs: in the project directory (`workspace`, one
     machine), or through the DVC remote (`remote`: workers that share no disk; pipeline/handoff.py)."""
+    dvc_remote_url: str = Field("", validation_alias="BITLOOP_DVC_REMOTE_URL")
+    """The DVC remote every data version and stage output is pushed to, instead of .dvc/config's
+    (e.g. `s3://bucket/bitloop`); empty: .dvc/config's."""

@@ -69,6 +69,18 @@ def _stage_environment() -> Iterator[None]:
         os.environ["PATH"] = path
 
 
+def remote_override() -> dict[str, Any]:
+    """`Repo` arguments that point the default remote at BITLOOP_DVC_REMOTE_URL, when it is set.
+
+    The image's .dvc/config names a directory; a deployment whose workers share no disk gives them
+    one bucket (`s3://…`, credentials from the usual AWS variables) without editing the project.
+    """
+    from pipeline.settings import PipelineSettings
+
+    url = PipelineSettings().dvc_remote_url
+    return {"remote_config": {"url": url}} if url else {}
+
+
 @contextlib.contextmanager
 def open_repo(root: Path) -> Iterator[Any]:
     from dvc.exceptions import DvcException
@@ -76,7 +88,7 @@ def open_repo(root: Path) -> Iterator[Any]:
 
     quiet_dvc()
     try:
-        with Repo(str(root)) as repo:
+        with Repo(str(root), **remote_override()) as repo:
             repo.scm_context.quiet = True  # no "git add dvc.lock" hints: each version carries its own
             yield repo
     except DvcException as err:

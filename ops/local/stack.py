@@ -49,6 +49,7 @@ COMPOSE_SECRETS = (
     "mlflow_flask_secret_key",
     "grafana_admin_password",
     "predictions_db_password",
+    "redis_password",
 )
 API_KEY_SECRET = "api_key"  # noqa: S105 - a file's name. Empty (the default): the model server's /predict is open
 

@@ -311,7 +311,7 @@ def test_every_action_is_pinned_by_commit_and_every_suite_runs() -> None:
     for use in uses:
         assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", use), f"{use} is not pinned by commit"
     runs = "\n".join(step.get("run", "") for job in workflow["jobs"].values() for step in job["steps"])
-    for target in ("lint", "test", "test-stack", "test-compose", "repro-check"):
+    for target in ("lint", "test", "test-stack", "test-compose", "test-scale", "repro-check"):
         assert re.search(rf"make {target}$", runs, flags=re.MULTILINE), target
     assert "actionlint" in runs  # upstream, where its binary can be fetched
     assert "pip-audit" in runs

@@ -22,6 +22,7 @@ import yaml
 from api.main import create_app
 from api.settings import ApiSettings
 from pipeline.__main__ import _parser
+from pipeline.settings import PipelineSettings
 from tests.durations import STATED, stated_minutes, within_stated
 from tests.factories import PROJECT
 
@@ -34,7 +35,7 @@ SECTIONS = ("data", "model", "validate", "split", "train", "evaluate", "promote"
 GENERATED = (".bitloop", ".env", "data/", "models/", "reports/", "metrics.json", "bitloop.sql")
 # Variables of make and of the scripts that only the command line sets.
 # Words shaped like paths that name something else.
-NOT_FILES = {"deployment/bitloop-api", "application/json"}
+NOT_FILES = {"deployment/bitloop-api", "application/json", "apache-airflow/airflow"}  # a chart, a type
 COMMAND_VARIABLES = {"STACK", "BUILDER", "ENGINE", "BASE_IMAGE", "GRAFANA_URL", "PYTEST_ARGS"}
 
 
@@ -55,13 +56,14 @@ def variables_the_code_reads() -> set[str]:
         for name, field in ApiSettings.model_fields.items()
     }
     stack = {f"BITLOOP_{name.upper()}" for name in _stack_settings().model_fields}
+    pipeline = {str(f.validation_alias) for f in PipelineSettings.model_fields.values() if f.validation_alias}
     read = {
         variable
         for folder in ("dags", "pipeline", "api", "ops/local")
         for path in (PROJECT / folder).glob("*.py")
         for variable in re.findall(r'os\.environ\.get\("([A-Z][A-Z_]+)"', path.read_text())
     }
-    return api | stack | read
+    return api | stack | pipeline | read
 
 
 def configuration_reference() -> str:

@@ -20,8 +20,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SEED = 11
 
 
-def machine(root: Path, remote: Path, model: str) -> Path:
-    """A project directory of its own (a worker's disk); only the DVC remote is shared."""
+def machine(root: Path, model: str) -> Path:
+    """A project directory of its own (a worker's disk)."""
     copy_project(root)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["data"]["rows"] = 1500
@@ -29,13 +29,14 @@ def machine(root: Path, remote: Path, model: str) -> Path:
     params["evaluate"]["importance_repeats"] = 2
     params["model"]["name"] = model
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    config = (root / ".dvc" / "config").read_text().replace("../.bitloop/dvc-remote", str(remote))
-    (root / ".dvc" / "config").write_text(config)
     return root
 
 
-def pipeline(root: Path, uri: str, handoff: str, *args: str) -> Any:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "BITLOOP_STAGE_HANDOFF": handoff}
+def pipeline(root: Path, uri: str, remote: Path | None, *args: str) -> Any:
+    """The CLI on one machine: with a shared `remote` (BITLOOP_DVC_REMOTE_URL), the remote hand-off."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    if remote is not None:
+        env |= {"BITLOOP_STAGE_HANDOFF": "remote", "BITLOOP_DVC_REMOTE_URL": str(remote)}
     command = [sys.executable, "-m", "pipeline", "--root", str(root), *args]
     done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -54,30 +55,33 @@ def test_stages_alternating_between_two_machines_give_what_one_machine_gives(
 ) -> None:
     model = f"handoff-{tmp_path.name}"
     shared = tmp_path / "shared-remote"
-    workers = [machine(tmp_path / name, shared, model) for name in ("a", "b")]
-    pipeline(workers[0], mlflow_uri, "remote", "repro", "ingest", "--seed", str(SEED))
+    workers = [machine(tmp_path / name, model) for name in ("a", "b")]
+    pipeline(workers[0], mlflow_uri, shared, "repro", "ingest", "--seed", str(SEED))
     # ingest retried on the other machine (its first attempt published): nothing is appended twice.
-    again = pipeline(workers[1], mlflow_uri, "remote", "repro", "ingest", "--seed", str(SEED))
+    again = pipeline(workers[1], mlflow_uri, shared, "repro", "ingest", "--seed", str(SEED))
     assert (again["appended_rows"], again["version"], again["recorded"]) == (0, "v1", False)
     for index, stage in enumerate(STAGES[1:]):
-        pipeline(workers[index % 2], mlflow_uri, "remote", "repro", stage)
+        pipeline(workers[index % 2], mlflow_uri, shared, "repro", stage)
     # train retried on the machine that did not run it: the same candidates, byte for byte.
     published = shared / STATE_DIR / model / "dvc.lock"
     before = outputs(published)
     trainer = STAGES[1:].index("train") % 2
-    pipeline(workers[1 - trainer], mlflow_uri, "remote", "repro", "train")
+    pipeline(workers[1 - trainer], mlflow_uri, shared, "repro", "train")
     assert outputs(published) == before
-    summary = pipeline(workers[1], mlflow_uri, "remote", "summary", "--run-label", "handoff")
+    summary = pipeline(workers[1], mlflow_uri, shared, "summary", "--run-label", "handoff")
     assert summary["promoted"] is True, summary
 
     # One machine, one disk, the same batch: the same outputs as the two machines' run.
-    alone = machine(tmp_path / "alone", tmp_path / "own-remote", model)
-    pipeline(alone, mlflow_uri, "workspace", "repro", "ingest", "--seed", str(SEED))
+    alone = machine(tmp_path / "alone", model)
+    pipeline(alone, mlflow_uri, None, "repro", "ingest", "--seed", str(SEED))
     for stage in STAGES[1:]:
-        pipeline(alone, mlflow_uri, "workspace", "repro", stage)
+        pipeline(alone, mlflow_uri, None, "repro", stage)
     assert outputs(alone / "dvc.lock") == before
     assert len(before) == 10, before
-    assert not (tmp_path / "own-remote" / STATE_DIR).exists()  # the workspace hand-off publishes nothing
+    own = alone / ".bitloop" / "dvc-remote"  # .dvc/config's remote, which the workers never used
+    assert own.is_dir()
+    assert not (own / STATE_DIR).exists()  # the workspace hand-off publishes nothing
+    assert not any((w / ".bitloop").exists() for w in workers)
 
 
 def test_a_withdrawal_on_one_machine_is_what_the_next_machine_validates(
@@ -85,11 +89,11 @@ def test_a_withdrawal_on_one_machine_is_what_the_next_machine_validates(
 ) -> None:
     model = f"withdraw-{tmp_path.name}"
     shared = tmp_path / "shared-remote"
-    a, b = (machine(tmp_path / name, shared, model) for name in ("a", "b"))
-    pipeline(a, mlflow_uri, "remote", "repro", "ingest", "--seed", "1")
-    pipeline(a, mlflow_uri, "remote", "repro", "ingest", "--seed", "2")
-    withdrawn = pipeline(b, mlflow_uri, "remote", "batches", "withdraw", "batch-00001.parquet")
+    a, b = (machine(tmp_path / name, model) for name in ("a", "b"))
+    pipeline(a, mlflow_uri, shared, "repro", "ingest", "--seed", "1")
+    pipeline(a, mlflow_uri, shared, "repro", "ingest", "--seed", "2")
+    withdrawn = pipeline(b, mlflow_uri, shared, "batches", "withdraw", "batch-00001.parquet")
     assert withdrawn["version"]["version"] == "v3"
-    pipeline(a, mlflow_uri, "remote", "repro", "validate")
-    listed = {b["batch"]: b["status"] for b in pipeline(b, mlflow_uri, "remote", "batches", "list")}
+    pipeline(a, mlflow_uri, shared, "repro", "validate")
+    listed = {b["batch"]: b["status"] for b in pipeline(b, mlflow_uri, shared, "batches", "list")}
     assert listed == {"batch-00001.parquet": "withdrawn", "batch-00002.parquet": "ok"}, listed
