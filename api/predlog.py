@@ -105,14 +105,17 @@ class PredictionLog:
         self._thread.start()
 
     def append(self, rows: list[Row]) -> None:
-        data = encode(rows) if self._spill is not None else b""
+        # Encoded outside the lock, unless the open segment lives in memory only (after a disk fault).
+        current = self._open
+        to_disk = self._spill is not None and (current is None or current.on_disk or current.count == 0)
+        data = encode(rows) if to_disk else None
         with self._cond:
             segment = self._open
             if segment is None:
                 segment = self._new_segment()
             written = False
             if self._spill is not None and (segment.on_disk or segment.count == 0):
-                written = self._spill.append(segment.seq, data)
+                written = self._spill.append(segment.seq, encode(rows) if data is None else data)
                 if not written and segment.on_disk:  # the disk refused: this segment ends here
                     self._seal()
                     segment = self._new_segment()
@@ -283,7 +286,7 @@ class PredictionLog:
                 self._sealed.popleft()
                 self._forget(segment)
                 recovered, self._error = self._error is not None, None
-                if self._spill is not None:
+                if self._spill is not None and segment.on_disk:  # a failed first append left no file
                     self._spill.remove(segment.seq, segment.writer)
                     self._release_if_done(segment.writer)
                 self._publish()
