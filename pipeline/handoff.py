@@ -85,28 +85,39 @@ def restore(workspace: Workspace, stage: str | None, *, pull: bool = True) -> di
     return {"restored_files": len(files), "pulled_files": pulled}
 
 
-def publish(workspace: Workspace) -> int:
-    """Upload the state (uncached outputs, then dvc.lock) once the stage's cached outputs are pushed."""
+def publish(workspace: Workspace, *, lock: bool = True) -> int:
+    """Upload the state (uncached outputs, then dvc.lock) once the stage's cached outputs are pushed.
+
+    Without `lock`, the reports alone: a failed stage's (a refused batch's validation report) is
+    where any machine finds it, while the lock still describes the last stage that succeeded.
+    """
     with open_repo(workspace.root) as repo:
         fs, state = _state(repo, workspace.model)
         uncached = [out.def_path for s in repo.index.stages for out in s.outs if not out.use_cache]
-        present = [p for p in uncached if (workspace.root / p).is_file()]
-        for relative in [*present, LOCK]:
+        files = [p for p in uncached if (workspace.root / p).is_file()] + ([LOCK] if lock else [])
+        for relative in files:
             fs.upload_fobj(io.BytesIO((workspace.root / relative).read_bytes()), fs.join(state, relative))
-    log.info("published the state", extra={"files": len(present) + 1, "state": state})
-    return len(present) + 1
+    log.info("published the state", extra={"files": len(files), "state": state, "lock": lock})
+    return len(files)
 
 
 @contextmanager
 def handed_off(
     workspace: Workspace, handoff: Handoff, stage: str | None, *, pull: bool = True, publishes: bool = True
 ) -> Iterator[None]:
-    """Around a command: restore before it and, if it `publishes` and succeeds, publish after it.
+    """Around a command: restore before it and, if it `publishes`, publish after it (the reports
+    only when it fails).
 
     With the `workspace` hand-off (one machine, `make up`), the project directory is the state.
     """
-    if handoff == "remote":
+    remote = handoff == "remote"
+    if remote:
         restore(workspace, stage, pull=pull)
-    yield
-    if handoff == "remote" and publishes:
+    try:
+        yield
+    except BaseException:
+        if remote and publishes:
+            publish(workspace, lock=False)
+        raise
+    if remote and publishes:
         publish(workspace)

@@ -32,15 +32,15 @@ def machine(root: Path, model: str) -> Path:
     return root
 
 
-def pipeline(root: Path, uri: str, remote: Path | None, *args: str) -> Any:
+def pipeline(root: Path, uri: str, remote: Path | None, *args: str, exit_code: int = 0) -> Any:
     """The CLI on one machine: with a shared `remote` (BITLOOP_DVC_REMOTE_URL), the remote hand-off."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     if remote is not None:
         env |= {"BITLOOP_STAGE_HANDOFF": "remote", "BITLOOP_DVC_REMOTE_URL": str(remote)}
     command = [sys.executable, "-m", "pipeline", "--root", str(root), *args]
     done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout)
+    assert done.returncode == exit_code, done.stderr[-3000:]
+    return json.loads(done.stdout) if exit_code == 0 else done.stderr
 
 
 def outputs(lock: Path) -> dict[str, str]:
@@ -97,3 +97,24 @@ def test_a_withdrawal_on_one_machine_is_what_the_next_machine_validates(
     pipeline(a, mlflow_uri, shared, "repro", "validate")
     listed = {b["batch"]: b["status"] for b in pipeline(b, mlflow_uri, shared, "batches", "list")}
     assert listed == {"batch-00001.parquet": "withdrawn", "batch-00002.parquet": "ok"}, listed
+
+
+def test_a_refused_batch_leaves_its_report_for_every_machine_and_the_lock_as_it_was(
+    tmp_path: Path, mlflow_uri: str
+) -> None:
+    model = f"refused-{tmp_path.name}"
+    shared = tmp_path / "shared-remote"
+    a, b = (machine(tmp_path / name, model) for name in ("a", "b"))
+    params = yaml.safe_load((a / "params.yaml").read_text())
+    params["validate"]["min_class_rows"] = 10**6  # no class has that many rows: the dataset is refused
+    (a / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    pipeline(a, mlflow_uri, shared, "repro", "ingest", "--seed", "3")
+    state = shared / STATE_DIR / model
+    lock = (state / "dvc.lock").read_bytes()
+    pipeline(a, mlflow_uri, shared, "repro", "validate", exit_code=3)
+    report = json.loads((state / "reports" / model / "validation.json").read_text())
+    assert report["passed"] is False
+    assert "min_class_rows" in json.dumps(report["dataset_errors"])
+    assert (state / "dvc.lock").read_bytes() == lock  # validate did not succeed: the lock says so
+    listed = pipeline(b, mlflow_uri, shared, "batches", "list")
+    assert [entry["batch"] for entry in listed] == ["batch-00001.parquet"]
