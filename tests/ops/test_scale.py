@@ -129,10 +129,15 @@ def test_the_scaled_stack_survives_a_lost_worker_and_lost_replicas(tmp_path: Pat
         for replica in replicas:  # each finds the champion by polling the registry
             ready = lambda r=replica: json.loads(replica_get(r, "/ready")).get("model_version") == champion  # noqa: E731
             wait_for(ready, f"replica {replica} serving the champion", 120)
-        with httpx.Client(base_url=stack.api, timeout=30) as client:
-            for _ in range(30):
-                assert client.post("/predict", json=CHURN_RECORD).status_code == 200
-        assert all(replica_predictions(r) > 0 for r in replicas)  # the balancer spread them
+
+        def spread() -> bool:
+            """Requests reach every replica (the balancer adds one two checks after its /ready says 200)."""
+            with httpx.Client(base_url=stack.api, timeout=30) as client:
+                for _ in range(10):
+                    assert client.post("/predict", json=CHURN_RECORD).status_code == 200
+            return all(replica_predictions(r) > 0 for r in replicas)
+
+        wait_for(spread, "requests through the balancer reaching every replica", 60, every=1)
         rows = "SELECT COUNT(*) FROM predictions"
         before = int(stack.psql(rows))
         answered = through_faults(stack, replicas)
