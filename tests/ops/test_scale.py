@@ -38,11 +38,14 @@ def task_instances(stack: Stack, run_id: str) -> dict[str, dict[str, Any]]:
     return {t["task_id"]: t for t in found}
 
 
+def container_hostname(container: str) -> str:
+    return run("podman", "inspect", "--format", "{{.Config.Hostname}}", container).stdout.strip()
+
+
 def worker_of(stack: Stack, hostname: str) -> str:
     """The worker container whose hostname a task instance recorded."""
     for container in stack.containers("airflow-worker"):
-        name = run("podman", "inspect", "--format", "{{.Config.Hostname}}", container).stdout.strip()
-        if hostname.split(".")[0] == name:
+        if hostname.split(".")[0] == container_hostname(container):
             return container
     raise AssertionError(f"no worker container has the hostname {hostname}")
 
@@ -100,9 +103,7 @@ def test_the_scaled_stack_survives_a_lost_worker_and_lost_replicas(tmp_path: Pat
         run_id, hostnames = train_losing_a_worker(stack)
         workers = stack.containers("airflow-worker")
         assert len(workers) == WORKERS
-        names = {
-            run("podman", "inspect", "--format", "{{.Config.Hostname}}", w).stdout.strip() for w in workers
-        }
+        names = {container_hostname(w) for w in workers}
         assert {h.split(".")[0] for h in hostnames} == names  # tasks of one run ran on both workers
         # No batch or model version twice: one data version, each candidate registered once.
         assert stack.returned("training", run_id, "ingest")["version"] == "v1"

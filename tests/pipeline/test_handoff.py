@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,32 +51,54 @@ def outputs(lock: Path) -> dict[str, str]:
     return {path: md5 for path, md5 in hashes.items() if not path.endswith("promotion.json")}
 
 
-def test_stages_alternating_between_two_machines_give_what_one_machine_gives(
-    tmp_path: Path, mlflow_uri: str
-) -> None:
+@dataclass(frozen=True)
+class TwoMachines:
+    """Two project directories (workers' disks) that share one DVC remote and one MLflow."""
+
+    model: str
+    shared: Path
+    workers: tuple[Path, Path]
+    uri: str
+
+    def run(self, worker: Path, *args: str, exit_code: int = 0) -> Any:
+        return pipeline(worker, self.uri, self.shared, *args, exit_code=exit_code)
+
+    @property
+    def state(self) -> Path:
+        return self.shared / STATE_DIR / self.model
+
+
+@pytest.fixture
+def machines(tmp_path: Path, mlflow_uri: str) -> TwoMachines:
     model = f"handoff-{tmp_path.name}"
-    shared = tmp_path / "shared-remote"
-    workers = [machine(tmp_path / name, model) for name in ("a", "b")]
-    pipeline(workers[0], mlflow_uri, shared, "repro", "ingest", "--seed", str(SEED))
+    workers = (machine(tmp_path / "a", model), machine(tmp_path / "b", model))
+    return TwoMachines(model, tmp_path / "shared-remote", workers, mlflow_uri)
+
+
+def test_stages_alternating_between_two_machines_give_what_one_machine_gives(
+    tmp_path: Path, machines: TwoMachines
+) -> None:
+    workers = machines.workers
+    machines.run(workers[0], "repro", "ingest", "--seed", str(SEED))
     # ingest retried on the other machine (its first attempt published): nothing is appended twice.
-    again = pipeline(workers[1], mlflow_uri, shared, "repro", "ingest", "--seed", str(SEED))
+    again = machines.run(workers[1], "repro", "ingest", "--seed", str(SEED))
     assert (again["appended_rows"], again["version"], again["recorded"]) == (0, "v1", False)
     for index, stage in enumerate(STAGES[1:]):
-        pipeline(workers[index % 2], mlflow_uri, shared, "repro", stage)
+        machines.run(workers[index % 2], "repro", stage)
     # train retried on the machine that did not run it: the same candidates, byte for byte.
-    published = shared / STATE_DIR / model / "dvc.lock"
+    published = machines.state / "dvc.lock"
     before = outputs(published)
     trainer = STAGES[1:].index("train") % 2
-    pipeline(workers[1 - trainer], mlflow_uri, shared, "repro", "train")
+    machines.run(workers[1 - trainer], "repro", "train")
     assert outputs(published) == before
-    summary = pipeline(workers[1], mlflow_uri, shared, "summary", "--run-label", "handoff")
+    summary = machines.run(workers[1], "summary", "--run-label", "handoff")
     assert summary["promoted"] is True, summary
 
     # One machine, one disk, the same batch: the same outputs as the two machines' run.
-    alone = machine(tmp_path / "alone", model)
-    pipeline(alone, mlflow_uri, None, "repro", "ingest", "--seed", str(SEED))
+    alone = machine(tmp_path / "alone", machines.model)
+    pipeline(alone, machines.uri, None, "repro", "ingest", "--seed", str(SEED))
     for stage in STAGES[1:]:
-        pipeline(alone, mlflow_uri, None, "repro", stage)
+        pipeline(alone, machines.uri, None, "repro", stage)
     assert outputs(alone / "dvc.lock") == before
     assert len(before) == 10, before
     own = alone / ".bitloop" / "dvc-remote"  # .dvc/config's remote, which the workers never used
@@ -84,37 +107,31 @@ def test_stages_alternating_between_two_machines_give_what_one_machine_gives(
     assert not any((w / ".bitloop").exists() for w in workers)
 
 
-def test_a_withdrawal_on_one_machine_is_what_the_next_machine_validates(
-    tmp_path: Path, mlflow_uri: str
-) -> None:
-    model = f"withdraw-{tmp_path.name}"
-    shared = tmp_path / "shared-remote"
-    a, b = (machine(tmp_path / name, model) for name in ("a", "b"))
-    pipeline(a, mlflow_uri, shared, "repro", "ingest", "--seed", "1")
-    pipeline(a, mlflow_uri, shared, "repro", "ingest", "--seed", "2")
-    withdrawn = pipeline(b, mlflow_uri, shared, "batches", "withdraw", "batch-00001.parquet")
+def test_a_withdrawal_on_one_machine_is_what_the_next_machine_validates(machines: TwoMachines) -> None:
+    a, b = machines.workers
+    machines.run(a, "repro", "ingest", "--seed", "1")
+    machines.run(a, "repro", "ingest", "--seed", "2")
+    withdrawn = machines.run(b, "batches", "withdraw", "batch-00001.parquet")
     assert withdrawn["version"]["version"] == "v3"
-    pipeline(a, mlflow_uri, shared, "repro", "validate")
-    listed = {b["batch"]: b["status"] for b in pipeline(b, mlflow_uri, shared, "batches", "list")}
+    machines.run(a, "repro", "validate")
+    listed = {entry["batch"]: entry["status"] for entry in machines.run(b, "batches", "list")}
     assert listed == {"batch-00001.parquet": "withdrawn", "batch-00002.parquet": "ok"}, listed
 
 
 def test_a_refused_batch_leaves_its_report_for_every_machine_and_the_lock_as_it_was(
-    tmp_path: Path, mlflow_uri: str
+    machines: TwoMachines,
 ) -> None:
-    model = f"refused-{tmp_path.name}"
-    shared = tmp_path / "shared-remote"
-    a, b = (machine(tmp_path / name, model) for name in ("a", "b"))
+    a, b = machines.workers
     params = yaml.safe_load((a / "params.yaml").read_text())
     params["validate"]["min_class_rows"] = 10**6  # no class has that many rows: the dataset is refused
     (a / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    pipeline(a, mlflow_uri, shared, "repro", "ingest", "--seed", "3")
-    state = shared / STATE_DIR / model
+    machines.run(a, "repro", "ingest", "--seed", "3")
+    state = machines.state
     lock = (state / "dvc.lock").read_bytes()
-    pipeline(a, mlflow_uri, shared, "repro", "validate", exit_code=3)
-    report = json.loads((state / "reports" / model / "validation.json").read_text())
+    machines.run(a, "repro", "validate", exit_code=3)
+    report = json.loads((state / "reports" / machines.model / "validation.json").read_text())
     assert report["passed"] is False
     assert "min_class_rows" in json.dumps(report["dataset_errors"])
     assert (state / "dvc.lock").read_bytes() == lock  # validate did not succeed: the lock says so
-    listed = pipeline(b, mlflow_uri, shared, "batches", "list")
+    listed = machines.run(b, "batches", "list")
     assert [entry["batch"] for entry in listed] == ["batch-00001.parquet"]
