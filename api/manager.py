@@ -124,6 +124,7 @@ class ModelManager:
                     wanted_version,
                     closed_categories=self.settings.closed_categories,
                     max_rows=self.settings.max_batch_rows,
+                    runtime=self.settings.runtime,
                 )
                 reference = self.champion if variant == "challenger" else current
                 if reference is not None and model.schema.fingerprint() != reference.schema.fingerprint():
@@ -147,7 +148,13 @@ class ModelManager:
             changed = True
             notes.append(f"{variant} is now version {model.version}")
             log.info(
-                "model swapped in", extra={"variant": variant, "model": self.name, "version": model.version}
+                "model swapped in",
+                extra={
+                    "variant": variant,
+                    "model": self.name,
+                    "version": model.version,
+                    "runtime": model.runtime,
+                },
             )
         return RefreshResult(changed, "; ".join(notes) or "already serving the registry's versions")
 
@@ -155,9 +162,9 @@ class ModelManager:
         old: ServedModel | None = getattr(self, variant)
         setattr(self, variant, model)  # the atomic swap
         if old is not None:
-            metrics.MODEL_INFO.labels(self.name, old.version, variant).set(0)
+            metrics.MODEL_INFO.labels(self.name, old.version, variant, old.runtime).set(0)
         if model is not None:
-            metrics.MODEL_INFO.labels(self.name, model.version, variant).set(1)
+            metrics.MODEL_INFO.labels(self.name, model.version, variant, model.runtime).set(1)
             metrics.MODEL_VERSION.labels(self.name, variant).set(float(model.version))
         else:
             metrics.MODEL_VERSION.labels(self.name, variant).set(0)

@@ -62,8 +62,8 @@ BATCH_ROWS = Histogram(
 )
 MODEL_INFO = Gauge(
     "bitloop_model_info",
-    "1 for the model version being served",
-    ["model", "version", "variant"],
+    "1 for the model version being served, and the runtime answering for it (onnx or sklearn)",
+    ["model", "version", "variant", "runtime"],
     multiprocess_mode="max",
 )
 MODEL_VERSION = Gauge(

@@ -81,6 +81,9 @@ class ModelInfo(BaseModel):
     loaded_at: str
     features: list[FeatureOut]
     challenger_version: str | None
+    runtime: str = Field(description="what answers for the champion: onnx (its compiled graph) or sklearn")
+    runtime_detail: str = Field(description="why that runtime: the parity figures, or why not compiled")
+    challenger_runtime: str | None
     refused: list[RefusalOut] = Field(
         default_factory=list, description="versions the aliases point at that this server refused to serve"
     )
@@ -168,3 +171,4 @@ def build_batch_model(record: type[BaseModel], max_rows: int) -> type[BaseModel]
         __config__=ConfigDict(extra="forbid"),
         records=(Annotated[list[record], Field(min_length=1, max_length=max_rows)], ...),  # type: ignore[valid-type,arg-type]
     )
+

@@ -41,6 +41,9 @@ class ApiSettings(BaseSettings):
     micro_batch_max_size: Annotated[int, Field(ge=1)] = 64
     micro_batch_max_wait_ms: Annotated[float, Field(ge=0)] = 2.0
     inference_threads: Annotated[int, Field(ge=1)] = 1
+    runtime: Literal["auto", "compiled", "sklearn"] = "auto"
+    """What answers: auto = a version's ONNX graph when it passed parity, else scikit-learn; compiled =
+    refuse a version without one; sklearn = always the scikit-learn pipeline."""
     prediction_log_url: str = Field(PREDICTION_LOG_DEFAULT, validation_alias=PREDICTION_LOG_SETTING)
     """The prediction log: a SQLite file path, or a postgresql:// URL every replica can share."""
     prediction_log_flush_rows: Annotated[int, Field(ge=1)] = 512

@@ -12,15 +12,13 @@ from sklearn.ensemble import (
     RandomForestClassifier,
     RandomForestRegressor,
 )
-from sklearn.impute import SimpleImputer
+from sklearn.impute import MissingIndicator, SimpleImputer
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from pipeline.params import CandidateParams, Task
-from pipeline.schema import DatasetSchema
-
-MISSING_CATEGORY = "__missing__"
+from pipeline.schema import MISSING_CATEGORY, DatasetSchema
 
 
 def _estimator(candidate: CandidateParams, task: Task, seed: int) -> BaseEstimator:
@@ -40,8 +38,9 @@ def _estimator(candidate: CandidateParams, task: Task, seed: int) -> BaseEstimat
 def build_pipeline(
     candidate: CandidateParams, schema: DatasetSchema, seed: int, max_categories: int
 ) -> Pipeline:
-    """Imputation, scaling (linear only) and one-hot encoding, then the estimator."""
-    numeric_steps: list[Any] = [SimpleImputer(strategy="median", add_indicator=True)]
+    """Imputation, missing-value indicators, scaling (linear only) and one-hot encoding, then the
+    estimator; every step compiles to ONNX (`pipeline.compile`)."""
+    numeric_steps: list[Any] = [SimpleImputer(strategy="median")]
     if candidate.kind == "linear":
         numeric_steps.append(StandardScaler())
     categorical = make_pipeline(
@@ -53,6 +52,8 @@ def build_pipeline(
     preprocess = ColumnTransformer(
         [
             ("numeric", make_pipeline(*numeric_steps), schema.numeric),
+            # A column of its own, not SimpleImputer(add_indicator=True), which skl2onnx cannot convert.
+            ("missing", MissingIndicator(features="missing-only", error_on_new=False), schema.numeric),
             ("categorical", categorical, schema.categorical),
         ],
         remainder="drop",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import tempfile
 import warnings
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -19,9 +20,18 @@ from mlflow.data.pandas_dataset import from_pandas
 from mlflow.models import infer_signature
 
 from pipeline.candidates import load_candidate
+from pipeline.compile import compile_candidate
 from pipeline.params import Params
 from pipeline.provenance import git_commit, log_reproduction_record
-from pipeline.registry import GIT_COMMIT_TAG, SCHEMA_ARTIFACT, TAG, Tags, connect
+from pipeline.registry import (
+    COMPILED_ARTIFACT,
+    COMPILED_TAG,
+    GIT_COMMIT_TAG,
+    SCHEMA_ARTIFACT,
+    TAG,
+    Tags,
+    connect,
+)
 from pipeline.reports import RegisteredCandidate, Registration
 from pipeline.schema import DatasetSchema
 from pipeline.scoring import best_candidate, floor_failures
@@ -58,8 +68,10 @@ def _log_candidate(
     data: DatasetVersion,
     metrics: dict[str, float],
     tags: dict[str, str],
-) -> tuple[str, str]:
-    """One MLflow run: params, metrics, data inputs, artefacts and the model. Returns (run id, model URI)."""
+) -> tuple[str, str, dict[str, str]]:
+    """One MLflow run: params, metrics, data inputs, artefacts, the model and its compiled graph.
+
+    Returns the run id, the model URI and the compilation's tags."""
     model = load_candidate(workspace.candidate_file(name))
     train = pd.read_parquet(workspace.train_file)
     test = pd.read_parquet(workspace.test_file)
@@ -109,7 +121,18 @@ def _log_candidate(
             skops_trusted_types=trusted_types(model),
         )
         mlflow.set_tag(Tags.MODEL_URI, info.model_uri)
-        return run.info.run_id, info.model_uri
+        graph, compilation = compile_candidate(model, schema, test)
+        if graph is not None:
+            with tempfile.TemporaryDirectory(prefix="bitloop-compiled-") as scratch:
+                path = Path(scratch) / Path(COMPILED_ARTIFACT).name
+                path.write_bytes(graph)
+                mlflow.log_artifact(str(path), artifact_path=str(Path(COMPILED_ARTIFACT).parent))
+        mlflow.set_tags(compilation.tags())
+        log.info(
+            "compiled",
+            extra={"candidate": name, **compilation.model_dump(exclude_none=True, exclude={"error"})},
+        )
+        return run.info.run_id, info.model_uri, compilation.tags()
 
 
 def register(params: Params, workspace: Workspace, settings: PipelineSettings) -> dict[str, Any]:
@@ -143,9 +166,10 @@ def register(params: Params, workspace: Workspace, settings: PipelineSettings) -
         )
         if found:
             run_id, model_uri = found[0].info.run_id, found[0].data.tags[Tags.MODEL_URI]
+            compiled = {k: v for k, v in found[0].data.tags.items() if k.startswith(COMPILED_TAG)}
             log.info("reusing identical run", extra={"candidate": name, "run_id": run_id})
         else:
-            run_id, model_uri = _log_candidate(name, params, workspace, schema, data, metrics, tags)
+            run_id, model_uri, compiled = _log_candidate(name, params, workspace, schema, data, metrics, tags)
             log.info("logged run", extra={"candidate": name, "run_id": run_id})
         failures = floor_failures(metrics, floors)
         version = None
@@ -158,7 +182,7 @@ def register(params: Params, workspace: Workspace, settings: PipelineSettings) -
             if existing:
                 version = existing[0].version
             else:
-                version_tags = {k: v for k, v in tags.items() if k.startswith(TAG)}
+                version_tags = {k: v for k, v in {**tags, **compiled}.items() if k.startswith(TAG)}
                 version_tags.update({Tags.METRIC + k: f"{v:.6f}" for k, v in metrics.items()})
                 version = mlflow.register_model(model_uri, model_name, tags=version_tags).version
                 log.info("registered", extra={"candidate": name, "model": model_name, "version": version})

@@ -32,12 +32,16 @@ SERVED_ALIASES = (CHAMPION, CHALLENGER)
 
 SCHEMA_ARTIFACT = "feature_schema.json"
 PROFILE_ARTIFACT = PROFILE_FILE  # register logs the workspace file under its own name
+COMPILED_ARTIFACT = "compiled/model.onnx"
+"""The run's ONNX graph of its model (`pipeline.compile`), served after its parity check passed."""
 RECORD_DIR = "reproduce"
 """The run's artefact folder holding params.yaml, dvc.lock and environment.txt."""
 
 TAG = "bitloop."
 """The prefix of every tag bitloop sets on MLflow runs and model versions."""
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
+COMPILED_TAG = TAG + "compiled."
+"""The prefix of the compilation's outcome and parity figures on a run and its model versions."""
 
 
 class Tags:
@@ -129,13 +133,18 @@ def download_model(client: MlflowClient, name: str, version: str, dst: Path) -> 
 
 def _artifact(client: MlflowClient, run_id: str, path: str) -> Any:
     """One JSON artefact of a run, from the client's own server (MLflow's global URI may differ)."""
+    return json.loads(run_file(client, run_id, path))
+
+
+def run_file(client: MlflowClient, run_id: str, path: str) -> bytes:
+    """One artefact of a run as bytes, from the client's own server."""
     import mlflow
 
     with tempfile.TemporaryDirectory(prefix="bitloop-artifact-") as scratch:
         local = mlflow.artifacts.download_artifacts(
             run_id=run_id, artifact_path=path, dst_path=scratch, tracking_uri=client.tracking_uri
         )
-        return json.loads(Path(local).read_text())
+        return Path(local).read_bytes()
 
 
 def run_schema(client: MlflowClient, run_id: str) -> DatasetSchema:

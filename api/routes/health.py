@@ -85,6 +85,9 @@ async def model_info(state: StateDep) -> ModelInfo:
             for f in model.schema.features
         ],
         challenger_version=None if challenger is None else challenger.version,
+        runtime=model.runtime,
+        runtime_detail=model.runtime_detail,
+        challenger_runtime=None if challenger is None else challenger.runtime,
         refused=[
             RefusalOut(variant=variant, version=r.version, reason=r.reason)
             for variant, r in state.manager.refusals.items()

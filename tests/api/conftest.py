@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
@@ -66,6 +67,13 @@ def api_server(tmp_path: Path, uri: str, model: str, **env: str) -> Iterator[str
     }
     with serve([sys.executable, "-m", "api"], f"{base}/health", tmp_path, settings, timeout=60):
         yield base
+
+
+def holdout_records(trained: Trained, rows: int = 200) -> list[dict[str, Any]]:
+    """Holdout rows as JSON records, missing values included."""
+    frame = pd.read_parquet(trained.workspace.test_file)[trained.schema.feature_names].head(rows)
+    records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+    return [{str(k): v for k, v in r.items()} for r in records]
 
 
 def sample_record(schema: DatasetSchema) -> dict[str, Any]:

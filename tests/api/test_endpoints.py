@@ -220,8 +220,8 @@ def test_metrics_count_requests_predictions_and_the_served_version(
     client.post("/predict", json={"bad": 1})
     text = client.get("/metrics").text
     assert (
-        f'bitloop_model_info{{model="api-churn",variant="champion",version="{churn_model.version}"}} 1.0'
-        in text
+        'bitloop_model_info{model="api-churn",runtime="onnx",variant="champion",'
+        f'version="{churn_model.version}"}} 1.0' in text
     )
     assert 'bitloop_http_requests_total{method="POST",route="/predict",status="200"}' in text
     assert 'bitloop_http_requests_total{method="POST",route="/predict",status="422"}' in text

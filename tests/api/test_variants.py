@@ -43,7 +43,8 @@ def test_ab_share_routes_traffic_to_the_challenger(
     assert min(seen.values()) > 15
     metrics = client.get("/metrics").text
     assert (
-        f'bitloop_model_info{{model="ab-churn",variant="challenger",version="{challenger}"}} 1.0' in metrics
+        'bitloop_model_info{model="ab-churn",runtime="onnx",variant="challenger",'
+        f'version="{challenger}"}} 1.0' in metrics
     )
     assert any(
         line.startswith("bitloop_predictions_total{") and 'variant="challenger"' in line
