@@ -22,7 +22,7 @@ from api.drain import Drain
 from api.drift import DriftWatcher
 from api.manager import ModelManager
 from api.predlog import PredictionLog
-from api.routes import admin, health, page, predict
+from api.routes import admin, health, inference, page, predict
 from api.scoring import ScoringService, Unavailable, UnscorableInput
 from api.settings import ApiSettings
 from api.state import ServerState
@@ -197,6 +197,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_middleware(InternalErrorMiddleware)
     app.add_middleware(MetricsMiddleware)  # outermost: counts the 500s the inner one answers
     app.include_router(predict.router)
+    app.include_router(inference.router)
     app.include_router(health.router)
     app.include_router(admin.router)
     app.include_router(page.router)

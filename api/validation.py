@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections import Counter
 from typing import Any
 
 from fastapi import HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api import metrics
 
@@ -27,9 +28,12 @@ def _error(loc: tuple[Any, ...], msg: str, kind: str) -> dict[str, Any]:
     return {"type": kind, "loc": ("body", *loc), "msg": msg}
 
 
-def require_json(request: Request) -> None:
-    """415 unless the body is declared JSON: a cross-site form post (text/plain) is never answered."""
+def require_json(request: Request, undeclared: bool = False) -> None:
+    """415 unless the body is declared JSON (or, with `undeclared`, not declared at all, as inference
+    protocol clients send it): a cross-site form post (text/plain) is never answered."""
     declared = request.headers.get("content-type", "")
+    if undeclared and not declared:
+        return
     media = declared.split(";", 1)[0].strip().lower()
     if media != JSON and not (media.startswith("application/") and media.endswith("+json")):
         shown = f", not {declared[:100]!r}" if declared else ""
@@ -38,9 +42,9 @@ def require_json(request: Request) -> None:
         )
 
 
-async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+async def read_body(request: Request, limit: int, timeout: float, undeclared: bool = False) -> bytes:
     """The body, refusing more than `limit` bytes without reading them all, within `timeout` seconds."""
-    require_json(request)
+    require_json(request, undeclared)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestValidationError(
@@ -75,6 +79,52 @@ def parse(model: type[BaseModel], body: bytes) -> BaseModel:
         raise RequestValidationError(
             [{**e, "loc": ("body", *e["loc"])} for e in err.errors(include_url=False, include_context=False)]
         ) from None
+
+
+class ColumnarBatch(BaseModel):
+    """`{"columns": {"age": [...], ...}}`: one list per feature, the same length each."""
+
+    model_config = ConfigDict(extra="forbid")
+    columns: dict[str, list[Any]] = Field(min_length=1)
+
+
+def parse_batch(model: type[BaseModel], body: bytes) -> list[dict[str, Any]]:
+    """A batch body as records, from `{"records": [...]}` or `{"columns": {...}}`; a 422 names the
+    field and the row (`["body", "records", row, field]`, or `["body", "columns", field, row]`)."""
+    try:
+        return list(model.model_validate_json(body).model_dump(by_alias=True)["records"])
+    except ValidationError as err:
+        errors = err.errors(include_url=False, include_context=False)
+        if not any(e["loc"] == ("columns",) and e["type"] == "extra_forbidden" for e in errors):
+            raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
+    columns = parse(ColumnarBatch, body).columns  # type: ignore[attr-defined]
+    counts = Counter(len(values) for values in columns.values())
+    rows = counts.most_common(1)[0][0]
+    if len(counts) > 1:
+        raise RequestValidationError(
+            [
+                _error(("columns", name), f"has {len(values)} values; the other columns have {rows}", "rows")
+                for name, values in columns.items()
+                if len(values) != rows
+            ]
+        )
+    records = [{name: values[i] for name, values in columns.items()} for i in range(rows)]
+    try:
+        return list(model.model_validate({"records": records}).model_dump(by_alias=True)["records"])
+    except ValidationError as err:
+        raise RequestValidationError(
+            [
+                {**e, "loc": ("body", *_columnar(e["loc"]))}
+                for e in err.errors(include_url=False, include_context=False)
+            ]
+        ) from None
+
+
+def _columnar(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A records location (`records`, row, field) as the columnar body's (`columns`, field, row)."""
+    if len(loc) >= 3 and loc[0] == "records":
+        return ("columns", loc[2], loc[1], *loc[3:])
+    return ("columns", *loc[1:]) if loc[:1] == ("records",) else loc
 
 
 def _text(value: str) -> str:

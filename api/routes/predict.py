@@ -12,13 +12,13 @@ from pydantic import BaseModel
 
 from api.schemas import BatchPredictionOut, PredictionOut, error_responses
 from api.state import StateDep, require_api_key
-from api.validation import parse, read_body
+from api.validation import parse, parse_batch, read_body
 
 router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key)])
 ERRORS = error_responses(401, 408, 415, 422, 503)
 
 
-def _json(out: BaseModel) -> Response:
+def json_response(out: BaseModel) -> Response:
     """Serialise with pydantic directly: FastAPI's generic encoder costs milliseconds per large batch."""
     return Response(out.model_dump_json(), media_type="application/json")
 
@@ -44,7 +44,7 @@ async def predict(request: Request, state: StateDep) -> Response:
     body = await read_body(request, state.settings.max_body_bytes, state.settings.body_timeout_seconds)
     record = parse(model.record_model, body).model_dump(by_alias=True)
     answer = await state.scoring.predict(model, variant, record)
-    return _json(
+    return json_response(
         PredictionOut(
             prediction=answer.labels[0],
             probabilities=None if answer.probabilities is None else answer.probabilities[0],
@@ -61,14 +61,14 @@ async def predict(request: Request, state: StateDep) -> Response:
     response_model=BatchPredictionOut,
     responses=ERRORS,
     openapi_extra=_body("BatchRequest"),
-    summary="Predict a batch of records",
+    summary='Predict a batch: `{"records": [...]}` or `{"columns": {"feature": [...], ...}}`',
 )
 async def predict_batch(request: Request, state: StateDep) -> Response:
     model, variant = state.scoring.pick()
     body = await read_body(request, state.settings.max_body_bytes, state.settings.body_timeout_seconds)
-    records: list[dict[str, Any]] = parse(model.batch_model, body).model_dump(by_alias=True)["records"]
+    records = parse_batch(model.batch_model, body)
     answer = await state.scoring.predict_batch(model, variant, records)
-    return _json(
+    return json_response(
         BatchPredictionOut(
             predictions=answer.labels,
             probabilities=answer.probabilities,

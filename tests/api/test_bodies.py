@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from api.schemas import NUMERIC_LIMIT
 from api.validation import MAX_ERRORS
-from tests.api.conftest import Trained, sample_record
+from tests.api.conftest import Trained, holdout_records, sample_record
 
 pytestmark = pytest.mark.integration
 Client = Callable[..., TestClient]
@@ -135,3 +135,57 @@ def test_a_streamed_body_over_the_limit_is_refused(make_client: Client, churn_mo
     assert response.status_code == 422
     assert "exceeds the limit of 4096 bytes" in response.json()["detail"][0]["msg"]
     assert still_serving(client, churn_model)
+
+
+def columns_of(records: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    return {name: [r.get(name) for r in records] for name in records[0]}
+
+
+def test_a_columnar_batch_answers_as_the_same_records_do(client: TestClient, churn_model: Trained) -> None:
+    records = holdout_records(churn_model, 40)
+    as_records = client.post("/predict/batch", json={"records": records}).json()
+    as_columns = client.post("/predict/batch", json={"columns": columns_of(records)})
+    assert as_columns.status_code == 200, as_columns.text
+    assert as_columns.json()["predictions"] == as_records["predictions"]
+    assert as_columns.json()["probabilities"] == as_records["probabilities"]
+    nullable = next(f.name for f in churn_model.schema.features if f.nullable)
+    without = {k: v for k, v in columns_of(records).items() if k != nullable}  # absent means missing
+    missing = [{**r, nullable: None} for r in records]
+    assert (
+        client.post("/predict/batch", json={"columns": without}).json()["predictions"]
+        == client.post("/predict/batch", json={"records": missing}).json()["predictions"]
+    )
+
+
+def test_a_columnar_batch_gets_422s_naming_the_field_and_row(
+    client: TestClient, churn_model: Trained
+) -> None:
+    records = holdout_records(churn_model, 5)
+    numeric = next(f.name for f in churn_model.schema.features if f.kind == "numeric")
+    categorical = next(f.name for f in churn_model.schema.features if f.kind == "categorical")
+
+    def errors(columns: dict[str, Any]) -> list[dict[str, Any]]:
+        answer = client.post("/predict/batch", json={"columns": columns})
+        assert answer.status_code == 422, answer.text
+        found: list[dict[str, Any]] = answer.json()["detail"]
+        return found
+
+    bad = columns_of(records)
+    bad[numeric][3] = "twelve"
+    bad[categorical][1] = "not-a-category"
+    locs = [e["loc"] for e in errors(bad)]
+    assert ["body", "columns", numeric, 3] in locs
+    assert any(loc[:4] == ["body", "columns", categorical, 1] for loc in locs)
+    short = {**columns_of(records), numeric: [1.0, 2.0]}
+    assert errors(short) == [
+        {
+            "type": "rows",
+            "loc": ["body", "columns", numeric],
+            "msg": f"has 2 values; {next(iter(short))!r} has 5",
+        }
+    ] or any(e["loc"] == ["body", "columns", numeric] for e in errors(short))
+    unknown = errors({**columns_of(records), "shoe_size": [1] * 5})
+    assert any(e["loc"][:3] == ["body", "columns", "shoe_size"] for e in unknown)
+    assert errors({})[0]["loc"][:2] == ["body", "columns"]
+    too_many = {name: values * 300 for name, values in columns_of(records).items()}  # 1,500 > 1,000 rows
+    assert errors(too_many)[0]["loc"] == ["body", "columns"]
