@@ -60,7 +60,7 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 repro: $(STAMP) ## run the DVC pipeline (needs MLflow: `make up`), pushing each new data version to the DVC remote
 	$(BIN)/python -m pipeline repro
 
-bench: $(STAMP) ## benchmark the model server against mlflow models serve (needs wrk); writes docs/benchmarks.md
+bench: $(STAMP) ## benchmark the model server, with each runtime, against mlflow models serve (needs wrk); writes docs/benchmarks.md
 	$(BIN)/python bench/serving.py
 
 bench-scale: $(STAMP) ## how cost grows with data: training at 10k-1M rows, drift, log writes, 30 min of load (about 45 min); writes docs/scale.md
