@@ -1,8 +1,8 @@
 """Finish a virtual environment for an image: drop bundled test suites, then compile bytecode.
 
-The scientific packages ship their own test suites (about 120 MB) that nothing imports at run
-time. Bytecode is compiled once, in unchecked-hash mode: valid whatever the file times in the
-layers, and identical from build to build.
+The scientific packages ship their own test suites (about 120 MB, onnx's backend test data
+among them) that nothing imports at run time. Bytecode is compiled once, in unchecked-hash mode:
+valid whatever the file times in the layers, and identical from build to build.
 """
 
 import compileall
@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 TESTED_PACKAGES = ("numpy", "scipy", "pandas", "sklearn", "pyarrow", "matplotlib")
+TEST_DATA = ("onnx/backend/test",)
 
 
 def main(venv: Path) -> None:
@@ -20,6 +21,8 @@ def main(venv: Path) -> None:
         for tests in sorted((site_packages / package).rglob("tests")):
             if tests.is_dir():  # a parent removed earlier takes its nested suites with it
                 shutil.rmtree(tests)
+    for data in TEST_DATA:
+        shutil.rmtree(site_packages / data, ignore_errors=True)
     # Some packages ship files that are not Python 3; compileall reports and skips them (quiet=2).
     compileall.compile_dir(
         venv / "lib", quiet=2, workers=0, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH

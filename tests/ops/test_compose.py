@@ -24,8 +24,10 @@ pytestmark = pytest.mark.compose
 def test_the_compose_stack_serves_a_champion_trained_by_airflow(tmp_path: Path) -> None:
     with compose_stack(tmp_path, "bitloop-test", {"api": 2, "airflow-worker": 2}) as stack:
         # The model server and the data source carry the MLflow client only, never its server (with
-        # the full MLflow both were 904 MB on this Debian base).
-        assert stack.sizes["api"] < 600, stack.sizes
+        # the full MLflow both were 904 MB on this Debian base). The model server also carries ONNX
+        # Runtime (69 MB of native code) and onnx, which checks each compiled graph (with ml_dtypes,
+        # 37 MB once its test data is dropped): about 700 MB.
+        assert stack.sizes["api"] < 720, stack.sizes
         assert stack.sizes["datasource"] < 800, stack.sizes
         api, mlflow, prometheus = stack.api, stack.url("MLFLOW"), stack.url("PROMETHEUS")
         run_id = stack.trigger("training")
