@@ -133,6 +133,8 @@ def _numbers_type(schema: DatasetSchema) -> str:
 
 
 def _datatype(values: list[Any]) -> str:
+    if all(isinstance(v, bool) for v in values):
+        return "BOOL"
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         return "INT64"
     if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
