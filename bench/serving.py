@@ -31,6 +31,7 @@ import pandas as pd
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
+from bench.scale import rss_kib  # noqa: E402
 from pipeline.params import parse_params  # noqa: E402
 from pipeline.run import run_all  # noqa: E402
 from pipeline.settings import PipelineSettings  # noqa: E402
@@ -169,19 +170,28 @@ def batch_breakdown(uri: str, work: Path, records: list[dict[str, Any]], repeats
     return figures
 
 
+def worker_rss_mib(pid: int) -> float:
+    """The largest resident memory of a uvicorn server's worker processes (its children), in MiB."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return max(rss_kib(int(child)) for child in children) / 1024
+
+
 @contextmanager
-def servers(work: Path, uri: str, workers: int) -> Iterator[dict[str, str]]:
+def servers(
+    work: Path, uri: str, workers: int
+) -> Iterator[tuple[dict[str, str], dict[str, subprocess.Popen[bytes]]]]:
     ports = {name: free_port() for name in ("api", "api_sklearn", "mlflow", "ceiling")}
     env = {
         "MLFLOW_TRACKING_URI": uri,
         "PATH": f"{BIN}:{os.environ['PATH']}",
         "MLFLOW_DISABLE_TELEMETRY": "true",
     }
+    processes: dict[str, subprocess.Popen[bytes]] = {}
     with ExitStack() as stack:
         for server, runtime in (("api", "auto"), ("api_sklearn", "sklearn")):
             multiproc = work / f"prometheus-{server}"
             multiproc.mkdir()
-            stack.enter_context(
+            processes[server] = stack.enter_context(
                 serve(
                     [sys.executable, "-m", "api"],
                     f"http://127.0.0.1:{ports[server]}/ready",
@@ -245,7 +255,7 @@ def servers(work: Path, uri: str, workers: int) -> Iterator[dict[str, str]]:
                 timeout=60,
             )
         )
-        yield {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+        yield {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}, processes
 
 
 def run(seconds: int, workers: int) -> dict[str, Any]:
@@ -283,7 +293,7 @@ def run(seconds: int, workers: int) -> dict[str, Any]:
                 "batch_breakdown": batch_breakdown(uri, work, records, repeats=40),
                 "single": {},
             }
-            with servers(work, uri, workers) as urls:
+            with servers(work, uri, workers) as (urls, processes):
                 runtimes = {
                     name: httpx.get(f"{urls[server]}/model").json()["runtime"]
                     for name, server in (("bitloop", "api"), ("bitloop_sklearn", "api_sklearn"))
@@ -301,10 +311,16 @@ def run(seconds: int, workers: int) -> dict[str, Any]:
                     wrk(url, body, 8, 2)  # warm up
                     results["single"][name] = {str(c): wrk(url, body, c, seconds) for c in LEVELS}
                     print(name, results["single"][name], flush=True)
+                results["worker_rss_mib"] = {name: worker_rss_mib(p.pid) for name, p in processes.items()}
                 results["batch_1000_p50_ms"] = {
                     "bitloop": timed_posts(f"{urls['api']}/predict/batch", {"records": records}, 40),
                     "bitloop_sklearn": timed_posts(
                         f"{urls['api_sklearn']}/predict/batch", {"records": records}, 40
+                    ),
+                    "bitloop_columns": timed_posts(
+                        f"{urls['api']}/predict/batch",
+                        {"columns": {name: [r[name] for r in records] for name in features}},
+                        40,
                     ),
                     "mlflow_serve": timed_posts(
                         f"{urls['mlflow']}/invocations", {"dataframe_records": records}, 40
@@ -336,6 +352,7 @@ def ratios(r: dict[str, Any]) -> dict[str, float]:
         "c1_p50_vs_in_process": single["bitloop"]["1"]["p50_ms"] / local["one_row_ms"],
         "batch_1000_vs_in_process": batch["bitloop"] / local["batch_1000_ms"],
         "batch_1000_vs_mlflow": batch["bitloop"] / batch["mlflow_serve"],
+        "batch_1000_columns_vs_in_process": batch["bitloop_columns"] / local["batch_1000_ms"],
         "in_process_onnx_speedup_one_row": local["one_row_ms"] / local["onnx_one_row_ms"],
         "in_process_onnx_speedup_batch_1000": local["batch_1000_ms"] / local["onnx_batch_1000_ms"],
     }
@@ -383,7 +400,15 @@ def markdown(r: dict[str, Any]) -> str:
             f"| bitloop `/predict/batch`, ONNX runtime, 1,000 rows (p50) | {r['batch_1000_p50_ms']['bitloop']:.2f} |",
             "| bitloop `/predict/batch`, scikit-learn runtime, 1,000 rows (p50) | "
             f"{r['batch_1000_p50_ms']['bitloop_sklearn']:.2f} |",
+            "| bitloop `/predict/batch`, ONNX runtime, 1,000 rows as JSON columns (p50) | "
+            f"{r['batch_1000_p50_ms']['bitloop_columns']:.2f} |",
             f"| mlflow serve `/invocations`, 1,000 rows (p50) | {r['batch_1000_p50_ms']['mlflow_serve']:.2f} |",
+            "",
+            "## Model-server memory",
+            "",
+            "Largest resident memory of one uvicorn worker after the single-record load (MiB): "
+            f"ONNX runtime {r['worker_rss_mib']['api']:.0f}, scikit-learn runtime "
+            f"{r['worker_rss_mib']['api_sklearn']:.0f}.",
             "",
             "## Where a 1,000-row batch's time goes inside the server",
             "",
@@ -409,6 +434,8 @@ def markdown(r: dict[str, Any]) -> str:
             f"| p50 at concurrency 1 over HTTP / in-process scikit-learn, 1 row | {q['c1_p50_vs_in_process']:.2f} | < 1 |",
             f"| 1,000-row batch, bitloop / in-process scikit-learn | {q['batch_1000_vs_in_process']:.2f}x | ≤ 1.5x |",
             f"| 1,000-row batch, bitloop / mlflow serve | {q['batch_1000_vs_mlflow']:.2f}x | < 1 |",
+            "| 1,000-row batch as JSON columns, bitloop / in-process scikit-learn | "
+            f"{q['batch_1000_columns_vs_in_process']:.2f}x | |",
             f"| in process, scikit-learn / ONNX Runtime, 1 row | {q['in_process_onnx_speedup_one_row']:.0f}x | |",
             f"| in process, scikit-learn / ONNX Runtime, 1,000 rows | {q['in_process_onnx_speedup_batch_1000']:.1f}x | |",
             "",
