@@ -302,12 +302,12 @@ def _attach_compiled(
     try:
         if compilation is None:
             raise ValueError("the version was registered without a compiled graph")
+        if compilation.status == "error":
+            raise ValueError(f"it could not be compiled: {compilation.error}")
         if not compilation.servable:
-            figures = (
-                f"max difference {compilation.max_abs_diff}, {compilation.label_mismatches} labels differ"
-            )
             raise ValueError(
-                f"its compiled graph {compilation.status} parity ({compilation.error or figures})"
+                f"its compiled graph failed parity (max difference {compilation.max_abs_diff}, "
+                f"{compilation.label_mismatches} labels differ)"
             )
         compiled = CompiledModel(run_file(client, str(model.run_id), COMPILED_ARTIFACT), model.schema)
         records = model.sample_records(example)
