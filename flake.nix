@@ -36,7 +36,7 @@
 
       # What each image installs: the project plus the dependency groups of its role.
       roles = {
-        api = { groups = [ ]; cmd = [ "python" "-m" "api" ]; port = 8000; };
+        api = { groups = [ "serving" ]; cmd = [ "python" "-m" "api" ]; port = 8000; };
         datasource = { groups = [ "datasource" ]; cmd = [ "python" "-m" "pipeline" "serve-data" "--host" "0.0.0.0" "--port" "8001" ]; port = 8001; };
         mlflow = { groups = [ "tracking" "postgres" ]; cmd = [ "mlflow" "server" "--host" "0.0.0.0" "--port" "5000" "--workers" "1" "--artifacts-destination" "/var/lib/mlflow/artifacts" "--expose-prometheus" "/var/lib/mlflow/metrics" ]; port = 5000; };
         pipeline = { groups = [ "pipeline" "postgres" ]; cmd = [ "airflow" "api-server" ]; port = 8080; };
