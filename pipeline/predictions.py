@@ -279,6 +279,10 @@ class PredictionStore(ABC):
         """Whether `err` says the predictions table does not exist yet (nobody wrote the log)."""
 
 
+SQLITE_TIMEOUT = 5.0
+"""How long a SQLite writer waits for a lock."""
+
+
 class SqliteStore(PredictionStore):
     def __init__(self, url: str, *, read_only: bool = False) -> None:
         super().__init__(url)
@@ -289,8 +293,18 @@ class SqliteStore(PredictionStore):
             )
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(path, timeout=5.0, check_same_thread=False)
-        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn = sqlite3.connect(path, timeout=SQLITE_TIMEOUT, check_same_thread=False)
+        deadline = time.monotonic() + SQLITE_TIMEOUT
+        while True:
+            try:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as err:
+                # Turning a new file to WAL needs a lock SQLite does not wait for (its busy timeout
+                # is not applied), so replicas starting together on one file retry here instead.
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         self.conn.execute("PRAGMA synchronous=NORMAL")
 
     def _execute(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
