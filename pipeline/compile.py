@@ -181,7 +181,7 @@ def _one_hot_columns(encoder: Any) -> list[tuple[list[str], list[int], int, int]
     """Per input column: its categories, the output column of each, the column of unknown values
     (-1: none) and the number of output columns, following scikit-learn's infrequent pooling."""
     if encoder.drop_idx_ is not None:
-        raise NotImplementedError("OneHotEncoder(drop=...) is not compiled")
+        raise ValueError("OneHotEncoder(drop=...) has no converter here: scikit-learn serves the version")
     infrequent = getattr(encoder, "infrequent_categories_", None) or [None] * len(encoder.categories_)
     layout = []
     for categories, pooled in zip(encoder.categories_, infrequent, strict=True):
