@@ -14,6 +14,17 @@ from pipeline.schema import DatasetSchema, FeatureSpec
 Prediction = float | int | str
 
 
+def datatype(values: list[Any]) -> str:
+    """The Open Inference Protocol datatype that holds all `values`: BOOL, INT64, FP64 or BYTES."""
+    if all(isinstance(v, bool) for v in values):
+        return "BOOL"
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return "INT64"
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return "FP64"
+    return "BYTES"
+
+
 class PredictionOut(BaseModel):
     prediction: Prediction
     probabilities: dict[str, float] | None = Field(None, description="class → probability (classification)")

@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api import metrics
+from api.arrow import ARROW_STREAM
 
 JSON = "application/json"
 MAX_ERRORS = 50
@@ -28,23 +29,33 @@ def _error(loc: tuple[Any, ...], msg: str, kind: str) -> dict[str, Any]:
     return {"type": kind, "loc": ("body", *loc), "msg": msg}
 
 
-def require_json(request: Request, undeclared: bool = False) -> None:
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def require_json(request: Request, undeclared: bool = False, arrow: bool = False) -> None:
     """415 unless the body is declared JSON (or, with `undeclared`, not declared at all, as inference
-    protocol clients send it): a cross-site form post (text/plain) is never answered."""
+    protocol clients send it; with `arrow`, an Arrow IPC stream): a cross-site form post (text/plain)
+    is never answered."""
     declared = request.headers.get("content-type", "")
     if undeclared and not declared:
         return
-    media = declared.split(";", 1)[0].strip().lower()
+    media = media_type(request)
+    if arrow and media == ARROW_STREAM:
+        return
     if media != JSON and not (media.startswith("application/") and media.endswith("+json")):
+        wanted = f"{JSON} or {ARROW_STREAM}" if arrow else JSON
         shown = f", not {declared[:100]!r}" if declared else ""
         raise HTTPException(
-            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, f"send the body as Content-Type: {JSON}{shown}"
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, f"send the body as Content-Type: {wanted}{shown}"
         )
 
 
-async def read_body(request: Request, limit: int, timeout: float, undeclared: bool = False) -> bytes:
+async def read_body(
+    request: Request, limit: int, timeout: float, undeclared: bool = False, arrow: bool = False
+) -> bytes:
     """The body, refusing more than `limit` bytes without reading them all, within `timeout` seconds."""
-    require_json(request, undeclared)
+    require_json(request, undeclared, arrow)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestValidationError(
@@ -97,7 +108,14 @@ def parse_batch(model: type[BaseModel], body: bytes) -> list[dict[str, Any]]:
         errors = err.errors(include_url=False, include_context=False)
         if not any(e["loc"] == ("columns",) and e["type"] == "extra_forbidden" for e in errors):
             raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
-    columns = parse(ColumnarBatch, body).columns  # type: ignore[attr-defined]
+    return records_from_columns(model, parse(ColumnarBatch, body).columns)  # type: ignore[attr-defined]
+
+
+def records_from_columns(model: type[BaseModel], columns: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Validated records from one list of values per feature; a 422 names `["body", "columns", field,
+    row]` (or the column whose length differs from the others')."""
+    if not columns:
+        raise RequestValidationError([_error(("columns",), "send at least one column", "too_short")])
     counts = Counter(len(values) for values in columns.values())
     rows = counts.most_common(1)[0][0]
     if len(counts) > 1:

@@ -31,6 +31,7 @@ from api.schemas import (
     V2Ready,
     V2ServerMetadata,
     V2TensorMetadata,
+    datatype,
 )
 from api.scoring import Unavailable, UnscorableInput
 from api.state import ServerState, StateDep, require_api_key
@@ -129,17 +130,7 @@ def _served(state: ServerState, name: str, version: str | None) -> ServedModel:
 
 
 def _numbers_type(schema: DatasetSchema) -> str:
-    return "FP64" if schema.task == "regression" or not schema.classes else _datatype(list(schema.classes))
-
-
-def _datatype(values: list[Any]) -> str:
-    if all(isinstance(v, bool) for v in values):
-        return "BOOL"
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        return "INT64"
-    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-        return "FP64"
-    return "BYTES"
+    return "FP64" if schema.task == "regression" or not schema.classes else datatype(list(schema.classes))
 
 
 @router.get("/health/live", response_model=V2Live, summary="Server liveness (200: live)")
@@ -283,7 +274,7 @@ async def _infer(request: Request, state: ServerState, name: str, model_version:
     answer = await state.scoring.predict_batch(model, variant, records.model_dump(by_alias=True)["records"])
     rows = len(answer.labels)
     outputs = [
-        V2OutputTensor(name="predict", shape=[rows], datatype=_datatype(answer.labels), data=answer.labels)
+        V2OutputTensor(name="predict", shape=[rows], datatype=datatype(answer.labels), data=answer.labels)
     ]
     if answer.probabilities is not None:
         classes = [str(c) for c in model.classes]
