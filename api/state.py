@@ -32,7 +32,9 @@ class ServerState:
     drain: Drain
 
 
-def get_state(request: Request) -> ServerState:
+# Dependencies are `async def`: FastAPI runs a plain `def` one on its thread pool, a thread hop per
+# request that cost a third of a single prediction's time under load (make bench).
+async def get_state(request: Request) -> ServerState:
     state: ServerState = request.app.state.bitloop
     return state
 
@@ -45,7 +47,7 @@ _api_key_header = APIKeyHeader(
 )
 
 
-def require_api_key(state: StateDep, key: Annotated[str | None, Depends(_api_key_header)]) -> None:
+async def require_api_key(state: StateDep, key: Annotated[str | None, Depends(_api_key_header)]) -> None:
     expected = state.settings.api_key
     if expected is None:
         return
