@@ -220,6 +220,14 @@ def test_the_throughput_ratio_the_readme_states_is_the_last_benchmarks() -> None
     assert measured, "docs/benchmarks.md (make bench) has no throughput ratio"
     assert stated, "the README states no throughput ratio"
     assert int(stated[1]) == round(float(measured[1]))
+    runtimes = re.search(
+        r"concurrency 64, ONNX runtime / scikit-learn runtime \| ([\d.]+)x",
+        (PROJECT / "docs" / "benchmarks.md").read_text(),
+    )
+    stated_runtimes = re.search(r"\(([\d.]+) times the scikit-learn\s+runtime's\)", README)
+    assert runtimes, "docs/benchmarks.md (make bench) has no runtime ratio"
+    assert stated_runtimes, "the README states no runtime ratio"
+    assert float(stated_runtimes[1]) == round(float(runtimes[1]), 1)
     batch = re.search(
         r"1,000-row batch, bitloop / mlflow serve \| ([\d.]+)x",
         (PROJECT / "docs" / "benchmarks.md").read_text(),
