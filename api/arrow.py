@@ -19,11 +19,11 @@ from flatbuffers.table import Table
 from nanoarrow.ipc import StreamWriter
 
 from api.schemas import datatype
+from pipeline.registry import TAG as METADATA_PREFIX  # one namespace for bitloop's keys
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 CONTINUATION = -1
 SCHEMA, DICTIONARY_BATCH, RECORD_BATCH = 1, 2, 3
-METADATA_PREFIX = "bitloop."
 
 
 class ArrowInvalid(ValueError):
