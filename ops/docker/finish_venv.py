@@ -1,7 +1,9 @@
-"""Finish a virtual environment for an image: drop bundled test suites, then compile bytecode.
+"""Finish a virtual environment for an image: drop bundled test suites and unused parts, then
+compile bytecode.
 
 The scientific packages ship their own test suites (about 120 MB, onnx's backend test data
-among them) that nothing imports at run time. Bytecode is compiled once, in unchecked-hash mode:
+among them) that nothing imports at run time, and pyarrow its Arrow Flight RPC libraries and C++
+headers (about 40 MB) that bitloop never loads. Bytecode is compiled once, in unchecked-hash mode:
 valid whatever the file times in the layers, and identical from build to build.
 """
 
@@ -13,6 +15,7 @@ from pathlib import Path
 
 TESTED_PACKAGES = ("numpy", "scipy", "pandas", "sklearn", "pyarrow", "matplotlib")
 TEST_DATA = ("onnx/backend/test",)
+UNUSED = ("pyarrow/include", "pyarrow/src", "pyarrow/*flight*")
 
 
 def main(venv: Path) -> None:
@@ -23,6 +26,9 @@ def main(venv: Path) -> None:
                 shutil.rmtree(tests)
     for data in TEST_DATA:
         shutil.rmtree(site_packages / data, ignore_errors=True)
+    for pattern in UNUSED:
+        for path in site_packages.glob(pattern):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     # Some packages ship files that are not Python 3; compileall reports and skips them (quiet=2).
     compileall.compile_dir(
         venv / "lib", quiet=2, workers=0, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH

@@ -26,8 +26,9 @@ def test_the_compose_stack_serves_a_champion_trained_by_airflow(tmp_path: Path) 
         # The model server and the data source carry the MLflow client only, never its server (with
         # the full MLflow both were 904 MB on this Debian base). The model server also carries ONNX
         # Runtime (69 MB of native code) and onnx, which checks each compiled graph (with ml_dtypes,
-        # 37 MB once its test data is dropped): about 700 MB.
-        assert stack.sizes["api"] < 720, stack.sizes
+        # 37 MB once its test data is dropped), and pyarrow for Arrow batches (117 MB without Flight
+        # and headers): about 820 MB.
+        assert stack.sizes["api"] < 840, stack.sizes
         assert stack.sizes["datasource"] < 800, stack.sizes
         api, mlflow, prometheus = stack.api, stack.url("MLFLOW"), stack.url("PROMETHEUS")
         run_id = stack.trigger("training")
