@@ -48,6 +48,8 @@ def encode(rows: Iterable[Row]) -> bytes:
                 r.features,
                 r.prediction,
                 r.probabilities,
+                r.row_index,
+                r.entity_id,
             ]
         )
         + b"\n"
@@ -57,7 +59,8 @@ def encode(rows: Iterable[Row]) -> bytes:
 
 def decode(data: bytes) -> list[Row]:
     """The rows of a segment file. A last line without its newline was cut by a crash of the
-    machine mid-write, before its answer could leave: it is left out."""
+    machine mid-write, before its answer could leave: it is left out. A line of eight fields was
+    written before rows had a row index and entity id: they take their defaults."""
     lines = data.split(b"\n")
     if lines[-1]:
         log.warning("prediction spill segment ends in a cut line: left out", extra={"bytes": len(lines[-1])})

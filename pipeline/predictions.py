@@ -29,7 +29,10 @@ from pipeline.settings import PREDICTION_LOG_SETTING
 SETTING = PREDICTION_LOG_SETTING
 SERVED_VARIANTS = ("champion", "challenger")
 """Rows that answered a request; "shadow" rows repeat inputs that were already logged."""
-COLUMNS = "ts, request_id, model_name, model_version, variant, features, prediction, probabilities"
+COLUMNS = (
+    "ts, request_id, model_name, model_version, variant, features, prediction, probabilities, "
+    "row_index, entity_id"
+)
 INSERT = f"INSERT INTO predictions ({COLUMNS}) VALUES "  # noqa: S608 - constant columns
 SELECT_ALL = f"SELECT {COLUMNS} FROM predictions ORDER BY id"  # noqa: S608 - constant columns
 
@@ -74,6 +77,31 @@ MIGRATIONS = (
             "committed_seq BIGINT NOT NULL, updated_at DOUBLE PRECISION NOT NULL)",
         ),
     ),
+    Migration(
+        3,
+        "each prediction's row in its request and the client's entity id; true outcomes by prediction",
+        sqlite=(
+            "ALTER TABLE predictions ADD COLUMN row_index INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE predictions ADD COLUMN entity_id TEXT",
+            "CREATE INDEX IF NOT EXISTS predictions_request ON predictions (request_id, row_index)",
+            "CREATE INDEX IF NOT EXISTS predictions_entity ON predictions (entity_id, ts) "
+            "WHERE entity_id IS NOT NULL",
+            "CREATE TABLE IF NOT EXISTS outcomes (request_id TEXT NOT NULL, row_index INTEGER NOT NULL, "
+            "outcome TEXT NOT NULL, received_at REAL NOT NULL, PRIMARY KEY (request_id, row_index))",
+            "CREATE INDEX IF NOT EXISTS outcomes_received ON outcomes (received_at)",
+        ),
+        postgres=(
+            "ALTER TABLE predictions ADD COLUMN IF NOT EXISTS row_index INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE predictions ADD COLUMN IF NOT EXISTS entity_id TEXT",
+            "CREATE INDEX IF NOT EXISTS predictions_request ON predictions (request_id, row_index)",
+            "CREATE INDEX IF NOT EXISTS predictions_entity ON predictions (entity_id, ts) "
+            "WHERE entity_id IS NOT NULL",
+            "CREATE TABLE IF NOT EXISTS outcomes (request_id TEXT NOT NULL, row_index INTEGER NOT NULL, "
+            "outcome JSONB NOT NULL, received_at DOUBLE PRECISION NOT NULL, "
+            "PRIMARY KEY (request_id, row_index))",
+            "CREATE INDEX IF NOT EXISTS outcomes_received ON outcomes (received_at)",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -102,6 +130,10 @@ class Row(NamedTuple):
     features: dict[str, Any]
     prediction: Any
     probabilities: dict[str, float] | None
+    row_index: int = 0
+    """The record's position in its request (0 for /predict)."""
+    entity_id: str | None = None
+    """The client's id for what the record describes (a customer, say), when it sent one."""
 
 
 def is_postgres(url: str) -> bool:
@@ -144,6 +176,8 @@ def _values(rows: Iterable[Row]) -> list[tuple[Any, ...]]:
             _json(r.features),
             _json(r.prediction),
             None if r.probabilities is None else _json(r.probabilities),
+            r.row_index,
+            r.entity_id,
         )
         for r in rows
     ]
@@ -239,6 +273,7 @@ class PredictionStore(ABC):
                 (cutoff, chunk),
             ).rowcount
             self._execute("DELETE FROM bitloop_log_writers WHERE updated_at < ?", (cutoff,))
+            self._execute("DELETE FROM outcomes WHERE received_at < ?", (cutoff,))
             self.commit()
         except BaseException:
             self.rollback()
@@ -264,9 +299,52 @@ class PredictionStore(ABC):
                 self._decode(features),
                 self._decode(prediction),
                 None if probabilities is None else self._decode(probabilities),
+                int(row),
+                entity,
             )
-            for ts, request, name, version, variant, features, prediction, probabilities in found
+            for ts, request, name, version, variant, features, prediction, probabilities, row, entity in found
         ]
+
+    def resolve(self, request_id: str | None, row: int, entity_id: str | None) -> tuple[str, int] | None:
+        """The (request id, row) a true outcome is for: the answered prediction with that request id
+        and row, or the newest answered prediction for the entity id; None while the log has none."""
+        if request_id is not None:
+            found = self._execute(
+                "SELECT request_id, row_index FROM predictions WHERE request_id = ? AND row_index = ? "
+                "AND variant IN (?, ?) LIMIT 1",
+                (request_id, row, *SERVED_VARIANTS),
+            ).fetchone()
+        else:
+            found = self._execute(
+                "SELECT request_id, row_index FROM predictions WHERE entity_id = ? AND variant IN (?, ?) "
+                "ORDER BY ts DESC LIMIT 1",
+                (entity_id, *SERVED_VARIANTS),
+            ).fetchone()
+        return None if found is None else (str(found[0]), int(found[1]))
+
+    def add_outcome(self, request_id: str, row: int, outcome: Any, received_at: float) -> str:
+        """Store a prediction's true outcome once, in the open transaction: "recorded", "duplicate"
+        (the same outcome is already stored) or "conflict" (another one is; it stays)."""
+        inserted = self._execute(
+            "INSERT INTO outcomes (request_id, row_index, outcome, received_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (request_id, row_index) DO NOTHING",
+            (request_id, row, _json(outcome), received_at),
+        ).rowcount
+        if inserted:
+            return "recorded"
+        stored = self._execute(
+            "SELECT outcome FROM outcomes WHERE request_id = ? AND row_index = ?", (request_id, row)
+        ).fetchone()
+        return "duplicate" if self._decode(stored[0]) == outcome else "conflict"
+
+    def outcomes(self) -> list[tuple[str, int, Any, float]]:
+        """Every stored outcome: (request id, row, outcome, received at), oldest first."""
+        found = self._execute(
+            "SELECT request_id, row_index, outcome, received_at FROM outcomes "
+            "ORDER BY received_at, request_id, row_index"
+        ).fetchall()
+        self.rollback()
+        return [(str(r), int(i), self._decode(o), float(t)) for r, i, o, t in found]
 
     def count(self) -> int:
         total = int(self._execute("SELECT COUNT(*) FROM predictions").fetchone()[0])
@@ -327,7 +405,7 @@ class SqliteStore(PredictionStore):
 
     def stage(self, rows: Iterable[Row]) -> None:
         self.conn.executemany(
-            INSERT + "(?, ?, ?, ?, ?, ?, ?, ?)",
+            INSERT + "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             _values(rows),
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import settings
@@ -50,3 +51,12 @@ def postgres_log_url(postgres: Postgres) -> str:
     admin.cursor().execute(f"CREATE DATABASE {name}")
     admin.close()
     return postgres.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def log_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty prediction log on each store."""
+    if request.param == "sqlite":
+        return str(tmp_path / "predictions.sqlite")
+    url: str = request.getfixturevalue("postgres_log_url")
+    return url

@@ -26,15 +26,6 @@ from tests.servers import free_port, postgres_server
 from tests.tools import require_postgres
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def log_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty log on each store."""
-    if request.param == "sqlite":
-        return str(tmp_path / "predictions.sqlite")
-    url: str = request.getfixturevalue("postgres_log_url")
-    return url
-
-
 def rows(n: int, ts: float, *, model: str = "m", variant: str = "champion", start: int = 0) -> list[Row]:
     return [
         Row(

@@ -1,0 +1,120 @@
+"""True outcomes in the prediction log, on SQLite and a real PostgreSQL: addressed by request and
+row or by entity id, stored once per prediction, expired with retention; a log written before
+outcomes existed is migrated with its rows intact."""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.predictions import MIGRATIONS, Row, insert_rows, open_store, read_rows
+
+
+def batch(
+    request_id: str, n: int, ts: float, *, variant: str = "champion", ids: list[str] | None = None
+) -> list[Row]:
+    entities: list[str | None] = list(ids) if ids else [None] * n
+    probabilities = {"no": 0.4, "yes": 0.6}
+    return [
+        Row(ts, request_id, "m", "1", variant, {"x": float(i)}, "yes", probabilities, i, entities[i])
+        for i in range(n)
+    ]
+
+
+def test_outcomes_are_addressed_and_stored_once_on_both_stores(log_url: str) -> None:
+    now = time.time()
+    insert_rows(log_url, batch("a", 3, now - 30, ids=["c1", "c2", "c3"]))
+    insert_rows(log_url, batch("a", 3, now - 30, variant="shadow", ids=["c1", "c2", "c3"]))
+    insert_rows(log_url, batch("b", 1, now - 10, ids=["c2"]))  # c2 scored again, later
+    store = open_store(log_url)
+    try:
+        assert store.resolve("a", 2, None) == ("a", 2)
+        assert store.resolve("a", 3, None) is None  # no such row
+        assert store.resolve(None, 0, "c2") == ("b", 0)  # the newest prediction for the entity
+        assert store.resolve(None, 0, "c9") is None
+        insert_rows(log_url, batch("s", 1, now, variant="shadow", ids=["c7"]))
+        assert store.resolve(None, 0, "c7") is None  # a shadow row answered nobody
+        assert store.add_outcome("a", 2, "no", now) == "recorded"
+        assert store.add_outcome("a", 2, "no", now + 1) == "duplicate"
+        assert store.add_outcome("a", 2, "yes", now + 2) == "conflict"
+        assert store.add_outcome("b", 0, 1.5, now - 5000) == "recorded"
+        store.commit()
+        assert store.outcomes() == [("b", 0, 1.5, now - 5000), ("a", 2, "no", now)]
+        store.expire(now - 1000, 100)  # retention takes outcomes received before the cutoff
+        assert store.outcomes() == [("a", 2, "no", now)]
+    finally:
+        store.close()
+    assert [(r.row_index, r.entity_id) for r in read_rows(log_url)[:3]] == [(0, "c1"), (1, "c2"), (2, "c3")]
+
+
+sends = st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["no", "yes"])), min_size=1, max_size=30)
+
+
+@settings(max_examples=60, deadline=None)
+@given(sends)
+def test_an_outcome_is_stored_once_however_often_it_is_sent(sent: list[tuple[int, str]]) -> None:
+    """Rows 0-3 of request "r" exist, 4 and 5 do not: the first outcome sent for a row stays."""
+    with tempfile.TemporaryDirectory() as scratch:
+        url = str(Path(scratch) / "log.sqlite")
+        insert_rows(url, batch("r", 4, time.time()))
+        store = open_store(url)
+        try:
+            statuses = []
+            for row, outcome in sent:
+                found = store.resolve("r", row, None)
+                statuses.append("unknown" if found is None else store.add_outcome(*found, outcome, 0.0))
+            store.commit()
+            stored = {row: outcome for _, row, outcome, _ in store.outcomes()}
+        finally:
+            store.close()
+    first: dict[int, str] = {}
+    for row, outcome in sent:
+        first.setdefault(row, outcome)
+    assert stored == {row: outcome for row, outcome in first.items() if row < 4}
+    expected = []
+    seen: set[int] = set()
+    for row, outcome in sent:
+        if row >= 4:
+            expected.append("unknown")
+        elif row not in seen:
+            expected.append("recorded")
+        else:
+            expected.append("duplicate" if outcome == first[row] else "conflict")
+        seen.add(row)
+    assert statuses == expected
+    assert statuses.count("recorded") == len(stored)
+
+
+def test_a_log_written_before_outcomes_is_migrated_with_its_rows(tmp_path: Path) -> None:
+    url = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(url)
+    conn.execute(
+        "CREATE TABLE bitloop_schema (version INTEGER PRIMARY KEY, description TEXT NOT NULL, "
+        "applied_at DOUBLE PRECISION NOT NULL)"
+    )
+    for migration in MIGRATIONS[:2]:
+        for statement in migration.sqlite:
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO bitloop_schema VALUES (?, ?, ?)", (migration.version, migration.description, 0)
+        )
+    conn.execute(
+        "INSERT INTO predictions (ts, request_id, model_name, model_version, variant, features, prediction, "
+        "probabilities) VALUES (1.0, 'old', 'm', '1', 'champion', '{\"x\": 1.0}', '\"yes\"', NULL)"
+    )
+    conn.commit()
+    conn.close()
+    store = open_store(url)
+    try:
+        assert store.resolve("old", 0, None) == ("old", 0)
+        assert store.add_outcome("old", 0, "no", 2.0) == "recorded"
+        store.commit()
+    finally:
+        store.close()
+    (old,) = read_rows(url)
+    assert (old.request_id, old.row_index, old.entity_id, old.features) == ("old", 0, None, {"x": 1.0})
