@@ -21,8 +21,9 @@ from api.batching import MicroBatcher
 from api.drain import Drain
 from api.drift import DriftWatcher
 from api.manager import ModelManager
+from api.outcomes import OutcomeStore, OutcomesUnavailable
 from api.predlog import PredictionLog
-from api.routes import admin, health, inference, page, predict
+from api.routes import admin, feedback, health, inference, page, predict
 from api.scoring import ScoringService, Unavailable, UnscorableInput
 from api.settings import ApiSettings
 from api.state import ServerState
@@ -152,6 +153,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             watcher,
             ScoringService(settings, manager, batcher, prediction_log),
             Drain(settings.drain_seconds),
+            OutcomeStore(settings.prediction_log_url),
         )
         app.state.bitloop = state
         manager.on_swap.append(lambda: setattr(app, "openapi_schema", None))
@@ -177,6 +179,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             await batcher.stop()
             await state.scoring.drain()
             written = state.log.close(settings.prediction_log_shutdown_seconds)
+            state.outcomes.close()
             log.info(
                 "model server stopped",
                 extra={
@@ -198,6 +201,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware)  # outermost: counts the 500s the inner one answers
     app.include_router(predict.router)
     app.include_router(inference.router)
+    app.include_router(feedback.router)
     app.include_router(health.router)
     app.include_router(admin.router)
     app.include_router(page.router)
@@ -212,7 +216,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         return JSONResponse({"detail": render_errors(exc.errors)}, status_code=422)
 
     @app.exception_handler(Unavailable)
-    async def unavailable(_: Request, exc: Unavailable) -> JSONResponse:
+    @app.exception_handler(OutcomesUnavailable)
+    async def unavailable(_: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503)
 
     return app

@@ -112,6 +112,12 @@ PREDICTION_FAILURES = Counter(
     "Records the model could not score: cause 'input' (answered 422) or 'model' (answered 500)",
     ["model", "version", "variant", "cause"],
 )
+FEEDBACK = Counter(
+    "bitloop_feedback_outcomes_total",
+    "True outcomes received by POST /feedback: recorded, duplicate, conflict (another outcome is stored) "
+    "or unknown (no answered prediction found)",
+    ["status"],
+)
 BODY_TIMEOUTS = Counter("bitloop_request_body_timeouts_total", "Requests whose body did not arrive in time")
 
 # Drift of the served champion's live inputs (a sliding window of the prediction log).

@@ -7,7 +7,17 @@ import re
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    create_model,
+    model_validator,
+)
 
 from pipeline.schema import DatasetSchema, FeatureSpec
 
@@ -23,6 +33,18 @@ def datatype(values: list[Any]) -> str:
     if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
         return "FP64"
     return "BYTES"
+
+
+EntityId = Annotated[str, Field(min_length=1, max_length=200)]
+"""The client's id for what a record describes (a customer, say): logged with its prediction, it
+addresses the prediction's true outcome in `POST /feedback`."""
+EntityIds = list[EntityId]
+FEEDBACK_EXAMPLE: dict[str, Any] = {
+    "outcomes": [
+        {"request_id": "0f8e4c2a9b1d4e6f8a7c5b3d1e9f0a2b", "row": 0, "outcome": "yes"},
+        {"id": "customer-1042", "outcome": "no"},
+    ]
+}
 
 
 class PredictionOut(BaseModel):
@@ -98,6 +120,47 @@ class ModelInfo(BaseModel):
     refused: list[RefusalOut] = Field(
         default_factory=list, description="versions the aliases point at that this server refused to serve"
     )
+
+
+class OutcomeIn(BaseModel):
+    """One true outcome, addressed by `request_id` (and `row`, for a batch) or by `id`."""
+
+    model_config = ConfigDict(extra="forbid")
+    request_id: Annotated[str, Field(min_length=1, max_length=64)] | None = Field(
+        None, description="the request_id the prediction was answered with"
+    )
+    row: Annotated[int, Field(ge=0)] | None = Field(None, description="the record's position in its batch")
+    id: EntityId | None = Field(None, description="the entity id sent with the prediction (its newest)")
+    outcome: StrictBool | StrictInt | StrictFloat | StrictStr = Field(
+        description="one of the model's classes, or the true value (regression)"
+    )
+
+    @model_validator(mode="after")
+    def _one_address(self) -> OutcomeIn:
+        if (self.request_id is None) == (self.id is None):
+            raise ValueError("address the prediction by request_id (and row) or by id, not both")
+        if self.row is not None and self.request_id is None:
+            raise ValueError("row goes with request_id")
+        return self
+
+
+class FeedbackIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [FEEDBACK_EXAMPLE]})
+    outcomes: list[OutcomeIn] = Field(min_length=1)
+
+
+class FeedbackItemOut(BaseModel):
+    index: int = Field(description="the item's position in `outcomes`")
+    status: Literal["duplicate", "conflict", "unknown"]
+    detail: str
+
+
+class FeedbackOut(BaseModel):
+    recorded: int
+    duplicate: int
+    conflict: int
+    unknown: int
+    items: list[FeedbackItemOut] = Field(description="every item not recorded, and why")
 
 
 class ReloadOut(BaseModel):
@@ -181,6 +244,10 @@ def build_batch_model(record: type[BaseModel], max_rows: int) -> type[BaseModel]
         "BatchRequest",
         __config__=ConfigDict(extra="forbid"),
         records=(Annotated[list[record], Field(min_length=1, max_length=max_rows)], ...),  # type: ignore[valid-type,arg-type]
+        ids=(
+            EntityIds | None,
+            Field(None, description="the client's entity id of each record, logged with it"),
+        ),
     )
 
 

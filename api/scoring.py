@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,18 +92,22 @@ class ScoringService:
         model, variant = self.manager.pick()
         return model or champion, variant
 
-    async def predict(self, model: ServedModel, variant: str, record: dict[str, Any]) -> Answer:
-        """One record, micro-batched with concurrent requests."""
+    async def predict(
+        self, model: ServedModel, variant: str, record: dict[str, Any], entity_id: str | None = None
+    ) -> Answer:
+        """One record, micro-batched with concurrent requests; `entity_id` is logged with it."""
         try:
             label, probabilities = await self.batcher.submit(model, variant, record)
         except Exception as err:
             raise self._failure(model, variant, {(): err}) from None
         return self._answer(
-            model, variant, [record], [label], None if probabilities is None else [probabilities]
+            model, variant, [record], [label], None if probabilities is None else [probabilities], [entity_id]
         )
 
-    async def predict_batch(self, model: ServedModel, variant: str, records: list[dict[str, Any]]) -> Answer:
-        """A batch in one model call on an inference thread."""
+    async def predict_batch(
+        self, model: ServedModel, variant: str, records: list[dict[str, Any]], ids: list[str] | None = None
+    ) -> Answer:
+        """A batch in one model call on an inference thread; `ids` (one per record) are logged with it."""
         outcomes: list[Outcome | Exception] = await self.batcher.run_in_thread(model.score, records)
         failures = {("records", i): o for i, o in enumerate(outcomes) if isinstance(o, Exception)}
         if failures:
@@ -110,7 +115,7 @@ class ScoringService:
         labels, probabilities = split_outcomes(
             [o for o in outcomes if not isinstance(o, Exception)], model.schema.task
         )
-        return self._answer(model, variant, records, labels, probabilities)
+        return self._answer(model, variant, records, labels, probabilities, ids)
 
     def readiness(self) -> tuple[bool, list[str]]:
         """Whether this server should get traffic, and what is wrong, in words fit for open endpoints."""
@@ -151,10 +156,14 @@ class ScoringService:
         records: list[dict[str, Any]],
         labels: list[Any],
         probabilities: list[dict[str, float]] | None,
+        ids: list[str] | list[str | None] | None,
     ) -> Answer:
         request_id = uuid.uuid4().hex
-        self._record(model, variant, request_id, records, labels, probabilities)
-        self._shadow(request_id, records)
+        entities: list[str | None] = list(ids) if ids is not None else [None] * len(records)
+        self._record(
+            model, variant, request_id, records, labels, probabilities, range(len(records)), entities
+        )
+        self._shadow(request_id, records, entities)
         return Answer(model, variant, request_id, labels, probabilities)
 
     def _failure(
@@ -184,7 +193,7 @@ class ScoringService:
             ]
         )
 
-    def _shadow(self, request_id: str, records: list[dict[str, Any]]) -> None:
+    def _shadow(self, request_id: str, records: list[dict[str, Any]], ids: list[str | None]) -> None:
         """Score @challenger on the same records without touching the answer."""
         challenger = self.manager.challenger
         if not self.settings.shadow or challenger is None:
@@ -196,12 +205,21 @@ class ScoringService:
             except Exception:
                 log.exception("shadow scoring failed", extra={"version": challenger.version})
                 return
-            scored = [(r, o) for r, o in zip(records, outcomes, strict=True) if not isinstance(o, Exception)]
+            scored = [i for i, o in enumerate(outcomes) if not isinstance(o, Exception)]
             if len(scored) < len(records):
                 log.warning("shadow scoring failed on some records", extra={"version": challenger.version})
             if scored:
-                labels, probabilities = split_outcomes([o for _, o in scored], challenger.schema.task)
-                self._record(challenger, "shadow", request_id, [r for r, _ in scored], labels, probabilities)
+                labels, probabilities = split_outcomes([outcomes[i] for i in scored], challenger.schema.task)
+                self._record(
+                    challenger,
+                    "shadow",
+                    request_id,
+                    [records[i] for i in scored],
+                    labels,
+                    probabilities,
+                    scored,
+                    [ids[i] for i in scored],
+                )
 
         task = asyncio.get_running_loop().create_task(score())
         self._shadows.add(task)
@@ -215,8 +233,11 @@ class ScoringService:
         records: list[dict[str, Any]],
         labels: list[Any],
         probabilities: list[dict[str, float]] | None,
+        rows: Sequence[int],
+        ids: Sequence[str | None],
     ) -> None:
-        """Count the predictions and queue them for the prediction log."""
+        """Count the predictions and queue them for the prediction log; `rows` are the records'
+        positions in their request, `ids` the client's entity ids."""
         now = time.time()
         self.log.append(
             [
@@ -229,8 +250,10 @@ class ScoringService:
                     record,
                     label,
                     None if probabilities is None else probabilities[i],
+                    row,
+                    entity,
                 )
-                for i, (record, label) in enumerate(zip(records, labels, strict=True))
+                for i, (record, label, row, entity) in enumerate(zip(records, labels, rows, ids, strict=True))
             ]
         )
         if model.schema.task == "regression":

@@ -16,6 +16,7 @@ from api.batching import MicroBatcher
 from api.drain import Drain
 from api.drift import DriftWatcher
 from api.manager import ModelManager
+from api.outcomes import OutcomeStore
 from api.predlog import PredictionLog
 from api.scoring import ScoringService
 from api.settings import ApiSettings
@@ -30,6 +31,7 @@ class ServerState:
     drift: DriftWatcher
     scoring: ScoringService
     drain: Drain
+    outcomes: OutcomeStore
 
 
 # Dependencies are `async def`: FastAPI runs a plain `def` one on its thread pool, a thread hop per

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api import metrics
 from api.arrow import ARROW_STREAM
+from api.schemas import EntityIds
 
 JSON = "application/json"
 MAX_ERRORS = 50
@@ -97,18 +98,33 @@ class ColumnarBatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     columns: dict[str, list[Any]] = Field(min_length=1)
+    ids: EntityIds | None = None
 
 
-def parse_batch(model: type[BaseModel], body: bytes) -> list[dict[str, Any]]:
-    """A batch body as records, from `{"records": [...]}` or `{"columns": {...}}`; a 422 names the
-    field and the row (`["body", "records", row, field]`, or `["body", "columns", field, row]`)."""
+def parse_batch(model: type[BaseModel], body: bytes) -> tuple[list[dict[str, Any]], list[str] | None]:
+    """A batch body as records and their entity ids (`ids`, optional), from `{"records": [...]}` or
+    `{"columns": {...}}`; a 422 names the field and the row (`["body", "records", row, field]`, or
+    `["body", "columns", field, row]`)."""
     try:
-        return list(model.model_validate_json(body).model_dump(by_alias=True)["records"])
+        batch = model.model_validate_json(body)
+        records = list(batch.model_dump(by_alias=True)["records"])
+        return records, check_ids(batch.ids, len(records))  # type: ignore[attr-defined]
     except ValidationError as err:
         errors = err.errors(include_url=False, include_context=False)
         if not any(e["loc"] == ("columns",) and e["type"] == "extra_forbidden" for e in errors):
             raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
-    return records_from_columns(model, parse(ColumnarBatch, body).columns)  # type: ignore[attr-defined]
+    columnar = parse(ColumnarBatch, body)
+    records = records_from_columns(model, columnar.columns)  # type: ignore[attr-defined]
+    return records, check_ids(columnar.ids, len(records))  # type: ignore[attr-defined]
+
+
+def check_ids(ids: list[str] | None, rows: int) -> list[str] | None:
+    """The entity ids, when there is one per record; a 422 at `["body", "ids"]` otherwise."""
+    if ids is not None and len(ids) != rows:
+        raise RequestValidationError(
+            [_error(("ids",), f"has {len(ids)} ids; the batch has {rows} rows", "ids")]
+        )
+    return ids
 
 
 def records_from_columns(model: type[BaseModel], columns: dict[str, list[Any]]) -> list[dict[str, Any]]:

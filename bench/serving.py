@@ -162,7 +162,7 @@ def batch_breakdown(
     with TestClient(app):
         state = app.state.bitloop
         model = state.manager.champion
-        parsed = parse_batch(model.batch_model, body)
+        parsed, _ = parse_batch(model.batch_model, body)
         labels, probabilities = split_outcomes(model.score(parsed), model.schema.task)
         compiled = model.compiled
         steps = {
@@ -172,7 +172,7 @@ def batch_breakdown(
             ),
             "score_onnx_ms": lambda: model.score(parsed),
             "record_ms": lambda: state.scoring._record(
-                model, "champion", "bench", parsed, labels, probabilities
+                model, "champion", "bench", parsed, labels, probabilities, range(1000), [None] * 1000
             ),
             "serialise_ms": lambda: BatchPredictionOut(
                 predictions=labels,

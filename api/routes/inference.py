@@ -4,7 +4,8 @@ Each feature is one named input tensor of shape [rows] or [rows, 1]; the answer 
 `predict` (labels or values) and, for classification, `predict_proba` ([rows, classes], in the
 order `/model` lists the classes). Inference goes through the same validation, micro-batching,
 prediction log and metrics as `/predict/batch`, A/B routing included. Every error answers the
-protocol's `{"error": "..."}`, naming the input and row at fault.
+protocol's `{"error": "..."}`, naming the input and row at fault. The request parameter `ids`
+(one entity id per row) is logged with the predictions, as `ids` is in `/predict/batch`.
 """
 
 from __future__ import annotations
@@ -251,6 +252,17 @@ def _records(request: V2InferenceRequest, schema: DatasetSchema, max_rows: int) 
     return [{name: columns[name][i] for name in names} for i in range(rows)]
 
 
+def _ids(ids: Any, rows: int) -> list[str] | None:
+    """The request parameter `ids`: one entity id per row (strings of 1 to 200 characters), logged with it."""
+    if ids is None:
+        return None
+    if not isinstance(ids, list) or len(ids) != rows:
+        raise ProtocolError(f"parameter 'ids' must be a list of {rows} ids, one per row")
+    if bad := [i for i, v in enumerate(ids) if not isinstance(v, str) or not 1 <= len(v) <= 200]:
+        raise ProtocolError(f"parameter 'ids', row {bad[0]}: an id is a string of 1 to 200 characters")
+    return ids
+
+
 async def _infer(request: Request, state: ServerState, name: str, model_version: str | None) -> Response:
     settings = state.settings
     if model_version is None:
@@ -271,7 +283,9 @@ async def _infer(request: Request, state: ServerState, name: str, model_version:
     wanted = [o.name for o in inference.outputs or []]
     if unknown := sorted(set(wanted) - {"predict", "predict_proba"}):
         raise ProtocolError(f"unknown outputs {unknown}: the model's outputs are predict and predict_proba")
-    answer = await state.scoring.predict_batch(model, variant, records.model_dump(by_alias=True)["records"])
+    scored = records.model_dump(by_alias=True)["records"]
+    ids = _ids((inference.parameters or {}).get("ids"), len(scored))
+    answer = await state.scoring.predict_batch(model, variant, scored, ids)
     rows = len(answer.labels)
     outputs = [
         V2OutputTensor(name="predict", shape=[rows], datatype=datatype(answer.labels), data=answer.labels)

@@ -5,9 +5,10 @@ The routes parse and answer; `api.scoring` picks the model, predicts, records an
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 
 from api.arrow import ARROW_STREAM, read_columns, wants_arrow, write_predictions
@@ -33,6 +34,53 @@ version, variant and request id in the schema's metadata (`bitloop.model_version
 names the field and row: `["body", "records", row, field]` or `["body", "columns", field, row]`."""
 
 
+EntityIdQuery = Annotated[
+    str | None,
+    Query(
+        alias="id",
+        min_length=1,
+        max_length=200,
+        description="your id for what the record describes (a customer, say): logged with the prediction, "
+        "it can address the prediction's true outcome in POST /feedback",
+    ),
+]
+IdColumnQuery = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=200,
+        description="with an Arrow stream: the column holding each record's entity id (not a feature "
+        'unless the model has one of that name); JSON bodies send "ids"',
+    ),
+]
+
+
+def _query_error(name: str, msg: str) -> dict[str, Any]:
+    return {"type": "value_error", "loc": ("query", name), "msg": msg}
+
+
+def _id_column(columns: dict[str, list[Any]], name: str, features: list[str]) -> list[str]:
+    """The entity ids held in the Arrow stream's column `name`, taken out of the features unless the
+    model has a feature of that name; a 422 names the column and the row of a bad id."""
+    if name not in columns:
+        raise RequestValidationError([_query_error("id_column", f"the stream has no column {name!r}")])
+    values = columns[name]
+    bad = [
+        {
+            "type": "string_type",
+            "loc": ("body", "columns", name, i),
+            "msg": "an id is a string of 1 to 200 characters",
+        }
+        for i, v in enumerate(values)
+        if not isinstance(v, str) or not 1 <= len(v) <= 200
+    ]
+    if bad:
+        raise RequestValidationError(bad)
+    if name not in features:
+        del columns[name]
+    return list(values)
+
+
 def _body(ref: str, arrow: bool = False) -> dict[str, Any]:
     content: dict[str, Any] = {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}
     if arrow:
@@ -47,11 +95,11 @@ def _body(ref: str, arrow: bool = False) -> dict[str, Any]:
     openapi_extra=_body("Record"),
     summary="Predict one record",
 )
-async def predict(request: Request, state: StateDep) -> Response:
+async def predict(request: Request, state: StateDep, entity_id: EntityIdQuery = None) -> Response:
     model, variant = state.scoring.pick()
     body = await read_body(request, state.settings.max_body_bytes, state.settings.body_timeout_seconds)
     record = parse(model.record_model, body).model_dump(by_alias=True)
-    answer = await state.scoring.predict(model, variant, record)
+    answer = await state.scoring.predict(model, variant, record, entity_id)
     return json_response(
         PredictionOut(
             prediction=answer.labels[0],
@@ -75,16 +123,21 @@ async def predict(request: Request, state: StateDep) -> Response:
     summary="Predict a batch: records, columns or an Arrow stream",
     description=BATCH_FORMATS,
 )
-async def predict_batch(request: Request, state: StateDep) -> Response:
+async def predict_batch(request: Request, state: StateDep, id_column: IdColumnQuery = None) -> Response:
     model, variant = state.scoring.pick()
     settings = state.settings
     body = await read_body(request, settings.max_body_bytes, settings.body_timeout_seconds, arrow=True)
     if media_type(request) == ARROW_STREAM:
         columns = read_columns(body, settings.max_batch_rows, settings.max_body_bytes)
+        ids = None if id_column is None else _id_column(columns, id_column, model.schema.feature_names)
         records = records_from_columns(model.batch_model, columns)
+    elif id_column is not None:
+        raise RequestValidationError(
+            [_query_error("id_column", 'applies to Arrow streams: a JSON body sends its ids as "ids"')]
+        )
     else:
-        records = parse_batch(model.batch_model, body)
-    answer = await state.scoring.predict_batch(model, variant, records)
+        records, ids = parse_batch(model.batch_model, body)
+    answer = await state.scoring.predict_batch(model, variant, records, ids)
     if wants_arrow(request.headers.get("accept", "")):
         about = {"model_name": model.name, "model_version": model.version}
         about |= {"variant": variant, "request_id": answer.request_id}
