@@ -298,8 +298,14 @@ def compose_stack(directory: Path, project: str, scale: dict[str, int]) -> Itera
 
 def replica_get(container: str, path: str) -> str:
     """A GET answered by one model-server replica, from inside its container (replicas publish no port)."""
+    # A 503 (a replica not ready yet) is an answer too: its body says why.
     script = (
-        f"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8000{path}').read().decode())"
+        "import urllib.error, urllib.request\n"
+        "try:\n"
+        f"    answer = urllib.request.urlopen('http://127.0.0.1:8000{path}', timeout=10)\n"
+        "except urllib.error.HTTPError as err:\n"
+        "    answer = err\n"
+        "print(answer.read().decode())"
     )
     return run("podman", "exec", container, "python3", "-c", script).stdout
 

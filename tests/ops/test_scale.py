@@ -128,8 +128,16 @@ def test_the_scaled_stack_survives_a_lost_worker_and_lost_replicas(tmp_path: Pat
         replicas = stack.containers("api")
         assert len(replicas) == REPLICAS
         for replica in replicas:  # each finds the champion by polling the registry
-            ready = lambda r=replica: json.loads(replica_get(r, "/ready")).get("model_version") == champion  # noqa: E731
-            wait_for(ready, f"replica {replica} serving the champion", 120)
+            readiness: dict[str, Any] = {}
+
+            def serving(r: str = replica, seen: dict[str, Any] = readiness) -> bool:
+                seen.update(json.loads(replica_get(r, "/ready")))
+                return bool(seen["ready"]) and seen["model_version"] == champion
+
+            try:
+                wait_for(serving, f"replica {replica} serving the champion", 120)
+            except AssertionError as err:
+                raise AssertionError(f"{err}; its last /ready: {readiness}") from None
 
         def spread() -> bool:
             """Requests reach every replica (the balancer adds one two checks after its /ready says 200)."""
