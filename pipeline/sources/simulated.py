@@ -3,7 +3,9 @@
 `drift` in [0, 1] moves the population (covariate drift: pricier plans, more fibre and
 month-to-month contracts, shorter tenure, more support tickets, younger customers) and the
 relationship itself (concept drift: customers grow more sensitive to price and to support
-problems), so the monitoring loop has something real to detect.
+problems), so the monitoring loop has something real to detect. `concept`, when given, sets the
+relationship apart from the population: `drift=1, concept=0` is covariate drift alone, `drift=0,
+concept=1` concept drift alone, whose inputs do not move.
 """
 
 from __future__ import annotations
@@ -93,18 +95,22 @@ def simulate_features(n: int, rng: np.random.Generator, drift: float) -> pd.Data
     )
 
 
-def simulate_churn(n: int, seed: int, drift: float = 0.0) -> pd.DataFrame:
+def simulate_churn(n: int, seed: int, drift: float = 0.0, concept: float | None = None) -> pd.DataFrame:
     """A batch of `n` customers: id, features with realistic gaps, and the churn label.
 
-    Deterministic per (n, seed, drift): the same arguments give the same rows, byte for byte.
+    Deterministic per (n, seed, drift, concept): the same arguments give the same rows, byte for
+    byte. `concept` (default: `drift`) is the drift of the relationship between features and label.
     """
     if n <= 0:
         raise ValueError(f"n must be positive, got {n}")
-    if not 0.0 <= drift <= 1.0:
-        raise ValueError(f"drift must be within [0, 1], got {drift}")
+    for name, level in (("drift", drift), ("concept", drift if concept is None else concept)):
+        if not 0.0 <= level <= 1.0:
+            raise ValueError(f"{name} must be within [0, 1], got {level}")
+    # The same customers and random draws whatever `concept` is: only who churns among them changes.
     rng = np.random.default_rng([seed, round(drift * 1_000_000)])
     features = simulate_features(n, rng, drift)
-    churned = (rng.random(n) < churn_probability(features, drift)).astype(np.int64)
+    churned = (rng.random(n) < churn_probability(features, drift if concept is None else concept))
+    churned = churned.astype(np.int64)
     ids = rng.integers(0, 2**62, size=n)
     frame = features.astype({"age": "float64", "monthly_charges": "float64", "total_charges": "float64"})
     # New customers have not been billed yet: their total is blank, as in real exports.

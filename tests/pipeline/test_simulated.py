@@ -76,6 +76,21 @@ def test_concept_drift_raises_churn_risk_for_the_same_customers(seed: int, low: 
     assert churn_probability(features, low + step).mean() > churn_probability(features, low).mean() + 0.02
 
 
+@settings(max_examples=10, deadline=None)
+@given(seed=seeds, drift=drifts)
+def test_concept_apart_from_drift(seed: int, drift: float) -> None:
+    same = parquet_bytes(simulate_churn(300, seed, drift))
+    assert parquet_bytes(simulate_churn(300, seed, drift, concept=drift)) == same  # the default
+    calm = simulate_churn(4000, seed, 0.0)
+    shifted = simulate_churn(4000, seed, 0.0, concept=1.0)
+    # Concept drift alone: the population stays (same draws of every feature), churn rises.
+    features = [c for c in calm if c not in ("customer_id", "churned")]
+    pd.testing.assert_frame_equal(calm[features], shifted[features])
+    assert shifted["churned"].mean() > calm["churned"].mean() + 0.05
+    with pytest.raises(ValueError, match="concept must be"):
+        simulate_churn(10, seed, drift, concept=1.5)
+
+
 def test_labels_follow_the_ground_truth() -> None:
     frame = simulate_churn(20000, 3)
     complete = frame.dropna()
