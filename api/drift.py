@@ -7,12 +7,11 @@ from the last `drift_window_seconds`) are compared with the champion's reference
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from api import metrics
 from api.manager import ModelManager
-from api.periodic import Periodic
+from api.periodic import Periodic, Shared
 from api.settings import ApiSettings
 from pipeline.drift import DriftReport, detect
 from pipeline.params import DriftParams
@@ -26,7 +25,7 @@ class DriftWatcher:
         self.manager = manager
         self.config = config
         self.last: DriftReport | None = None
-        self._inflight: asyncio.Future[DriftReport | None] | None = None
+        self.evaluate_shared = Shared(self.evaluate)
         self._watcher = Periodic("drift evaluation", settings.drift_interval_seconds, self.evaluate_shared)
 
     def start(self) -> None:
@@ -34,16 +33,6 @@ class DriftWatcher:
 
     async def stop(self) -> None:
         await self._watcher.stop()
-
-    async def evaluate_shared(self) -> DriftReport | None:
-        """Evaluate now, or join the evaluation already running: callers never queue behind each other."""
-        if self._inflight is None:
-            self._inflight = asyncio.ensure_future(asyncio.to_thread(self.evaluate))
-            self._inflight.add_done_callback(self._finished)
-        return await asyncio.shield(self._inflight)
-
-    def _finished(self, _: asyncio.Future[DriftReport | None]) -> None:
-        self._inflight = None
 
     def evaluate(self) -> DriftReport | None:
         """Evaluate the window now and publish it; None while no champion with a profile is served.

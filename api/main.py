@@ -23,6 +23,7 @@ from api.drift import DriftWatcher
 from api.manager import ModelManager
 from api.outcomes import OutcomeStore, OutcomesUnavailable
 from api.predlog import PredictionLog
+from api.quality import QualityWatcher
 from api.routes import admin, feedback, health, inference, page, predict
 from api.scoring import ScoringService, Unavailable, UnscorableInput
 from api.settings import ApiSettings
@@ -136,6 +137,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             settings.inference_threads, settings.micro_batch_max_size, settings.micro_batch_max_wait_ms
         )
         watcher = DriftWatcher(settings, manager, settings.drift_config())
+        quality = QualityWatcher(settings, manager, *settings.quality_config())
         prediction_log = PredictionLog(
             settings.prediction_log_url,
             settings.prediction_log_flush_rows,
@@ -154,6 +156,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             ScoringService(settings, manager, batcher, prediction_log),
             Drain(settings.drain_seconds),
             OutcomeStore(settings.prediction_log_url),
+            quality,
         )
         app.state.bitloop = state
         manager.on_swap.append(lambda: setattr(app, "openapi_schema", None))
@@ -170,11 +173,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         )
         manager.start()
         watcher.start()
+        quality.start()
         state.drain.install()
         try:
             yield
         finally:
             await watcher.stop()
+            await quality.stop()
             await manager.stop()
             await batcher.stop()
             await state.scoring.drain()

@@ -185,3 +185,55 @@ def render() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+# Live quality from true outcomes (a sliding window of the prediction log joined with /feedback).
+LIVE_QUALITY = Gauge(
+    "bitloop_live_quality",
+    "A metric of a version's labelled predictions in the quality window (quality.min_labelled on)",
+    ["metric", "version", "variant"],
+    multiprocess_mode="mostrecent",
+)
+ESTIMATED_QUALITY = Gauge(
+    "bitloop_estimated_quality",
+    "A classifier's accuracy or ROC AUC expected from its probabilities, before labels (CBPE)",
+    ["metric", "version", "variant"],
+    multiprocess_mode="mostrecent",
+)
+QUALITY_LIMIT = Gauge(
+    "bitloop_live_quality_limit",
+    "The worst acceptable live value of a metric: the floor (promote.floors) or the version's holdout "
+    "figure less quality.max_drop (primary metric); better says which way is better",
+    ["metric", "version", "kind", "better"],
+    multiprocess_mode="mostrecent",
+)
+HOLDOUT_QUALITY = Gauge(
+    "bitloop_holdout_quality",
+    "A served version's metric on its holdout at registration",
+    ["metric", "version", "variant"],
+    multiprocess_mode="mostrecent",
+)
+LABEL_COVERAGE = Gauge(
+    "bitloop_label_coverage_ratio",
+    "Share of a version's predictions in the quality window with a true outcome",
+    ["version", "variant"],
+    multiprocess_mode="mostrecent",
+)
+LABEL_LAG = Gauge(
+    "bitloop_label_lag_seconds",
+    "Median time from a prediction to its true outcome in the quality window",
+    ["version", "variant"],
+    multiprocess_mode="mostrecent",
+)
+LABELLED = Gauge(
+    "bitloop_labelled_predictions",
+    "Predictions with a true outcome in the quality window",
+    ["version", "variant"],
+    multiprocess_mode="mostrecent",
+)
+QUALITY_EVALUATED = Gauge(
+    "bitloop_quality_last_evaluation_timestamp_seconds",
+    "Unix time of the last live-quality evaluation",
+    [],
+    multiprocess_mode="mostrecent",
+)

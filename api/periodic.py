@@ -1,4 +1,4 @@
-"""A background task that runs an action at a fixed period until the server stops."""
+"""Background evaluations: one run at a fixed period until the server stops, shared by callers."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Periodic:
@@ -33,3 +35,21 @@ class Periodic:
                 await self.action()
             except Exception:  # the loop must outlive any single failure
                 log.exception("%s failed", self.name)
+
+
+class Shared(Generic[T]):
+    """A blocking evaluation run on a worker thread; callers arriving while it runs await the same
+    run instead of queueing behind it (the period and `/drift?fresh=true` alike)."""
+
+    def __init__(self, action: Callable[[], T]) -> None:
+        self.action = action
+        self._inflight: asyncio.Future[T] | None = None
+
+    async def __call__(self) -> T:
+        if self._inflight is None:
+            self._inflight = asyncio.ensure_future(asyncio.to_thread(self.action))
+            self._inflight.add_done_callback(self._finished)
+        return await asyncio.shield(self._inflight)
+
+    def _finished(self, _: asyncio.Future[T]) -> None:
+        self._inflight = None

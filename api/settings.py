@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pipeline.params import DriftParams, ParamsError, load_params
+from pipeline.params import DriftParams, ParamsError, PromoteParams, QualityParams, load_params
 from pipeline.settings import PREDICTION_LOG_DEFAULT, PREDICTION_LOG_SETTING
 
 
@@ -77,6 +77,12 @@ class ApiSettings(BaseSettings):
     drift_window_seconds: Annotated[float, Field(gt=0)] = 3600.0
     """How far back the drift window reaches (at most drift.max_rows of params.yaml rows)."""
 
+    quality_interval_seconds: Annotated[float, Field(gt=0)] = 30.0
+    """How often live quality is computed from the prediction log and the outcomes sent to /feedback."""
+    quality_window_seconds: Annotated[float, Field(gt=0)] = 86400.0
+    """How far back the quality window reaches, in prediction time (at most quality.max_rows rows):
+    longer than outcomes take to arrive."""
+
     @field_validator("api_key", "prediction_log_spill_dir", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
@@ -98,6 +104,14 @@ class ApiSettings(BaseSettings):
             return load_params(self.params_file).drift
         except ParamsError:
             return DriftParams()
+
+    def quality_config(self) -> tuple[QualityParams, PromoteParams]:
+        """The `quality` and `promote` sections of params.yaml; their defaults when it cannot be read."""
+        try:
+            params = load_params(self.params_file)
+        except ParamsError:
+            return QualityParams(), PromoteParams()
+        return params.quality, params.promote
 
     def resolved_model_name(self) -> str:
         if self.model_name:

@@ -18,6 +18,7 @@ from api.drift import DriftWatcher
 from api.manager import ModelManager
 from api.outcomes import OutcomeStore
 from api.predlog import PredictionLog
+from api.quality import QualityWatcher
 from api.scoring import ScoringService
 from api.settings import ApiSettings
 
@@ -32,6 +33,7 @@ class ServerState:
     scoring: ScoringService
     drain: Drain
     outcomes: OutcomeStore
+    quality: QualityWatcher
 
 
 # Dependencies are `async def`: FastAPI runs a plain `def` one on its thread pool, a thread hop per

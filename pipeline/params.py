@@ -124,6 +124,19 @@ class DriftParams(_Section):
     """Newest prediction-log rows compared per evaluation."""
 
 
+class QualityParams(_Section):
+    """Live quality from true outcomes (the model server's /performance, gauges and alerts)."""
+
+    min_labelled: Annotated[int, Field(ge=1)] = 100
+    """Labelled predictions a version needs before its realized figures are reported (and logged
+    ones before its estimated figures are)."""
+    max_drop: Annotated[float, Field(ge=0.0)] = 0.05
+    """Alert when the primary metric (promote.metric) is worse than the version's holdout figure
+    by more than this; promote.floors apply to live figures as well."""
+    max_rows: Annotated[int, Field(ge=10)] = 20_000
+    """Newest prediction-log rows read per evaluation."""
+
+
 class Params(_Section):
     data: DataParams
     model: ModelParams
@@ -133,6 +146,7 @@ class Params(_Section):
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     promote: PromoteParams = Field(default_factory=PromoteParams)
     drift: DriftParams = Field(default_factory=DriftParams)
+    quality: QualityParams = Field(default_factory=QualityParams)
 
     @model_validator(mode="after")
     def _metric_known(self) -> Params:

@@ -112,6 +112,14 @@ WINDOW_QUERY = (
 )
 
 
+# Every variant, shadow included: each is judged on the outcomes of the rows it scored.
+LABELLED_QUERY = (
+    "SELECT p.ts, p.model_version, p.variant, p.prediction, p.probabilities, o.outcome, o.received_at "
+    "FROM predictions p LEFT JOIN outcomes o ON o.request_id = p.request_id AND o.row_index = p.row_index "
+    "WHERE p.model_name = ? AND p.ts >= ? AND p.ts < ? ORDER BY p.ts DESC LIMIT ?"
+)
+
+
 class PredictionLogUnavailable(RuntimeError):
     """The prediction log cannot be opened; the message names the setting and never a password."""
 
@@ -134,6 +142,22 @@ class Row(NamedTuple):
     """The record's position in its request (0 for /predict)."""
     entity_id: str | None = None
     """The client's id for what the record describes (a customer, say), when it sent one."""
+
+
+class LoggedPrediction(NamedTuple):
+    """One logged prediction and its true outcome, when one arrived."""
+
+    ts: float
+    version: str
+    variant: str
+    prediction: Any
+    probabilities: dict[str, float] | None
+    outcome: Any = None
+    received_at: float | None = None
+
+    @property
+    def labelled(self) -> bool:
+        return self.received_at is not None
 
 
 def is_postgres(url: str) -> bool:
@@ -346,6 +370,23 @@ class PredictionStore(ABC):
         self.rollback()
         return [(str(r), int(i), self._decode(o), float(t)) for r, i, o, t in found]
 
+    def labelled(self, model_name: str, since: float, until: float, limit: int) -> list[LoggedPrediction]:
+        """The newest `limit` predictions of a model in [since, until) with their outcomes, oldest first."""
+        found = self._execute(LABELLED_QUERY, (model_name, since, until, limit)).fetchall()
+        self.rollback()
+        return [
+            LoggedPrediction(
+                float(ts),
+                version,
+                variant,
+                self._decode(prediction),
+                None if probabilities is None else self._decode(probabilities),
+                None if outcome is None else self._decode(outcome),
+                None if received is None else float(received),
+            )
+            for ts, version, variant, prediction, probabilities, outcome, received in reversed(found)
+        ]
+
     def count(self) -> int:
         total = int(self._execute("SELECT COUNT(*) FROM predictions").fetchone()[0])
         self.rollback()
@@ -510,6 +551,24 @@ def read_features(
     except Exception as err:
         if store.table_missing(err):
             return pd.DataFrame()  # no server has written to it yet
+        raise
+    finally:
+        store.close()
+
+
+def read_labelled(
+    url: str | Path, model_name: str, *, since: float, until: float = math.inf, limit: int = 20_000
+) -> list[LoggedPrediction]:
+    """The newest `limit` predictions of a model in [since, until) with their true outcomes, oldest
+    first (`pipeline.quality`). A log not created yet has none."""
+    if not _exists(url):
+        return []
+    store = open_store(url, read_only=True)
+    try:
+        return store.labelled(model_name, since, until, limit)
+    except Exception as err:
+        if store.table_missing(err):
+            return []
         raise
     finally:
         store.close()

@@ -6,6 +6,9 @@ candidate and the champion, so a promotion compares like with like.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
@@ -22,24 +25,43 @@ def score(model: Pipeline, frame: pd.DataFrame, schema: DatasetSchema) -> dict[s
     with threadpool_limits(limits=1):
         predicted = model.predict(x)
         if schema.task == "regression":
-            return {
-                "rmse": float(np.sqrt(skm.mean_squared_error(y, predicted))),
-                "mae": float(skm.mean_absolute_error(y, predicted)),
-                "r2": float(skm.r2_score(y, predicted)),
-            }
+            return task_metrics("regression", y, predicted)
         proba = model.predict_proba(x)
-    classes = list(model.classes_)
+    return task_metrics("classification", y, predicted, proba, list(model.classes_))
+
+
+def task_metrics(
+    task: str,
+    y: Sequence[Any] | np.ndarray | pd.Series,
+    predicted: Sequence[Any] | np.ndarray,
+    proba: np.ndarray | None = None,
+    classes: list[Any] | None = None,
+) -> dict[str, float]:
+    """The task's metrics of predictions against true values: a holdout's (`score`) or live
+    outcomes' (`pipeline.quality`). Classification needs the probabilities, one column per class."""
+    if task == "regression":
+        return {
+            "rmse": float(np.sqrt(skm.mean_squared_error(y, predicted))),
+            "mae": float(skm.mean_absolute_error(y, predicted)),
+            "r2": float(skm.r2_score(y, predicted)) if len(y) > 1 else float("nan"),
+        }
+    if proba is None or classes is None:
+        raise ValueError("classification metrics need the probabilities and the classes")
     binary = len(classes) == 2
     result = {
         "accuracy": float(skm.accuracy_score(y, predicted)),
         "f1": float(
             skm.f1_score(
-                y, predicted, average="binary" if binary else "macro", pos_label=classes[-1] if binary else 1
+                y,
+                predicted,
+                average="binary" if binary else "macro",
+                pos_label=classes[-1] if binary else 1,
+                zero_division=0.0,
             )
         ),
         "log_loss": float(skm.log_loss(y, proba, labels=classes)),
     }
-    if y.nunique() < 2:
+    if len(set(np.asarray(y).tolist())) < 2:
         result["roc_auc"] = float("nan")
     elif binary:
         result["roc_auc"] = float(skm.roc_auc_score(y, proba[:, 1]))

@@ -17,6 +17,7 @@ from api.schemas import (
 from api.scoring import Unavailable
 from api.state import StateDep, require_api_key
 from pipeline.drift import DriftReport
+from pipeline.quality import QualityReport
 
 router = APIRouter(tags=["operations"])
 
@@ -120,6 +121,31 @@ async def drift(state: StateDep, fresh: bool = False) -> DriftReport:
         report = await state.drift.evaluate_shared()
     if report is None:  # the champion was swapped out during the evaluation
         raise Unavailable("the served model changed during the drift evaluation; ask again")
+    return report
+
+
+@router.get(
+    "/performance",
+    dependencies=[Depends(require_api_key)],
+    response_model=QualityReport,
+    responses=error_responses(401, 503),
+    summary="Live quality of the served versions from the true outcomes sent to /feedback",
+    description=(
+        "Per model version and variant, over the quality window of the prediction log: the realized "
+        "metrics of the predictions whose true outcome arrived (from quality.min_labelled of them), "
+        "the share labelled and the median label lag, for classifiers the accuracy and ROC AUC "
+        "expected from the probabilities before labels arrive (CBPE), the version's holdout figures "
+        "and the limits its live figures breach. `fresh=true` evaluates now instead of returning the "
+        "last periodic evaluation. Needs the API key when the server has one."
+    ),
+)
+async def performance(state: StateDep, fresh: bool = False) -> QualityReport:
+    state.scoring.champion()  # 503 while no champion is served
+    report = state.quality.last
+    if fresh or report is None:
+        report = await state.quality.evaluate_shared()
+    if report is None:  # the champion was swapped out during the evaluation
+        raise Unavailable("the served model changed during the quality evaluation; ask again")
     return report
 
 

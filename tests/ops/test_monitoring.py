@@ -172,8 +172,11 @@ class Load:
     def __init__(self, base: str, trained: Trained, seconds: float, regression: tuple[str, Trained]) -> None:
         self.base, self.trained, self.seconds = base, trained, seconds
         self.regression = regression
-        frame = simulate_churn(1500, 31, 1.0).drop(columns=[ID_COLUMN, TARGET])
+        world = simulate_churn(1500, 31, 1.0)
+        frame = world.drop(columns=[ID_COLUMN, TARGET])
         self.drifted = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+        self.outcomes = world[TARGET].tolist()
+        """The drifted customers' true churn, sent to /feedback after each batch."""
         self.unexpected: list[str] = []
         """Answers other than the expected ones; asserted on in the test (a thread's assert is lost)."""
         self.predicted: list[float] = []
@@ -227,6 +230,12 @@ class Load:
             while time.monotonic() < deadline:
                 answer = client.post("/predict/batch", json={"records": self.drifted[start : start + 250]})
                 self._expect(answer, 200)
+                if answer.status_code == 200:
+                    request_id, truth = answer.json()["request_id"], self.outcomes[start : start + 250]
+                    sent = [{"request_id": request_id, "row": i, "outcome": o} for i, o in enumerate(truth)]
+                    time.sleep(0.3)  # the log writes the answered rows first (flush interval)
+                    self._expect(client.post("/feedback", json={"outcomes": sent}), 200)
+                    client.get("/performance")
                 start = (start + 250) % len(self.drifted)
                 client.get("/drift")
                 time.sleep(0.5)
@@ -292,6 +301,7 @@ def test_every_panel_query_and_alert_expression_works_against_a_real_prometheus(
                         "BITLOOP_API_PORT": str(ports[port]),
                         "BITLOOP_PREDICTION_LOG_URL": str(tmp_path / f"{port}.sqlite"),
                         "BITLOOP_API_DRIFT_INTERVAL_SECONDS": "1",
+                        "BITLOOP_API_QUALITY_INTERVAL_SECONDS": "1",
                     },
                     timeout=60,
                 )
