@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -81,14 +82,42 @@ def _summary(args: argparse.Namespace, ctx: Context) -> int:
 
 def _drift(args: argparse.Namespace, ctx: Context) -> int:
     from pipeline.monitor import monitor_drift
-    from pipeline.predictions import is_postgres
 
     until = args.until or datetime.now(UTC)
     since = args.since or until - timedelta(hours=1)
-    log = args.log or ctx.settings.prediction_log_url
-    if not is_postgres(log) and not Path(log).is_absolute():
-        log = str(ctx.root / log)
+    log = _log_location(args.log, ctx)
     return _show(monitor_drift(ctx.params, ctx.workspace, ctx.settings, log, since, until, args.label))
+
+
+def _ground_truth(args: argparse.Namespace, ctx: Context) -> int:
+    from pipeline.ground_truth import collect
+
+    source = ctx.settings.data_source_url or ctx.params.data.path
+    if ctx.params.data.source != "simulated" or not source:
+        # Real outcomes come from their own systems, through POST /feedback: nothing to collect.
+        reason = "no data-source service: set BITLOOP_DATA_SOURCE_URL (data.source: simulated)"
+        logging.getLogger(__name__).info("ground truth skipped", extra={"reason": reason})
+        return _show({"status": "skipped", "reason": reason})
+    key = ctx.settings.api_key
+    since = args.since or datetime.now(UTC) - timedelta(days=1)
+    return _show(
+        collect(
+            _log_location(args.log, ctx),
+            ctx.params.model.name,
+            source.rstrip("/"),
+            ctx.settings.api_url.rstrip("/"),
+            None if key is None else key.get_secret_value(),
+            since,
+        )
+    )
+
+
+def _log_location(given: str | None, ctx: Context) -> str:
+    """--log, else the setting; a relative SQLite path is under --root."""
+    from pipeline.predictions import is_postgres
+
+    log = given or ctx.settings.prediction_log_url
+    return log if is_postgres(log) or Path(log).is_absolute() else str(ctx.root / log)
 
 
 def _datasets(args: argparse.Namespace, ctx: Context) -> int:
@@ -195,6 +224,11 @@ def _parser() -> argparse.ArgumentParser:
         help="the model server's prediction log: a SQLite path (relative to --root) or a postgresql:// URL "
         "(default: BITLOOP_PREDICTION_LOG_URL, else .bitloop/predictions.sqlite)",
     )
+    truth = command("ground-truth", _ground_truth, "send the outcomes the world released to /feedback")
+    truth.add_argument(
+        "--since", type=_timestamp, help="predictions made since, ISO 8601 (default: a day ago)"
+    )
+    truth.add_argument("--log", help="the prediction log (as for drift)")
     command("datasets", _datasets, "every model's workspace with its dataset version")
     batches = sub.add_parser("batches", help="list the raw store's batches, or withdraw a bad one")
     action = batches.add_subparsers(dest="action", required=True, metavar="action")
@@ -212,10 +246,18 @@ def _parser() -> argparse.ArgumentParser:
     again.add_argument("--version", required=True, help="the model version, e.g. 3")
     command("rollback", _rollback, "move @champion back to @previous")
     command("champion", _champion, "show the versions behind @champion, @challenger and @previous")
-    serve = sub.add_parser("serve-data", help="serve simulated batches over HTTP (GET /batch)")
+    serve = sub.add_parser(
+        "serve-data", help="serve simulated batches and live customers over HTTP (GET /batch, /customers)"
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8001)
     serve.add_argument("--drift", type=float, default=0.0, help="the world's drift level at start (0-1)")
+    serve.add_argument(
+        "--outcome-delay",
+        type=float,
+        default=60.0,
+        help="seconds after a live customer is handed out until its outcome is known (POST /outcomes)",
+    )
     return parser
 
 
@@ -244,9 +286,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         from pipeline.sources.service import create_app
 
-        uvicorn.run(create_app(args.drift), host=args.host, port=args.port, log_level="info")
+        app = create_app(args.drift, args.outcome_delay)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
         return 0
 
+    from pipeline.ground_truth import GroundTruthError
+    from pipeline.predictions import PredictionLogUnavailable
     from pipeline.promote import RollbackError, SchemaMismatch
     from pipeline.registry import TrackingUnavailable
     from pipeline.reproduce import ReproduceError
@@ -283,6 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         VersioningError,
         ReproduceError,
         UntrustedModel,
+        GroundTruthError,
+        PredictionLogUnavailable,
     ) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2 if isinstance(err, ParamsError | UnknownBatch) else 1

@@ -15,16 +15,18 @@ import math
 import sqlite3
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import pandas as pd
 
 from pipeline.settings import PREDICTION_LOG_SETTING
+
+T = TypeVar("T")
 
 SETTING = PREDICTION_LOG_SETTING
 SERVED_VARIANTS = ("champion", "challenger")
@@ -387,6 +389,18 @@ class PredictionStore(ABC):
             for ts, version, variant, prediction, probabilities, outcome, received in reversed(found)
         ]
 
+    def unlabelled(self, model_name: str, since: float, limit: int) -> list[str]:
+        """Entity ids of answered predictions since `since` still without an outcome, newest first."""
+        found = self._execute(
+            "SELECT p.entity_id FROM predictions p LEFT JOIN outcomes o "
+            "ON o.request_id = p.request_id AND o.row_index = p.row_index "
+            "WHERE p.model_name = ? AND p.ts >= ? AND p.entity_id IS NOT NULL AND p.variant IN (?, ?) "
+            "AND o.request_id IS NULL ORDER BY p.ts DESC LIMIT ?",
+            (model_name, since, *SERVED_VARIANTS, limit),
+        ).fetchall()
+        self.rollback()
+        return list(dict.fromkeys(str(r[0]) for r in found))
+
     def count(self) -> int:
         total = int(self._execute("SELECT COUNT(*) FROM predictions").fetchone()[0])
         self.rollback()
@@ -543,14 +557,22 @@ def read_features(
 
     Rows that shadow scoring logged a second time are left out. A log not created yet is an empty frame.
     """
+    nothing: list[dict[str, Any]] = []
+    return pd.DataFrame(
+        _read(url, lambda store: store.window(model_name, since or 0.0, until or math.inf, limit), nothing)
+    )
+
+
+def _read(url: str | Path, read: Callable[[PredictionStore], T], empty: T) -> T:
+    """`read` on a read-only connection; `empty` while no server has created the log yet."""
     if not _exists(url):
-        return pd.DataFrame()
+        return empty
     store = open_store(url, read_only=True)
     try:
-        return pd.DataFrame(store.window(model_name, since or 0.0, until or math.inf, limit))
+        return read(store)
     except Exception as err:
         if store.table_missing(err):
-            return pd.DataFrame()  # no server has written to it yet
+            return empty
         raise
     finally:
         store.close()
@@ -561,17 +583,15 @@ def read_labelled(
 ) -> list[LoggedPrediction]:
     """The newest `limit` predictions of a model in [since, until) with their true outcomes, oldest
     first (`pipeline.quality`). A log not created yet has none."""
-    if not _exists(url):
-        return []
-    store = open_store(url, read_only=True)
-    try:
-        return store.labelled(model_name, since, until, limit)
-    except Exception as err:
-        if store.table_missing(err):
-            return []
-        raise
-    finally:
-        store.close()
+    nothing: list[LoggedPrediction] = []
+    return _read(url, lambda store: store.labelled(model_name, since, until, limit), nothing)
+
+
+def read_unlabelled(url: str | Path, model_name: str, *, since: float, limit: int = 100_000) -> list[str]:
+    """Entity ids of a model's answered predictions since `since` with no outcome yet, newest
+    first (the ground_truth DAG asks the world about them). A log not created yet has none."""
+    nothing: list[str] = []
+    return _read(url, lambda store: store.unlabelled(model_name, since, limit), nothing)
 
 
 def read_rows(url: str | Path) -> list[Row]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PREDICTION_LOG_SETTING = "BITLOOP_PREDICTION_LOG_URL"
@@ -28,3 +28,10 @@ class PipelineSettings(BaseSettings):
     dvc_remote_url: str = Field("", validation_alias="BITLOOP_DVC_REMOTE_URL")
     """The DVC remote every data version and stage output is pushed to, instead of .dvc/config's
     (e.g. `s3://bucket/bitloop`); empty: .dvc/config's."""
+    api_url: str = Field("http://127.0.0.1:8000", validation_alias="BITLOOP_API_URL")
+    """The model server the ground_truth DAG sends outcomes to (`POST /feedback`)."""
+    api_key: SecretStr | None = Field(None, validation_alias="BITLOOP_API_API_KEY")
+    """The model server's API key, when it has one."""
+    data_source_url: str = Field("", validation_alias="BITLOOP_DATA_SOURCE_URL")
+    """The data-source service: training ingests from its world, the ground_truth DAG asks it for
+    outcomes; empty: data.path of params.yaml."""

@@ -42,12 +42,15 @@ def fetch(client: httpx.Client, method: str, url: str, **kwargs: Any) -> Any:
 
 
 def send_traffic(client: httpx.Client, source: str, api: str, rows: int, started: float) -> None:
-    """Customers from the (drifted) world, scored by the model server in batches of 500."""
-    csv = fetch(client, "GET", f"{source}/batch", params={"n": rows, "seed": int(time.time())}).text
-    frame = pd.read_csv(io.StringIO(csv)).drop(columns=["customer_id", "churned"])
+    """Customers from the (drifted) world, scored by the model server in batches of 500 with their
+    ids, so the ground_truth DAG can bring their outcomes back later."""
+    csv = fetch(client, "GET", f"{source}/customers", params={"n": rows, "seed": int(time.time())}).text
+    frame = pd.read_csv(io.StringIO(csv))
+    ids = frame.pop("customer_id").tolist()
     records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
     for start in range(0, len(records), 500):
-        fetch(client, "POST", f"{api}/predict/batch", json={"records": records[start : start + 500]})
+        body = {"records": records[start : start + 500], "ids": ids[start : start + 500]}
+        fetch(client, "POST", f"{api}/predict/batch", json=body)
         step(started, f"  sent {min(start + 500, len(records))}/{len(records)} drifted rows")
 
 

@@ -1,35 +1,77 @@
 """The data-source service: simulated customer batches over HTTP, from a world that can drift.
 
-`GET /batch?n=&seed=&drift=` draws a batch; without `drift` it draws from the world's current
-drift level, which `PUT /world` changes (the drift demo shifts the world this way, so fresh
-training data and live traffic drift together). `GET /world` reads the level.
+`GET /batch?n=&seed=&drift=` draws a labelled batch (training data); without `drift` it draws
+from the world's current drift level, which `PUT /world` changes (the drift demo shifts the world
+this way, so fresh training data and live traffic drift together). `GET /world` reads the level.
+`concept`, when set, moves the relation between features and churn apart from the population.
+
+`GET /customers?n=&seed=` hands out live customers to score (no label); `POST /outcomes` tells
+what became of them once the world's `outcome_delay_seconds` have passed (`pipeline.sources.live`).
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import time
 from typing import Annotated, Literal
 
+import pandas as pd
 from fastapi import FastAPI, Query
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
+from pipeline.sources.live import MAX_ROWS, draw, release
 from pipeline.sources.simulated import simulate_churn
 
-MAX_ROWS = 100_000
 DRIFT_HEADER = "X-Bitloop-Drift"
 log = logging.getLogger(__name__)
 
 
+MAX_OUTCOME_IDS = 10_000
+
+
 class World(BaseModel):
-    drift: Annotated[float, Field(ge=0.0, le=1.0, description="0 = reference population, 1 = fully drifted")]
+    drift: Annotated[
+        float, Field(ge=0.0, le=1.0, description="0 = reference population, 1 = fully drifted")
+    ] = 0.0
+    concept: Annotated[
+        float | None,
+        Field(ge=0.0, le=1.0, description="drift of the relation between features and churn; null: as drift"),
+    ] = None
+    outcome_delay_seconds: Annotated[
+        float,
+        Field(
+            ge=0.0, le=365 * 86400, description="how long after a customer is handed out its outcome is known"
+        ),
+    ] = 60.0
+
+    @property
+    def concept_level(self) -> float:
+        return self.drift if self.concept is None else self.concept
 
 
-def create_app(drift: float = 0.0) -> FastAPI:
+class OutcomesIn(BaseModel):
+    ids: Annotated[
+        list[Annotated[str, Field(max_length=200)]], Field(min_length=1, max_length=MAX_OUTCOME_IDS)
+    ]
+
+
+class OutcomeOut(BaseModel):
+    id: str
+    outcome: int
+
+
+class OutcomesOut(BaseModel):
+    outcomes: list[OutcomeOut] = Field(description="the customers whose outcome is known now")
+    pending: list[str] = Field(description="outcomes not known yet (outcome_delay_seconds): ask again later")
+    unknown: list[str] = Field(description="ids this world never handed out")
+
+
+def create_app(drift: float = 0.0, outcome_delay_seconds: float = 60.0) -> FastAPI:
     app = FastAPI(title="bitloop data source", description=__doc__)
-    app.state.world = World(drift=drift)
+    app.state.world = World(drift=drift, outcome_delay_seconds=outcome_delay_seconds)
 
     @app.get("/", summary="What this service serves")
     def index() -> dict[str, object]:
@@ -49,9 +91,13 @@ def create_app(drift: float = 0.0) -> FastAPI:
     def world() -> World:
         return app.state.world  # type: ignore[no-any-return]
 
-    @app.put("/world", response_model=World, summary="Shift the world: later batches drift this much")
-    def set_world(world: World) -> World:
-        log.info("world drift changed", extra={"from": app.state.world.drift, "to": world.drift})
+    @app.put(
+        "/world", response_model=World, summary="Shift the world: later batches and customers drift this much"
+    )
+    def set_world(change: World) -> World:
+        """Fields left out keep their value (`{"concept": 1}` moves the concept alone)."""
+        world: World = app.state.world.model_copy(update=change.model_dump(exclude_unset=True))
+        log.info("world changed", extra={"from": app.state.world.model_dump(), "to": world.model_dump()})
         app.state.world = world
         return world
 
@@ -69,13 +115,44 @@ def create_app(drift: float = 0.0) -> FastAPI:
         ] = None,
         format: Annotated[Literal["csv", "parquet"], Query()] = "csv",
     ) -> Response:
-        level = app.state.world.drift if drift is None else drift
-        frame = simulate_churn(n, seed, level)
-        headers = {DRIFT_HEADER: str(level)}
-        if format == "parquet":
-            buffer = io.BytesIO()
-            frame.to_parquet(buffer, index=False)
-            return Response(buffer.getvalue(), media_type="application/vnd.apache.parquet", headers=headers)
-        return Response(frame.to_csv(index=False), media_type="text/csv", headers=headers)
+        world: World = app.state.world
+        level = world.drift if drift is None else drift
+        frame = simulate_churn(n, seed, level, world.concept if drift is None else None)
+        return _table(frame, format, {DRIFT_HEADER: str(level)})
+
+    @app.get(
+        "/customers",
+        responses={200: {"content": {"text/csv": {}, "application/vnd.apache.parquet": {}}}},
+        summary="Live customers to score, without their outcome; customer_id asks POST /outcomes for it",
+    )
+    def customers(
+        n: Annotated[int, Query(ge=1, le=MAX_ROWS, description="customers")] = 100,
+        seed: Annotated[int, Query(ge=0, le=2**63 - 1, description="which customers")] = 0,
+        format: Annotated[Literal["csv", "parquet"], Query()] = "csv",
+    ) -> Response:
+        world: World = app.state.world
+        frame = draw(n, seed, world.drift, world.concept_level, time.time() + world.outcome_delay_seconds)
+        return _table(frame, format, {DRIFT_HEADER: str(world.drift)})
+
+    @app.post(
+        "/outcomes",
+        response_model=OutcomesOut,
+        summary="What became of live customers, once the outcome delay they were handed out with has passed",
+    )
+    def outcomes(body: OutcomesIn) -> OutcomesOut:
+        found = release(body.ids, time.time())
+        return OutcomesOut(
+            outcomes=[OutcomeOut(id=i, outcome=o) for i, o in found.outcomes.items()],
+            pending=found.pending,
+            unknown=found.unknown,
+        )
 
     return app
+
+
+def _table(frame: pd.DataFrame, format: str, headers: dict[str, str]) -> Response:
+    if format == "parquet":
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer, index=False)
+        return Response(buffer.getvalue(), media_type="application/vnd.apache.parquet", headers=headers)
+    return Response(frame.to_csv(index=False), media_type="text/csv", headers=headers)

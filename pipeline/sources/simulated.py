@@ -109,7 +109,7 @@ def simulate_churn(n: int, seed: int, drift: float = 0.0, concept: float | None 
     # The same customers and random draws whatever `concept` is: only who churns among them changes.
     rng = np.random.default_rng([seed, round(drift * 1_000_000)])
     features = simulate_features(n, rng, drift)
-    churned = (rng.random(n) < churn_probability(features, drift if concept is None else concept))
+    churned = rng.random(n) < churn_probability(features, drift if concept is None else concept)
     churned = churned.astype(np.int64)
     ids = rng.integers(0, 2**62, size=n)
     frame = features.astype({"age": "float64", "monthly_charges": "float64", "total_charges": "float64"})

@@ -48,7 +48,7 @@ def test_every_dag_file_imports_cleanly(airflow_db: Path) -> None:
 
     bag = DagBag(dag_folder=str(DAGS))
     assert bag.import_errors == {}
-    assert set(bag.dag_ids) == {"training", "drift_monitor"}
+    assert set(bag.dag_ids) == {"training", "drift_monitor", "ground_truth"}
 
 
 def test_tasks_run_the_stages_in_order_with_retries(airflow_db: Path) -> None:

@@ -110,9 +110,10 @@ def test_data_source_service_serves_the_simulator(tmp_path: Path) -> None:
             assert (local.raw_dir / name).read_bytes() == (remote.raw_dir / name).read_bytes()
 
         # The world shifts: batches drawn without an explicit drift follow it, and say so.
-        assert httpx.get(f"{base}/world", timeout=10).json() == {"drift": 0.0}
+        calm = {"drift": 0.0, "concept": None, "outcome_delay_seconds": 60.0}
+        assert httpx.get(f"{base}/world", timeout=10).json() == calm
         assert httpx.put(f"{base}/world", json={"drift": 1.5}, timeout=10).status_code == 422
-        assert httpx.put(f"{base}/world", json={"drift": 0.8}, timeout=10).json() == {"drift": 0.8}
+        assert httpx.put(f"{base}/world", json={"drift": 0.8}, timeout=10).json() == {**calm, "drift": 0.8}
         shifted = httpx.get(f"{base}/batch", params={"n": 20, "seed": 3}, timeout=10)
         assert shifted.headers["x-bitloop-drift"] == "0.8"
         assert shifted.text == httpx.get(f"{base}/batch", params={"n": 20, "seed": 3, "drift": 0.8}).text

@@ -1,0 +1,50 @@
+"""Ground truth: the outcomes the world released, sent to the model server.
+
+`collect` runs `<BITLOOP_PIPELINE_PYTHON> -m pipeline ground-truth`: the prediction log's answered
+predictions of the last BITLOOP_GROUND_TRUTH_WINDOW_HOURS (default 24) that carry an entity id
+and still lack an outcome are looked up in the data-source service (BITLOOP_DATA_SOURCE_URL,
+`POST /outcomes`), and the outcomes it has released go to the model server (BITLOOP_API_URL,
+`POST /feedback`, with BITLOOP_API_API_KEY), whose live quality then counts them. Runs every five
+minutes (BITLOOP_GROUND_TRUTH_SCHEDULE). Idempotent: a rerun finds those outcomes stored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import CronTriggerTimetable, dag, get_current_context, task
+from bitloop_stages import DEFAULT_ARGS, NEVER_THE_MISSED_RUN, record_success, run_stage
+
+WINDOW = timedelta(hours=float(os.environ.get("BITLOOP_GROUND_TRUTH_WINDOW_HOURS", "24")))
+
+
+@dag(
+    dag_id="ground_truth",
+    schedule=CronTriggerTimetable(
+        os.environ.get("BITLOOP_GROUND_TRUTH_SCHEDULE", "*/5 * * * *"),
+        timezone="UTC",
+        run_immediately=NEVER_THE_MISSED_RUN,
+    ),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["bitloop", "monitoring"],
+    doc_md=__doc__,
+)
+def ground_truth() -> None:
+    @task(on_success_callback=record_success)
+    def collect() -> dict[str, Any]:
+        run_after = get_current_context()["dag_run"].run_after
+        args = ["--since", (run_after - WINDOW).isoformat()]
+        if log := os.environ.get("BITLOOP_PREDICTION_LOG_URL"):
+            args += ["--log", log]
+        result: dict[str, Any] = json.loads(run_stage("ground-truth", *args))
+        return result
+
+    collect()
+
+
+ground_truth()
