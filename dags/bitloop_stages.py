@@ -7,6 +7,7 @@ Airflow puts the DAG folder on sys.path, so the DAG files import it as `bitloop_
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 
 DRIFT = Asset(name="bitloop_drift", uri="bitloop://monitoring/dataset-drift")
 """Updated by the drift monitor when live traffic has drifted from the champion's reference."""
+QUALITY = Asset(name="bitloop_quality", uri="bitloop://monitoring/live-quality")
+"""Updated by the ground_truth DAG when the champion's live quality is past its limits."""
 CHAMPION = Asset(name="bitloop_champion", uri="bitloop://registry/champion")
 """Updated whenever a training run finishes its promotion decision."""
 EXIT_INVALID_DATA = 3  # the pipeline CLI's exit code for a bad batch (pipeline.__main__.EXIT_INVALID_DATA)
@@ -101,3 +104,10 @@ def run_stage(*args: str) -> str:
     if done.returncode != 0:
         raise RuntimeError(f"{what} failed with exit code {done.returncode}:\n{done.stderr[-4000:]}")
     return done.stdout
+
+
+def retrain_allowed(signal: str) -> bool:
+    """The retraining policy's answer for `signal` (params.yaml `retrain`), its reason logged."""
+    verdict = json.loads(run_stage("retrain-gate", "--signal", signal))
+    log.info("retraining %s: %s", "allowed" if verdict["retrain"] else "held back", verdict["reason"])
+    return bool(verdict["retrain"])

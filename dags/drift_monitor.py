@@ -5,7 +5,8 @@ run's data interval (the last BITLOOP_DRIFT_WINDOW_MINUTES, default 60, before t
 the report to MLflow. When the dataset has drifted, `emit` updates the `bitloop_drift` asset,
 which schedules the training DAG. Too few new rows, or no champion yet, skips `emit`.
 Runs hourly (BITLOOP_DRIFT_SCHEDULE). Idempotent: a rerun reads the same window and finds its
-MLflow report already logged.
+MLflow report already logged. The retraining policy (`retrain` in params.yaml: triggers,
+cooldown) decides whether a drift verdict emits.
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import CronTriggerTimetable, dag, get_current_context, task
-from bitloop_stages import DEFAULT_ARGS, DRIFT, NEVER_THE_MISSED_RUN, record_success, run_stage
+from bitloop_stages import (
+    DEFAULT_ARGS,
+    DRIFT,
+    NEVER_THE_MISSED_RUN,
+    record_success,
+    retrain_allowed,
+    run_stage,
+)
 
 WINDOW = timedelta(minutes=float(os.environ.get("BITLOOP_DRIFT_WINDOW_MINUTES", "60")))
 
@@ -59,8 +67,9 @@ def drift_monitor() -> None:
 
     @task.short_circuit
     def drifted(result: dict[str, Any]) -> bool:
-        """Continue to `emit` only on dataset drift (a skipped `emit` emits no asset event)."""
-        return bool(result["dataset_drift"])
+        """Continue to `emit` only on dataset drift the retraining policy lets start training (a
+        skipped `emit` emits no asset event)."""
+        return bool(result["dataset_drift"]) and retrain_allowed("drift")
 
     @task(outlets=[DRIFT])
     def emit(result: dict[str, Any]) -> dict[str, Any]:

@@ -4,8 +4,11 @@
 predictions of the last BITLOOP_GROUND_TRUTH_WINDOW_HOURS (default 24) that carry an entity id
 and still lack an outcome are looked up in the data-source service (BITLOOP_DATA_SOURCE_URL,
 `POST /outcomes`), and the outcomes it has released go to the model server (BITLOOP_API_URL,
-`POST /feedback`, with BITLOOP_API_API_KEY), whose live quality then counts them. Runs every five
-minutes (BITLOOP_GROUND_TRUTH_SCHEDULE). Idempotent: a rerun finds those outcomes stored.
+`POST /feedback`, with BITLOOP_API_API_KEY), whose live quality then counts them. `judge` scores
+the champion's live quality over the same window against its limits (promote.floors; the holdout
+figure less quality.max_drop); when they are breached and the retraining policy allows it, `emit`
+updates the `bitloop_quality` asset, which schedules training. Runs every five minutes
+(BITLOOP_GROUND_TRUTH_SCHEDULE). Idempotent: a rerun finds those outcomes stored.
 """
 
 from __future__ import annotations
@@ -16,7 +19,14 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import CronTriggerTimetable, dag, get_current_context, task
-from bitloop_stages import DEFAULT_ARGS, NEVER_THE_MISSED_RUN, record_success, run_stage
+from bitloop_stages import (
+    DEFAULT_ARGS,
+    NEVER_THE_MISSED_RUN,
+    QUALITY,
+    record_success,
+    retrain_allowed,
+    run_stage,
+)
 
 WINDOW = timedelta(hours=float(os.environ.get("BITLOOP_GROUND_TRUTH_WINDOW_HOURS", "24")))
 
@@ -44,7 +54,31 @@ def ground_truth() -> None:
         result: dict[str, Any] = json.loads(run_stage("ground-truth", *args))
         return result
 
-    collect()
+    @task
+    def judge() -> dict[str, Any]:
+        """The champion's live quality over the window against its limits."""
+        run_after = get_current_context()["dag_run"].run_after
+        args = ["--since", (run_after - WINDOW).isoformat()]
+        if log := os.environ.get("BITLOOP_PREDICTION_LOG_URL"):
+            args += ["--log", log]
+        result: dict[str, Any] = json.loads(run_stage("quality", *args))
+        return result
+
+    @task.short_circuit
+    def degraded(verdict: dict[str, Any]) -> bool:
+        """Continue to `emit` only when live quality is past its limits and the retraining policy
+        lets that start training."""
+        return bool(verdict["breached"]) and retrain_allowed("quality")
+
+    @task(outlets=[QUALITY])
+    def emit(verdict: dict[str, Any]) -> dict[str, Any]:
+        extra = {key: verdict.get(key) for key in ("version", "labelled", "realized", "breaches")}
+        get_current_context()["outlet_events"][QUALITY].extra = extra
+        return extra
+
+    verdict = judge()
+    collect() >> verdict
+    degraded(verdict) >> emit(verdict)  # type: ignore[arg-type]  # XComArg resolves to the dict at run time
 
 
 ground_truth()

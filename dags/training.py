@@ -3,8 +3,9 @@
 Each task runs one stage of dvc.yaml through DVC in the pipeline's own environment
 (`<BITLOOP_PIPELINE_PYTHON> -m pipeline repro <stage>` in BITLOOP_PROJECT_DIR), the same path as
 `make repro`, so dvc.lock describes every run and each new data version is pushed to the DVC
-remote; no step logic lives here. Runs daily (BITLOOP_TRAINING_SCHEDULE) or when the drift
-monitor updates the drift asset.
+remote; no step logic lives here. Runs daily (BITLOOP_TRAINING_SCHEDULE), when the drift monitor
+updates the drift asset, or when the ground_truth DAG updates the quality asset; `gate` lets a
+scheduled run through only when the retraining policy (`retrain.triggers`) lists the schedule.
 Every stage is idempotent: a retried task never duplicates a batch or a model version.
 """
 
@@ -15,7 +16,16 @@ import itertools
 import os
 
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, get_current_context, task
-from bitloop_stages import CHAMPION, DEFAULT_ARGS, DRIFT, NEVER_THE_MISSED_RUN, record_success, run_stage
+from bitloop_stages import (
+    CHAMPION,
+    DEFAULT_ARGS,
+    DRIFT,
+    NEVER_THE_MISSED_RUN,
+    QUALITY,
+    record_success,
+    retrain_allowed,
+    run_stage,
+)
 
 
 def batch_seed(run_id: str) -> int:
@@ -31,7 +41,7 @@ def batch_seed(run_id: str) -> int:
             timezone="UTC",
             run_immediately=NEVER_THE_MISSED_RUN,
         ),
-        assets=DRIFT,
+        assets=DRIFT | QUALITY,
     ),
     # No start_date: the first scheduled run is the next one, not the one just missed when
     # the DAG is unpaused (which raced `make up`'s own first training run).
@@ -43,6 +53,14 @@ def batch_seed(run_id: str) -> int:
     doc_md=__doc__,
 )
 def training() -> None:
+    @task.short_circuit
+    def gate() -> bool:
+        """A scheduled run trains only when the retraining policy lists the schedule; a run the
+        drift or quality asset started was let through by that policy already, a manual one always runs."""
+        if get_current_context()["dag_run"].run_type != "scheduled":
+            return True
+        return retrain_allowed("schedule")
+
     @task
     def ingest() -> str:
         context = get_current_context()
@@ -82,7 +100,7 @@ def training() -> None:
     def summary() -> str:
         return run_stage("summary", "--run-label", get_current_context()["run_id"])
 
-    stages = [ingest(), validate(), split(), train(), evaluate(), register(), promote(), summary()]
+    stages = [gate(), ingest(), validate(), split(), train(), evaluate(), register(), promote(), summary()]
     for upstream, downstream in itertools.pairwise(stages):
         upstream >> downstream
 

@@ -112,6 +112,19 @@ def _ground_truth(args: argparse.Namespace, ctx: Context) -> int:
     )
 
 
+def _quality(args: argparse.Namespace, ctx: Context) -> int:
+    from pipeline.monitor import judge_quality
+
+    since = args.since or datetime.now(UTC) - timedelta(days=1)
+    return _show(judge_quality(ctx.params, ctx.settings, _log_location(args.log, ctx), since))
+
+
+def _retrain_gate(args: argparse.Namespace, ctx: Context) -> int:
+    from pipeline.policy import gate
+
+    return _show(gate(ctx.params, ctx.settings, args.signal))
+
+
 def _log_location(given: str | None, ctx: Context) -> str:
     """--log, else the setting; a relative SQLite path is under --root."""
     from pipeline.predictions import is_postgres
@@ -229,6 +242,13 @@ def _parser() -> argparse.ArgumentParser:
         "--since", type=_timestamp, help="predictions made since, ISO 8601 (default: a day ago)"
     )
     truth.add_argument("--log", help="the prediction log (as for drift)")
+    quality = command("quality", _quality, "the champion's live quality against its limits")
+    quality.add_argument(
+        "--since", type=_timestamp, help="predictions made since, ISO 8601 (default: a day ago)"
+    )
+    quality.add_argument("--log", help="the prediction log (as for drift)")
+    gate = command("retrain-gate", _retrain_gate, "whether a signal may start training now (retrain policy)")
+    gate.add_argument("--signal", required=True, choices=("drift", "quality", "schedule"))
     command("datasets", _datasets, "every model's workspace with its dataset version")
     batches = sub.add_parser("batches", help="list the raw store's batches, or withdraw a bad one")
     action = batches.add_subparsers(dest="action", required=True, metavar="action")

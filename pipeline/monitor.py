@@ -1,4 +1,5 @@
-"""The drift monitor's stage: logged live inputs against the champion's reference, into MLflow.
+"""The monitors' stages: logged live inputs against the champion's reference, into MLflow; and the
+champion's live quality against its limits (the ground_truth DAG's quality signal).
 
 `python -m pipeline drift --since T0 --until T1 --label RUN` reads the prediction log rows of
 [T0, T1), compares them with the reference profile logged with the @champion version, writes
@@ -16,8 +17,9 @@ import mlflow
 
 from pipeline.drift import DriftReport, detect
 from pipeline.params import Params
-from pipeline.predictions import read_features
-from pipeline.registry import CHAMPION, Tags, alias_version, connect, run_profile
+from pipeline.predictions import read_features, read_labelled
+from pipeline.quality import evaluate
+from pipeline.registry import CHAMPION, Tags, alias_version, connect, run_profile, run_schema
 from pipeline.settings import PipelineSettings
 from pipeline.workspace import Workspace, write_json
 
@@ -108,3 +110,43 @@ def _log_run(client: Any, name: str, report: DriftReport) -> str:
         mlflow.log_text(report.to_html(), "drift_report.html")
     log.info("drift report logged", extra={"run_id": run.info.run_id, "status": report.status})
     return str(run.info.run_id)
+
+
+def judge_quality(
+    params: Params, settings: PipelineSettings, prediction_log: str, since: datetime
+) -> dict[str, Any]:
+    """The champion's live quality since `since` against its limits (`pipeline.quality`):
+    `breached` when a realized figure is past a floor or below its holdout by quality.max_drop."""
+    client = connect(settings)
+    name = params.model.name
+    champion = alias_version(client, name, CHAMPION)
+    if champion is None:
+        return {"status": "no_champion", "breached": False}
+    run_id = str(champion.run_id)
+    schema = run_schema(client, run_id)
+    holdout = dict(client.get_run(run_id).data.metrics)
+    rows = [
+        r
+        for r in read_labelled(prediction_log, name, since=since.timestamp(), limit=params.quality.max_rows)
+        if r.version == champion.version and r.variant == "champion"
+    ]
+    found = evaluate(
+        rows, schema.task, list(schema.classes), params.quality, params.promote, {champion.version: holdout}
+    )
+    if not found or not found[0].realized:
+        labelled = found[0].labelled if found else 0
+        return {
+            "status": "insufficient_data",
+            "breached": False,
+            "version": champion.version,
+            "labelled": labelled,
+        }
+    quality = found[0]
+    return {
+        "status": "breached" if quality.breaches else "ok",
+        "breached": bool(quality.breaches),
+        "version": champion.version,
+        "labelled": quality.labelled,
+        "realized": quality.realized,
+        "breaches": quality.breaches,
+    }

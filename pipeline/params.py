@@ -137,6 +137,22 @@ class QualityParams(_Section):
     """Newest prediction-log rows read per evaluation."""
 
 
+Signal = Literal["drift", "quality", "schedule"]
+
+
+class RetrainParams(_Section):
+    """When training runs, and on what: the retraining policy."""
+
+    triggers: tuple[Signal, ...] = ("drift", "quality", "schedule")
+    """The signals that start training: dataset drift (drift_monitor), live quality past its limits
+    (ground_truth), the training DAG's own schedule. A manual run always runs."""
+    cooldown_hours: Annotated[float, Field(ge=0.0)] = 1.0
+    """At most one drift- or quality-triggered run per this many hours; 0: no cooldown."""
+    window_batches: Annotated[int, Field(ge=1)] | None = 2
+    """Train on the newest this many accepted batches (null: all of them), so a shifted world is
+    learned in a bounded number of retrains instead of being outvoted by old data."""
+
+
 class Params(_Section):
     data: DataParams
     model: ModelParams
@@ -147,6 +163,7 @@ class Params(_Section):
     promote: PromoteParams = Field(default_factory=PromoteParams)
     drift: DriftParams = Field(default_factory=DriftParams)
     quality: QualityParams = Field(default_factory=QualityParams)
+    retrain: RetrainParams = Field(default_factory=RetrainParams)
 
     @model_validator(mode="after")
     def _metric_known(self) -> Params:

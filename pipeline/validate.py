@@ -292,6 +292,13 @@ def validate(params: Params, workspace: Workspace) -> ValidationReport:
         contract = candidate.learn(name, typed)
         accepted.append(typed)
 
+    window = params.retrain.window_batches
+    if window is not None and len(accepted) > window:
+        notes.append(
+            f"training window: the newest {window} of the {len(accepted)} accepted batches "
+            "(retrain.window_batches)"
+        )
+        accepted = accepted[-window:]
     dataset_errors: list[Problem] = []
     dataset = pd.concat(accepted, ignore_index=True) if accepted else pd.DataFrame()
     schema = None if contract is None else contract.dataset

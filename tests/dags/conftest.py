@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,3 +38,19 @@ def airflow_db() -> Path:
         env=os.environ.copy(),
     )
     return _HOME
+
+
+def asset_events(dag_id: str, run_id: str) -> list[Any]:
+    """The asset events a DAG run emitted."""
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        return list(
+            session.scalars(
+                select(AssetEvent).where(
+                    AssetEvent.source_dag_id == dag_id, AssetEvent.source_run_id == run_id
+                )
+            )
+        )

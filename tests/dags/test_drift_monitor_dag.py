@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from pipeline.run import run_all
 from pipeline.settings import PipelineSettings
 from pipeline.sources.simulated import TARGET, simulate_churn
-from tests.dags.conftest import DAGS
+from tests.dags.conftest import DAGS, asset_events
 from tests.factories import light_params, log_predictions, make_workspace
 
 MODEL = "drift-dag-churn"
@@ -30,21 +30,6 @@ def load_dag() -> Any:
     bag = DagBag(dag_folder=str(DAGS))
     assert bag.import_errors == {}
     return bag.get_dag("drift_monitor")
-
-
-def asset_events(run_id: str) -> list[Any]:
-    from airflow.models.asset import AssetEvent
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        return list(
-            session.scalars(
-                select(AssetEvent).where(
-                    AssetEvent.source_dag_id == "drift_monitor", AssetEvent.source_run_id == run_id
-                )
-            )
-        )
 
 
 def test_detect_then_gate_then_emit_hourly(airflow_db: Path) -> None:
@@ -91,14 +76,14 @@ def test_drifted_traffic_emits_the_asset_and_calm_traffic_does_not(
     assert sparse.state == "success"
     states = {ti.task_id: ti.state for ti in sparse.get_task_instances()}
     assert states == {"detect": "success", "drifted": "success", "emit": "skipped"}
-    assert asset_events(sparse.run_id) == []
+    assert asset_events("drift_monitor", sparse.run_id) == []
     assert reports() == []
 
     # Undrifted traffic: a report in MLflow, no asset event.
     log_predictions(log, MODEL, simulate_churn(1500, 12, 0.0).drop(columns=TARGET), time.time() - 60)
     calm = dag.test()
     assert {ti.task_id: ti.state for ti in calm.get_task_instances()}["emit"] == "skipped"
-    assert asset_events(calm.run_id) == []
+    assert asset_events("drift_monitor", calm.run_id) == []
     [calm_report] = reports()
     assert calm_report.data.tags["bitloop.dataset_drift"] == "false"
 
@@ -106,7 +91,7 @@ def test_drifted_traffic_emits_the_asset_and_calm_traffic_does_not(
     log_predictions(log, MODEL, simulate_churn(4000, 13, 1.0).drop(columns=TARGET), time.time() - 30)
     drifted = dag.test()
     assert {ti.task_id: ti.state for ti in drifted.get_task_instances()}["emit"] == "success"
-    [event] = asset_events(drifted.run_id)
+    [event] = asset_events("drift_monitor", drifted.run_id)
     assert event.extra["drift_share"] >= 0.5
     assert "monthly_charges" in event.extra["drifted_features"]
     latest = max(reports(), key=lambda r: r.info.start_time)

@@ -21,8 +21,8 @@ import pytest
 from pipeline.predictions import count_rows, open_store
 from pipeline.sources.simulated import ID_COLUMN
 from tests.api.conftest import Trained, train_model
-from tests.dags.conftest import DAGS
-from tests.factories import PROJECT
+from tests.dags.conftest import DAGS, asset_events
+from tests.factories import PROJECT, light_params, make_workspace
 from tests.servers import free_port, serve
 
 MODEL = "truth-dag-churn"
@@ -37,13 +37,17 @@ def load_dag() -> Any:
     return bag.get_dag("ground_truth")
 
 
-def test_one_task_every_five_minutes(airflow_db: Path) -> None:
+def test_collect_then_judge_then_gate_then_emit_every_five_minutes(airflow_db: Path) -> None:
+    import bitloop_stages
+
     dag = load_dag()
-    assert [t.task_id for t in dag.tasks] == ["collect"]
+    assert [t.task_id for t in dag.topological_sort()] == ["collect", "judge", "degraded", "emit"]
+    assert dag.get_task("judge").downstream_task_ids == {"degraded", "emit"}
+    assert [o.uri for o in dag.get_task("emit").outlets] == [bitloop_stages.QUALITY.uri]
     assert dag.timetable.expression == "*/5 * * * *"
     assert dag.catchup is False
     assert dag.max_active_runs == 1
-    assert dag.get_task("collect").retries == 2
+    assert all(task.retries == 2 for task in dag.tasks)
 
 
 def stored_outcomes(log: Path) -> dict[str | None, Any]:
@@ -95,31 +99,42 @@ def score_customers(services: dict[str, str], n: int, seed: int) -> list[str]:
     return ids
 
 
-@pytest.mark.integration
-@pytest.mark.slow
-def test_released_outcomes_reach_the_model_server_once(
-    airflow_db: Path, services: dict[str, str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def point_the_dag_at(services: dict[str, str], project: str, monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in {
-        "BITLOOP_PROJECT_DIR": services["project"],
+        "BITLOOP_PROJECT_DIR": project,
         "BITLOOP_PREDICTION_LOG_URL": services["log"],
         "BITLOOP_DATA_SOURCE_URL": services["source"],
         "BITLOOP_API_URL": services["api"],
         "BITLOOP_API_API_KEY": KEY,
     }.items():
         monkeypatch.setenv(name, value)
+
+
+def wait_logged(log: Path, rows: int) -> None:
+    deadline = time.monotonic() + 10
+    while count_rows(log) < rows:
+        assert time.monotonic() < deadline, "the model server did not log its answers"
+        time.sleep(0.2)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_released_outcomes_reach_the_model_server_once(
+    airflow_db: Path, services: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    point_the_dag_at(services, services["project"], monkeypatch)
     log = Path(services["log"])
     released = score_customers(services, 300, 1)
     httpx.put(f"{services['source']}/world", json={"outcome_delay_seconds": 3600}, timeout=10)
     waiting = score_customers(services, 40, 2)  # their outcomes are an hour away
-    deadline = time.monotonic() + 10
-    while count_rows(log) < 340:
-        assert time.monotonic() < deadline, "the model server did not log its answers"
-        time.sleep(0.2)
+    wait_logged(log, 340)
 
     dag = load_dag()
     first = dag.test()
     assert first.state == "success"
+    states = {ti.task_id: ti.state for ti in first.get_task_instances()}
+    assert states == {"collect": "success", "judge": "success", "degraded": "success", "emit": "skipped"}
+    assert asset_events("ground_truth", first.run_id) == []  # the world did not change: quality holds
     truth = httpx.post(f"{services['source']}/outcomes", json={"ids": released}, timeout=10).json()
     expected = {o["id"]: o["outcome"] for o in truth["outcomes"]}
     assert stored_outcomes(log) == expected  # every released one, nothing else
@@ -134,6 +149,32 @@ def test_released_outcomes_reach_the_model_server_once(
     (champion,) = report["versions"]
     assert (champion["labelled"], champion["predictions"]) == (300, 340)
     assert 0.5 < champion["realized"]["accuracy"] <= 1.0
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_concept_drift_breaks_live_quality_and_the_quality_asset_starts_training(
+    airflow_db: Path, services: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same model judged by accuracy, which concept drift brings down: customers who look the
+    # same now churn more. The policy's cooldown starts empty for this model.
+    project, _ = make_workspace(
+        tmp_path / "judged", light_params(model={"name": MODEL}, promote={"metric": "accuracy"})
+    )
+    point_the_dag_at(services, str(project.root), monkeypatch)
+    httpx.put(f"{services['source']}/world", json={"concept": 1.0}, timeout=10)
+    score_customers(services, 600, 3)
+    wait_logged(Path(services["log"]), 600)
+
+    run = load_dag().test()
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert states == {"collect": "success", "judge": "success", "degraded": "success", "emit": "success"}
+    [event] = asset_events("ground_truth", run.run_id)
+    assert event.extra["labelled"] == 600
+    assert any("accuracy" in b and "holdout" in b for b in event.extra["breaches"])
+    # Within the cooldown, the next breach starts nothing.
+    again = load_dag().test()
+    assert {ti.task_id: ti.state for ti in again.get_task_instances()}["emit"] == "skipped"
 
 
 def ground_truth_command(env: dict[str, str]) -> subprocess.CompletedProcess[str]:

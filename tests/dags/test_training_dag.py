@@ -53,8 +53,8 @@ def test_every_dag_file_imports_cleanly(airflow_db: Path) -> None:
 
 def test_tasks_run_the_stages_in_order_with_retries(airflow_db: Path) -> None:
     dag = load_dag(airflow_db)
-    assert [t.task_id for t in dag.topological_sort()] == STAGES
-    for upstream, downstream in itertools.pairwise(STAGES):
+    assert [t.task_id for t in dag.topological_sort()] == ["gate", *STAGES]
+    for upstream, downstream in itertools.pairwise(["gate", *STAGES]):
         assert dag.get_task(upstream).downstream_task_ids == {downstream}
     for task in dag.tasks:
         assert task.retries == 2
@@ -64,19 +64,19 @@ def test_tasks_run_the_stages_in_order_with_retries(airflow_db: Path) -> None:
     assert dag.catchup is False
 
 
-def test_schedule_is_daily_or_the_drift_asset(airflow_db: Path) -> None:
+def test_schedule_is_daily_or_the_drift_or_quality_asset(airflow_db: Path) -> None:
     import bitloop_stages as module
     from airflow.sdk import AssetOrTimeSchedule
 
     dag = load_dag(airflow_db)
     assert isinstance(dag.timetable, AssetOrTimeSchedule)
     assert dag.timetable.timetable.expression == "0 0 * * *"  # type: ignore[attr-defined]  # @daily
-    assert dag.timetable.asset_condition == module.DRIFT
+    assert dag.timetable.asset_condition == module.DRIFT | module.QUALITY
     assert [o.uri for o in dag.get_task("summary").outlets] == [module.CHAMPION.uri]
 
 
 @pytest.mark.parametrize("minutes_past_midnight", [1, 90, 601])
-@pytest.mark.parametrize("dag_id", ["training", "drift_monitor"])
+@pytest.mark.parametrize("dag_id", ["training", "drift_monitor", "ground_truth"])
 def test_a_new_dag_waits_for_its_next_scheduled_time(
     airflow_db: Path, dag_id: str, minutes_past_midnight: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -98,7 +98,7 @@ def test_a_new_dag_waits_for_its_next_scheduled_time(
     restriction = TimeRestriction(earliest=earliest, latest=None, catchup=dag.catchup)
     first = dag.timetable.next_dagrun_info(last_automated_data_interval=None, restriction=restriction)
     assert first is not None
-    assert first.run_after > now
+    assert first.run_after >= now  # never a time already past
 
 
 def test_exit_code_contract_matches_the_cli() -> None:

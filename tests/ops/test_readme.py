@@ -30,7 +30,18 @@ README = (PROJECT / "README.md").read_text()
 DOCS = {
     path.name: path.read_text() for path in [PROJECT / "README.md", *sorted((PROJECT / "docs").glob("*.md"))]
 }
-SECTIONS = ("data", "model", "validate", "split", "train", "evaluate", "promote", "drift", "quality")
+SECTIONS = (
+    "data",
+    "model",
+    "validate",
+    "split",
+    "train",
+    "evaluate",
+    "promote",
+    "drift",
+    "quality",
+    "retrain",
+)
 # Made by running the system, not kept in git.
 GENERATED = (".bitloop", ".env", "data/", "models/", "reports/", "metrics.json", "bitloop.sql")
 # Variables of make and of the scripts that only the command line sets.

@@ -197,3 +197,26 @@ def test_bad_newest_batch_fails_with_a_readable_report_then_is_quarantined(tmp_p
 def test_validate_params_reject_bad_rates() -> None:
     with pytest.raises(ValueError, match="max_missing_rate"):
         ValidateParams(max_missing_rate=1.5)
+
+
+@pytest.mark.parametrize("window", [1, 2, None])
+def test_the_training_window_keeps_the_newest_accepted_batches(tmp_path: Path, window: int | None) -> None:
+    workspace, params = make_workspace(tmp_path, light_params(retrain={"window_batches": window}))
+    ids = []
+    for seed, drift in ((1, 0.0), (2, 0.0), (3, 1.0)):
+        ingest(params, workspace, seed=seed, drift=drift)
+        raw = pd.read_parquet(sorted(workspace.raw_dir.glob("batch-*.parquet"))[-1])
+        ids.append(set(raw["customer_id"]))  # a prepared row's row_id is its customer id
+    report = validate(params, workspace)
+    dataset = set(pd.read_parquet(workspace.dataset_file)["row_id"])
+    kept = ids if window is None else ids[-window:]
+    assert dataset <= set().union(*kept)  # nothing older than the window
+    assert all(
+        len(dataset & batch) > 0.9 * len(batch) for batch in kept
+    )  # each kept batch, less dropped rows
+    windowed = [n for n in report.notes if "training window" in n]
+    assert windowed == (
+        []
+        if window is None
+        else [f"training window: the newest {window} of the 3 accepted batches (retrain.window_batches)"]
+    )

@@ -1,0 +1,66 @@
+"""The retraining policy (`retrain` in params.yaml): whether a signal may start training now.
+
+A signal starts training only when `retrain.triggers` lists it, and a drift or quality signal only
+when no such signal started one in the last `retrain.cooldown_hours`. The last one is a tag of the
+registered model (`bitloop.retrain.last_trigger`), so every worker and DAG sees the same, and a
+signal that finds no champion starts nothing (there is nothing to retrain from).
+`python -m pipeline retrain-gate --signal drift` is the DAGs' call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pipeline.params import Params, Signal
+from pipeline.registry import CHAMPION, TAG, alias_version, connect
+from pipeline.settings import PipelineSettings
+
+log = logging.getLogger(__name__)
+LAST_TRIGGER_TAG = TAG + "retrain.last_trigger"
+COOLED = ("drift", "quality")  # the schedule is its own period
+
+
+def _last_trigger(tags: dict[str, str]) -> dict[str, Any] | None:
+    try:
+        found: dict[str, Any] = json.loads(tags[LAST_TRIGGER_TAG])
+        datetime.fromisoformat(found["at"])
+        return found
+    except (KeyError, ValueError, TypeError):
+        return None  # never triggered, or a tag written by hand that says nothing usable
+
+
+def gate(
+    params: Params, settings: PipelineSettings, signal: Signal, now: datetime | None = None
+) -> dict[str, Any]:
+    """Whether `signal` may start training now, and why; an allowed drift or quality signal is
+    recorded as the last trigger."""
+    now = now or datetime.now(UTC)
+    policy = params.retrain
+    if signal not in policy.triggers:
+        return {"retrain": False, "signal": signal, "reason": f"retrain.triggers leaves out {signal}"}
+    if signal not in COOLED:
+        return {"retrain": True, "signal": signal, "reason": f"{signal} is a trigger"}
+    client = connect(settings)
+    name = params.model.name
+    if alias_version(client, name, CHAMPION) is None:
+        return {"retrain": False, "signal": signal, "reason": f"{name} has no @champion yet"}
+    last = _last_trigger(dict(client.get_registered_model(name).tags))
+    cooldown = timedelta(hours=policy.cooldown_hours)
+    if last is not None and now - datetime.fromisoformat(last["at"]) < cooldown:
+        until = datetime.fromisoformat(last["at"]) + cooldown
+        return {
+            "retrain": False,
+            "signal": signal,
+            "reason": (
+                f"cooling down: {last['signal']} started training at {last['at']}; the next triggered run "
+                f"may start at {until.isoformat()} (retrain.cooldown_hours={policy.cooldown_hours:g})"
+            ),
+        }
+    client.set_registered_model_tag(
+        name, LAST_TRIGGER_TAG, json.dumps({"signal": signal, "at": now.isoformat()})
+    )
+    log.info("retraining triggered", extra={"signal": signal, "model": name})
+    return {"retrain": True, "signal": signal, "reason": f"{signal} starts training"}
