@@ -1,13 +1,17 @@
-"""The closed loop, end to end, on the running local stack (`make drift-demo`).
+"""The closed loop, end to end, on the running local stack (`make drift-demo`), until it converges.
 
 1. The data source's world drifts (`PUT /world`): fresh batches now come from a changed population.
 2. Drifted traffic from that world goes to the model server, which logs every prediction.
 3. The drift_monitor DAG compares the logged inputs with the champion's reference profile; on
-   dataset drift it updates the `bitloop_drift` asset.
-4. The asset schedules the training DAG, which ingests a fresh (drifted) batch, trains, and
-   promotes a candidate that beats the champion on the same holdout.
-5. The model server picks up the new @champion.
-Every step is timed; the drift scores and the new version are printed with where to look.
+   dataset drift, as the retraining policy allows, it updates the `bitloop_drift` asset.
+4. The asset schedules the training DAG, which ingests a fresh (drifted) batch, trains on the
+   newest `retrain.window_batches` batches, and promotes a candidate that beats the champion on
+   the same holdout.
+5. The model server picks up the new @champion; steps 2-5 repeat until the monitor is quiet,
+   which the training window bounds: at most `retrain.window_batches` retrains. A drift signal
+   the policy's cooldown holds back is shown, and the demo starts the run the policy would start
+   once the cooldown ends (a manual run always runs).
+Every step is timed; the drift scores and each new version are printed with where to look.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,6 +30,12 @@ import pandas as pd
 
 from ops.local.airflow_api import airflow_client, trigger_dag, wait_dag_run
 from ops.local.settings import StackSettings
+from pipeline.params import load_params
+from pipeline.registry import Tags, connect
+from pipeline.settings import PipelineSettings
+from pipeline.workspace import params_file
+
+PARAMS = params_file(Path(__file__).resolve().parents[2])
 
 
 def step(started: float, text: str) -> None:
@@ -81,50 +92,104 @@ def asset_triggered_run(airflow: httpx.Client, after: datetime, deadline: float)
         time.sleep(3.0)
 
 
+def follow_training(airflow: httpx.Client, run_id: str, deadline: float, started: float) -> None:
+    step(started, f"training run {run_id}")
+    if wait_dag_run(airflow, "training", run_id, deadline)["__run__"] != "success":
+        raise SystemExit(f"training run {run_id} failed; see Airflow or `make logs`")
+    step(started, "training finished")
+
+
+def monitor_found_drift(settings: StackSettings, model: str, run_id: str) -> bool:
+    """The verdict the drift_monitor run logged to MLflow (no report: too few rows, no drift)."""
+    client = connect(PipelineSettings(mlflow_tracking_uri=f"http://127.0.0.1:{settings.mlflow_port}"))
+    experiment = client.get_experiment_by_name(f"{model}-monitoring")
+    if experiment is None:
+        return False
+    found = client.search_runs(
+        [experiment.experiment_id], f"tags.`{Tags.DRIFT_OF}` = '{run_id}'", max_results=1
+    )
+    return bool(found) and found[0].data.tags.get(Tags.DATASET_DRIFT) == "true"
+
+
+def retrain_round(
+    client: httpx.Client,
+    airflow: httpx.Client,
+    settings: StackSettings,
+    model: str,
+    deadline: float,
+    started: float,
+) -> bool:
+    """One pass of the loop: the drift monitor's verdict, and the retrain it calls for; False when
+    the monitor is quiet."""
+    api = f"http://127.0.0.1:{settings.api_port}"
+    report = fetch(client, "GET", f"{api}/drift", params={"fresh": True}).json()
+    step(started, f"the model server's sliding window: {report['status']}")
+    show_drift(report)
+    triggered_at = datetime.now(UTC)
+    run_id = trigger_dag(airflow, "drift_monitor", deadline)
+    step(started, f"triggered drift_monitor run {run_id}")
+    states = wait_dag_run(airflow, "drift_monitor", run_id, deadline)
+    if states["__run__"] != "success":
+        raise SystemExit(f"drift_monitor failed (tasks: {states}); see Airflow or `make logs`")
+    if states.get("emit") == "success":
+        step(started, "drift_monitor found dataset drift and updated the bitloop_drift asset")
+        follow_training(airflow, asset_triggered_run(airflow, triggered_at, deadline), deadline, started)
+        return True
+    if monitor_found_drift(settings, model, run_id):
+        cooldown = load_params(PARAMS).retrain.cooldown_hours
+        step(
+            started,
+            "drift_monitor found dataset drift; the retraining policy held the signal back "
+            f"(retrain.cooldown_hours={cooldown:g}: one drift- or quality-started run per period). "
+            "The demo starts the run it would start when the cooldown ends",
+        )
+        follow_training(airflow, trigger_dag(airflow, "training", deadline), deadline, started)
+        return True
+    return False
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="make drift-demo", description=__doc__)
     parser.add_argument("--drift", type=float, default=1.0, help="the world's new drift level (0-1)")
-    parser.add_argument("--rows", type=int, default=3000, help="drifted rows of live traffic to send")
-    parser.add_argument("--timeout", type=float, default=1200.0, help="seconds to wait for the whole loop")
+    parser.add_argument("--rows", type=int, default=3000, help="drifted rows of live traffic per round")
+    parser.add_argument("--timeout", type=float, default=1500.0, help="seconds to wait for the whole loop")
     args = parser.parse_args()
     settings = StackSettings()
+    window = load_params(PARAMS).retrain.window_batches
     api = f"http://127.0.0.1:{settings.api_port}"
     source = f"http://127.0.0.1:{settings.data_source_port}"
     started = time.monotonic()
     deadline = started + args.timeout
     key = os.environ.get("BITLOOP_API_API_KEY")
+    retrains = 0
     with httpx.Client(timeout=60, headers={"X-API-Key": key} if key else {}) as client:
         before = fetch(client, "GET", f"{api}/model").json()
         step(started, f"serving {before['name']} version {before['version']}")
         fetch(client, "PUT", f"{source}/world", json={"drift": args.drift})
         step(started, f"the data source's world drifted to {args.drift}")
-        send_traffic(client, source, api, args.rows, started)
-        report = fetch(client, "GET", f"{api}/drift", params={"fresh": True}).json()
-        step(started, f"the model server's sliding window: {report['status']}")
-        show_drift(report)
-
         with airflow_client(settings) as airflow:
-            triggered_at = datetime.now(UTC)
-            run_id = trigger_dag(airflow, "drift_monitor", deadline)
-            step(started, f"triggered drift_monitor run {run_id}")
-            states = wait_dag_run(airflow, "drift_monitor", run_id, deadline)
-            if states["__run__"] != "success" or states.get("emit") != "success":
-                raise SystemExit(f"drift_monitor did not emit the drift asset (tasks: {states})")
-            step(started, "drift_monitor found dataset drift and updated the bitloop_drift asset")
-            training = asset_triggered_run(airflow, triggered_at, deadline)
-            step(started, f"the asset scheduled training run {training}")
-            if wait_dag_run(airflow, "training", training, deadline)["__run__"] != "success":
-                raise SystemExit(f"training run {training} failed; see Airflow or `make logs`")
-            step(started, "training finished")
-
-        fetch(client, "POST", f"{api}/admin/reload")
-        after = fetch(client, "GET", f"{api}/model").json()
-        if after["version"] == before["version"]:
-            raise SystemExit(
-                "training finished but no new champion was promoted: see reports/<model.name>/promotion.json "
-                "(the candidate must beat the champion on the same holdout)"
-            )
-        step(started, f"the model server now serves version {after['version']} (was {before['version']})")
+            while True:
+                send_traffic(client, source, api, args.rows, started)
+                served = fetch(client, "GET", f"{api}/model").json()["version"]
+                if not retrain_round(client, airflow, settings, before["name"], deadline, started):
+                    step(
+                        started,
+                        f"converged: drift_monitor is quiet against version {served} after {retrains} "
+                        f"retrain{'s' if retrains != 1 else ''} (training window: {window} batches)",
+                    )
+                    break
+                retrains += 1
+                fetch(client, "POST", f"{api}/admin/reload")
+                after = fetch(client, "GET", f"{api}/model").json()["version"]
+                if after == served:
+                    raise SystemExit(
+                        "training finished but no new champion was promoted: see "
+                        "reports/<model.name>/promotion.json (the candidate must beat the champion on "
+                        "the same holdout)"
+                    )
+                step(started, f"the model server now serves version {after} (was {served})")
+                if window is not None and retrains > window:
+                    raise SystemExit(f"still drifting after {retrains} retrains with a {window}-batch window")
     print(
         "\nWhere to look:\n"
         f"  Prometheus  http://127.0.0.1:{settings.prometheus_port}/graph?g0.expr=bitloop_drift_score"

@@ -220,6 +220,12 @@ def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path
             demo.stdout[-4000:] + demo.stderr[-3000:] + _service_errors(tmp_path / "state")
         )
         assert "drift_monitor found dataset drift" in demo.stdout
+        # It converges: quiet after at most retrain.window_batches retrains.
+        converged = re.search(
+            r"converged: drift_monitor is quiet against version \d+ after (\d+) retrain", demo.stdout
+        )
+        assert converged, demo.stdout[-3000:]
+        assert 1 <= int(converged[1]) <= (load_params(PROJECT / "params.yaml").retrain.window_batches or 1)
         new = MlflowClient(f"http://127.0.0.1:{mlflow_port}").get_model_version_by_alias(name, "champion")
         assert int(new.version) > int(champion.version)
         assert httpx.get(f"{api}/ready", timeout=5).json()["model_version"] == new.version
