@@ -136,8 +136,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         batcher = MicroBatcher(
             settings.inference_threads, settings.micro_batch_max_size, settings.micro_batch_max_wait_ms
         )
-        watcher = DriftWatcher(settings, manager, settings.drift_config())
-        quality = QualityWatcher(settings, manager, *settings.quality_config())
+        drift_params, quality_params, promote_params = settings.monitoring_config()
+        watcher = DriftWatcher(settings, manager, drift_params)
+        quality = QualityWatcher(settings, manager, quality_params, promote_params)
         prediction_log = PredictionLog(
             settings.prediction_log_url,
             settings.prediction_log_flush_rows,

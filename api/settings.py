@@ -98,20 +98,14 @@ class ApiSettings(BaseSettings):
             )
         return None
 
-    def drift_config(self) -> DriftParams:
-        """The `drift` section of params.yaml; its defaults when the file cannot be read."""
-        try:
-            return load_params(self.params_file).drift
-        except ParamsError:
-            return DriftParams()
-
-    def quality_config(self) -> tuple[QualityParams, PromoteParams]:
-        """The `quality` and `promote` sections of params.yaml; their defaults when it cannot be read."""
+    def monitoring_config(self) -> tuple[DriftParams, QualityParams, PromoteParams]:
+        """The `drift`, `quality` and `promote` sections of params.yaml, read once; their defaults when
+        the file cannot be read."""
         try:
             params = load_params(self.params_file)
         except ParamsError:
-            return QualityParams(), PromoteParams()
-        return params.quality, params.promote
+            return DriftParams(), QualityParams(), PromoteParams()
+        return params.drift, params.quality, params.promote
 
     def resolved_model_name(self) -> str:
         if self.model_name:

@@ -31,6 +31,15 @@ from bitloop_stages import (
 WINDOW = timedelta(hours=float(os.environ.get("BITLOOP_GROUND_TRUTH_WINDOW_HOURS", "24")))
 
 
+def over_window(command: str) -> dict[str, Any]:
+    """`python -m pipeline <command>` over the predictions of the WINDOW before this run; its JSON."""
+    args = ["--since", (get_current_context()["dag_run"].run_after - WINDOW).isoformat()]
+    if log := os.environ.get("BITLOOP_PREDICTION_LOG_URL"):
+        args += ["--log", log]
+    result: dict[str, Any] = json.loads(run_stage(command, *args))
+    return result
+
+
 @dag(
     dag_id="ground_truth",
     schedule=CronTriggerTimetable(
@@ -47,22 +56,12 @@ WINDOW = timedelta(hours=float(os.environ.get("BITLOOP_GROUND_TRUTH_WINDOW_HOURS
 def ground_truth() -> None:
     @task(on_success_callback=record_success)
     def collect() -> dict[str, Any]:
-        run_after = get_current_context()["dag_run"].run_after
-        args = ["--since", (run_after - WINDOW).isoformat()]
-        if log := os.environ.get("BITLOOP_PREDICTION_LOG_URL"):
-            args += ["--log", log]
-        result: dict[str, Any] = json.loads(run_stage("ground-truth", *args))
-        return result
+        return over_window("ground-truth")
 
     @task
     def judge() -> dict[str, Any]:
         """The champion's live quality over the window against its limits."""
-        run_after = get_current_context()["dag_run"].run_after
-        args = ["--since", (run_after - WINDOW).isoformat()]
-        if log := os.environ.get("BITLOOP_PREDICTION_LOG_URL"):
-            args += ["--log", log]
-        result: dict[str, Any] = json.loads(run_stage("quality", *args))
-        return result
+        return over_window("quality")
 
     @task.short_circuit
     def degraded(verdict: dict[str, Any]) -> bool:

@@ -72,5 +72,5 @@ def collect(
             )
             for status in ("recorded", "duplicate", "conflict", "unknown"):
                 counts[status] += int(answer[status])
-            log.info("outcomes sent", extra={"sent": counts["released"], "recorded": counts["recorded"]})
+            log.info("outcomes sent", extra={"sent": len(outcomes), "recorded": counts["recorded"]})
     return {"status": "collected", **counts}

@@ -28,8 +28,6 @@ from pipeline.params import HIGHER_IS_BETTER, PromoteParams, QualityParams
 from pipeline.predictions import LoggedPrediction
 from pipeline.scoring import task_metrics
 
-ESTIMATED_METRICS = ("accuracy", "roc_auc")
-
 
 class VersionQuality(BaseModel):
     """Quality of one version answering as one variant, over the window."""
