@@ -44,7 +44,7 @@ test-scale: $(STAMP) ## the compose stack scaled out (3 model servers, 2 Celery 
 images: ## build the service images and load them into docker/podman (BUILDER=nix|dockerfile, BASE_IMAGE=...)
 	bash ops/docker/build.sh
 
-repro-check: $(STAMP) ## uv.lock is current; dvc repro, registered versions and image layers reproduce bit for bit
+repro-check: $(STAMP) ## uv.lock is current; dvc repro (on one machine or alternating between two), registered versions and image layers reproduce bit for bit
 	$(UV) lock --check
 	$(BIN)/pytest -m "repro" $(PYTEST_ARGS)
 

@@ -75,6 +75,7 @@ def machines(tmp_path: Path, mlflow_uri: str) -> TwoMachines:
     return TwoMachines(model, tmp_path / "shared-remote", workers, mlflow_uri)
 
 
+@pytest.mark.repro  # 95 s: with the reproducibility checks, out of make test
 def test_stages_alternating_between_two_machines_give_what_one_machine_gives(
     tmp_path: Path, machines: TwoMachines
 ) -> None:
