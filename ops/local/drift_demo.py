@@ -62,7 +62,7 @@ def send_traffic(client: httpx.Client, source: str, api: str, rows: int, started
     for start in range(0, len(records), 500):
         body = {"records": records[start : start + 500], "ids": ids[start : start + 500]}
         fetch(client, "POST", f"{api}/predict/batch", json=body)
-        step(started, f"  sent {min(start + 500, len(records))}/{len(records)} drifted rows")
+        step(started, f"  sent {min(start + 500, len(records))}/{len(records)} customers")
 
 
 def show_drift(report: dict[str, Any]) -> None:
