@@ -28,7 +28,15 @@ from typing import Any
 import httpx
 
 from ops.local.airflow_api import airflow_client, trigger_dag, wait_dag_run
-from ops.local.drift_demo import PARAMS, asset_triggered_run, fetch, follow_training, send_traffic, step
+from ops.local.drift_demo import (
+    PARAMS,
+    asset_triggered_run,
+    fetch,
+    follow_training,
+    send_traffic,
+    serve_new_champion,
+    step,
+)
 from ops.local.settings import StackSettings
 from pipeline.params import load_params
 
@@ -142,18 +150,7 @@ def main() -> int:
                     )
                     break
                 retrains += 1
-                fetch(client, "POST", f"{api}/admin/reload")
-                after = fetch(client, "GET", f"{api}/model").json()["version"]
-                if after == served:
-                    # The window still holds a batch of the old concept: half the holdout rewards the
-                    # champion, so the candidate did not beat it there. The next batch tips it.
-                    step(
-                        started,
-                        f"the candidate did not beat version {served} on the same holdout, part of which "
-                        "still follows the old concept: the champion stays, the window moves on",
-                    )
-                else:
-                    step(started, f"the model server now serves version {after} (was {served})")
+                serve_new_champion(client, api, served, started)
                 if window is not None and retrains > window:
                     raise SystemExit(f"live quality still falls after {retrains} retrains")
     print(
