@@ -15,7 +15,7 @@ export DO_NOT_TRACK := true
 export UV_LINK_MODE := copy
 export STACK
 
-.PHONY: help setup test test-stack test-compose test-scale images repro-check lint format repro bench bench-scale up down secrets status logs drift-demo screenshots clean
+.PHONY: help setup test test-stack test-compose test-scale images repro-check lint format repro bench bench-scale up down secrets status logs drift-demo concept-demo screenshots clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "; printf "bitloop: make <target>\n\n"} \
@@ -83,6 +83,9 @@ logs: $(STAMP) ## follow the logs of every service (Ctrl-C to stop)
 
 drift-demo: $(STAMP) ## with the stack up: drift the world, send its traffic, watch drift retrain and swap the champion
 	$(BIN)/python -m ops.local.drift_demo
+
+concept-demo: $(STAMP) ## with the stack up: move the world's concept, watch live quality fall, retrain and recover
+	$(BIN)/python -m ops.local.concept_demo
 
 screenshots: $(STAMP) ## the README's pictures in docs/img/ (needs chromium; starts the stack when it is down)
 	$(BIN)/python -m ops.local.screenshots $(if $(GRAFANA_URL),--grafana-url $(GRAFANA_URL))

@@ -19,6 +19,7 @@ STATED = {
     "make test": r"make test .*?\(about (?P<minutes>a|[\d.]+) minutes?\b",
     "make up": r"champion takes about (?P<minutes>a|[\d.]+) minutes?",
     "make drift-demo": r"timing each step \(about (?P<minutes>a|[\d.]+) minutes? here",
+    "make concept-demo": r"concept-demo\b.*?each step timed \(about (?P<minutes>a|[\d.]+) minutes? here",
 }
 
 

@@ -3,7 +3,8 @@
 `drift` in [0, 1] moves the population (covariate drift: pricier plans, more fibre and
 month-to-month contracts, shorter tenure, more support tickets, younger customers) and the
 relationship itself (concept drift: customers grow more sensitive to price and to support
-problems), so the monitoring loop has something real to detect. `concept`, when given, sets the
+problems, month-to-month contracts stop predicting churn and long tenure stops protecting), so the
+monitoring loop has something real to detect. `concept`, when given, sets the
 relationship apart from the population: `drift=1, concept=0` is covariate drift alone, `drift=0,
 concept=1` concept drift alone, whose inputs do not move.
 """
@@ -45,12 +46,16 @@ def churn_logit(features: pd.DataFrame, drift: float = 0.0) -> np.ndarray:
     e_check = (features["payment_method"] == "electronic_check").to_numpy(float)
     price_sensitivity = 0.018 + 0.03 * drift
     ticket_effect = 0.28 + 0.45 * drift
+    # The relation turns, not only sharpens: month-to-month customers grow loyal (a flexible plan)
+    # and long tenure stops protecting, so a model of the old world ranks customers wrongly.
+    contract_effect = 1.3 - 2.0 * drift
+    tenure_effect = -0.035 + 0.045 * drift
     return np.asarray(
         -2.3
         + 0.3 * drift
-        + 1.3 * month_to_month
+        + contract_effect * month_to_month
         + 0.25 * one_year
-        - 0.035 * features["tenure_months"].to_numpy(float)
+        + tenure_effect * features["tenure_months"].to_numpy(float)
         + price_sensitivity * (features["monthly_charges"].to_numpy(float) - 65.0)
         + ticket_effect * features["support_tickets"].to_numpy(float)
         + 0.45 * fiber

@@ -230,9 +230,34 @@ def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path
         assert int(new.version) > int(champion.version)
         assert httpx.get(f"{api}/ready", timeout=5).json()["model_version"] == new.version
         print(demo.stdout)  # the drift scores and timings, for the CI log
+
+        # Concept drift: inputs stay, the relation turns; live quality, not drift, calls for training.
+        started = time.monotonic()
+        concept = make("concept-demo", env, timeout=1500)
+        concept_seconds = time.monotonic() - started
+        assert concept.returncode == 0, (
+            concept.stdout[-4000:] + concept.stderr[-3000:] + _service_errors(tmp_path / "state")
+        )
+        print(concept.stdout)
+        assert re.findall(r"drift window: (\w+)", concept.stdout)[0] == "no_drift"
+        assert re.search(r"breach: roc_auc=[\d.]+ is below the holdout figure", concept.stdout)
+        restored = re.search(
+            r"restored: version \d+'s live quality holds after (\d+) retrain", concept.stdout
+        )
+        assert restored, concept.stdout[-3000:]
+        assert 1 <= int(restored[1]) <= (load_params(PROJECT / "params.yaml").retrain.window_batches or 1)
+
         # The durations the README states hold here, with room for a slower machine.
-        print(f"make up: {up_seconds:.0f} s, make drift-demo: {demo_seconds:.0f} s")
-        for command, seconds in (("make up", up_seconds), ("make drift-demo", demo_seconds)):
+        print(
+            f"make up: {up_seconds:.0f} s, drift-demo: {demo_seconds:.0f} s, "
+            f"concept-demo: {concept_seconds:.0f} s"
+        )
+        timed = (
+            ("make up", up_seconds),
+            ("make drift-demo", demo_seconds),
+            ("make concept-demo", concept_seconds),
+        )
+        for command, seconds in timed:
             problem = within_stated(command, seconds)
             assert problem is None, problem
         if monitored:

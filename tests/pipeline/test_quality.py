@@ -102,12 +102,12 @@ def test_concept_drift_escapes_the_estimate_and_the_realized_figure_catches_it(
     # Inputs did not move, so the probabilities, and the estimate, stay where they were ...
     assert estimated["accuracy"] == pytest.approx(calm_estimate["accuracy"], abs=0.01)
     # ... while the customers now answer differently: realized accuracy falls well below it.
-    assert realized["accuracy"] < estimated["accuracy"] - 0.05
-    assert realized["accuracy"] < calm["accuracy"] - 0.05
-    promote = PromoteParams(metric="accuracy")
-    holdout_limit = limits("classification", "1", {"accuracy": calm["accuracy"]}, QUALITY, promote)
+    for metric in ("accuracy", "roc_auc"):
+        assert realized[metric] < estimated[metric] - 0.05, metric
+        assert realized[metric] < calm[metric] - 0.05, metric
+    holdout_limit = limits("classification", "1", {"roc_auc": calm["roc_auc"]}, QUALITY, PromoteParams())
     assert [lim.kind for lim in holdout_limit] == ["holdout"]
-    assert holdout_limit[0].breached_by(realized["accuracy"])
+    assert holdout_limit[0].breached_by(realized["roc_auc"])
 
 
 def test_versions_and_variants_are_judged_apart_with_their_limits() -> None:
