@@ -32,7 +32,7 @@ $(STAMP): uv.lock pyproject.toml
 test: $(STAMP) ## run the test suite (unit, property, integration against real servers)
 	$(BIN)/pytest -m "not stack and not compose and not scale and not repro" $(PYTEST_ARGS)
 
-test-stack: $(STAMP) ## smoke-test the local stack: make up, probe every service, the drift demo, make down
+test-stack: $(STAMP) ## smoke-test the local stack: make up, probe every service, the drift and concept demos, make down
 	$(BIN)/pytest -m stack $(PYTEST_ARGS)
 
 test-compose: $(STAMP) ## build every image with podman, run the compose stack, smoke-test it, remove it all
