@@ -52,7 +52,7 @@ def ingest(
         data = data.model_copy(update={"path": source_url})
     spec = describe_batch(data, seed, drift)
     log.info("fetching batch", extra={"batch": spec})
-    frame = load_batch(data, seed, spec.get("drift", drift)).reset_index(drop=True)
+    frame = load_batch(data, seed, spec.get("drift", drift), spec.get("concept")).reset_index(drop=True)
     raw_dir = workspace.raw_dir
     raw_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(raw_dir)

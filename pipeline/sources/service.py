@@ -113,12 +113,21 @@ def create_app(drift: float = 0.0, outcome_delay_seconds: float = 60.0) -> FastA
             float | None,
             Query(ge=0.0, le=1.0, description="0 = reference, 1 = drifted; default: the world's"),
         ] = None,
+        concept: Annotated[
+            float | None,
+            Query(
+                ge=0.0,
+                le=1.0,
+                description="the relation's drift, with an explicit drift; default: it follows the drift",
+            ),
+        ] = None,
         format: Annotated[Literal["csv", "parquet"], Query()] = "csv",
     ) -> Response:
         world: World = app.state.world
-        level = world.drift if drift is None else drift
-        frame = simulate_churn(n, seed, level, world.concept if drift is None else None)
-        return _table(frame, format, {DRIFT_HEADER: str(level)})
+        if drift is None:
+            drift, concept = world.drift, world.concept
+        frame = simulate_churn(n, seed, drift, concept)
+        return _table(frame, format, {DRIFT_HEADER: str(drift)})
 
     @app.get(
         "/customers",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 
@@ -122,3 +123,18 @@ def test_data_source_service_serves_the_simulator(tmp_path: Path) -> None:
         assert result.appended_rows == 1500
         assert read_manifest(world.raw_dir)[-1]["source"]["drift"] == 0.8
         assert read_manifest(world.raw_dir)[-1]["source"]["service"] == base
+        assert "concept" not in read_manifest(world.raw_dir)[-1]["source"]
+
+        # The concept moves apart from the inputs: training batches are labelled by the new relation
+        # (the same customers, other churners), and ingest records the concept it drew with.
+        assert httpx.put(f"{base}/world", json={"concept": 0.0}, timeout=10).json()["concept"] == 0.0
+        turned = pd.read_csv(io.StringIO(httpx.get(f"{base}/batch", params={"n": 2000, "seed": 3}).text))
+        before = simulate_churn(2000, 3, 0.8)
+        pd.testing.assert_frame_equal(turned.drop(columns="churned"), before.drop(columns="churned"))
+        assert (turned["churned"] != before["churned"]).mean() > 0.05
+        result = ingest(params_world, world, seed=7, source_url=base)
+        source = read_manifest(world.raw_dir)[-1]["source"]
+        assert (source["drift"], source["concept"]) == (0.8, 0.0)
+        stored = pd.read_parquet(world.raw_dir / str(result.batch_file))
+        expected = simulate_churn(source["rows"], 7, 0.8, 0.0)
+        assert stored["churned"].tolist() == expected["churned"].tolist()
