@@ -246,6 +246,12 @@ def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path
         )
         assert restored, concept.stdout[-3000:]
         assert 1 <= int(restored[1]) <= (load_params(PROJECT / "params.yaml").retrain.window_batches or 1)
+        after_drift, new = (
+            new,
+            MlflowClient(f"http://127.0.0.1:{mlflow_port}").get_model_version_by_alias(name, "champion"),
+        )
+        assert int(new.version) > int(after_drift.version)
+        assert httpx.get(f"{api}/ready", timeout=5).json()["model_version"] == new.version
 
         # The durations the README states hold here, with room for a slower machine.
         print(
