@@ -30,7 +30,8 @@ from pipeline.registry import (
     download_model,
     run_schema,
 )
-from pipeline.reports import CandidateSeen, ChampionSeen, Decision, PromotionReport, Registration
+from pipeline.reports import CanarySeen, CandidateSeen, ChampionSeen, Decision, PromotionReport, Registration
+from pipeline.rollout import start
 from pipeline.schema import DatasetSchema
 from pipeline.scoring import floor_failures, score
 from pipeline.serialization import load_sklearn_model
@@ -211,13 +212,19 @@ def promote(
         },
     )
     if decision.promote:
-        if champion is not None:
-            client.set_registered_model_alias(name, PREVIOUS, champion.version)
-        client.set_registered_model_alias(name, CHAMPION, version)
         challenger = alias_version(client, name, CHALLENGER)
         if challenger is not None and challenger.version == version:
             client.delete_registered_model_alias(name, CHALLENGER)
-        log.info("promoted", extra={"model": name, "version": version, "reason": decision.reason})
+        if champion is not None and params.rollout.share > 0 and not override:
+            # The winner earns its traffic as @canary; the rollout decider moves @champion.
+            rollout = start(client, name, version, champion.version, params.rollout)
+            report.canary = CanarySeen(share=rollout.share, stable=rollout.stable)
+            log.info("canary started", extra={"model": name, "version": version, "reason": decision.reason})
+        else:
+            if champion is not None:
+                client.set_registered_model_alias(name, PREVIOUS, champion.version)
+            client.set_registered_model_alias(name, CHAMPION, version)
+            log.info("promoted", extra={"model": name, "version": version, "reason": decision.reason})
     else:
         client.set_registered_model_alias(name, CHALLENGER, version)
         log.info("kept the champion", extra={"model": name, "challenger": version, "reason": decision.reason})

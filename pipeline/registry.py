@@ -25,10 +25,10 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
-CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
-ALIASES = (CHAMPION, CHALLENGER, PREVIOUS)
-SERVED_ALIASES = (CHAMPION, CHALLENGER)
-"""The aliases the model server answers with (A/B and shadow)."""
+CHAMPION, CHALLENGER, PREVIOUS, CANARY = "champion", "challenger", "previous", "canary"
+ALIASES = (CHAMPION, CANARY, CHALLENGER, PREVIOUS)
+SERVED_ALIASES = (CHAMPION, CANARY, CHALLENGER)
+"""The aliases the model server answers with (the canary's share, A/B and shadow)."""
 
 SCHEMA_ARTIFACT = "feature_schema.json"
 PROFILE_ARTIFACT = PROFILE_FILE  # register logs the workspace file under its own name
