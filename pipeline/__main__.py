@@ -174,7 +174,7 @@ def _rollback(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _rollout(args: argparse.Namespace, ctx: Context) -> int:
-    from pipeline import rollout
+    from pipeline import decider as rollout
 
     log = _log_location(args.log, ctx)
     if args.action == "status":

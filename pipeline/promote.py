@@ -31,7 +31,7 @@ from pipeline.registry import (
     run_schema,
 )
 from pipeline.reports import CanarySeen, CandidateSeen, ChampionSeen, Decision, PromotionReport, Registration
-from pipeline.rollout import start
+from pipeline.rollout import Terms, start
 from pipeline.schema import DatasetSchema
 from pipeline.scoring import floor_failures, score
 from pipeline.serialization import load_sklearn_model
@@ -149,6 +149,8 @@ def promote(
     name, best, metric = registered.model_name, registered.best, registered.primary_metric
     schema = DatasetSchema.read(workspace.schema_file)
     floors = params.promote.floors.get(schema.task, {})
+    policy = params.rollout  # a winner's rollout, when there is a champion to judge it against
+    terms = Terms(policy.share, policy.min_requests, policy.max_minutes)
     data_version = registered.data_version.label
     report = PromotionReport(
         model_name=name, data_version=data_version, metric=metric, margin=params.promote.margin, floors=floors
@@ -215,9 +217,9 @@ def promote(
         challenger = alias_version(client, name, CHALLENGER)
         if challenger is not None and challenger.version == version:
             client.delete_registered_model_alias(name, CHALLENGER)
-        if champion is not None and params.rollout.share > 0 and not override:
+        if champion is not None and terms.share > 0 and not override:
             # The winner earns its traffic as @canary; the rollout decider moves @champion.
-            rollout = start(client, name, version, champion.version, params.rollout)
+            rollout = start(client, name, version, champion.version, terms)
             report.canary = CanarySeen(share=rollout.share, stable=rollout.stable)
             log.info("canary started", extra={"model": name, "version": version, "reason": decision.reason})
         else:

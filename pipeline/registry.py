@@ -62,6 +62,10 @@ class Tags:
     DRIFT_OF = TAG + "drift_of"
     DATASET_DRIFT = TAG + "dataset_drift"
     CHAMPION_VERSION = TAG + "champion_version"
+    CANARY_VERSION = TAG + "canary_version"
+    """On a training summary run: the version its promotion started a rollout for."""
+    ROLLOUT_OUTCOME = TAG + "rollout.outcome"
+    ROLLOUT_REASON = TAG + "rollout.reason"
 
 
 # What MLflow answers for a model or alias that does not exist (the code varies by server version).

@@ -8,9 +8,10 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from pipeline.decider import MIN_SHIFT_ROWS, Evidence, Side, judge, prediction_shift
 from pipeline.params import RolloutSlo
 from pipeline.predictions import LoggedPrediction
-from pipeline.rollout import MIN_SHIFT_ROWS, Evidence, Side, in_canary, judge, prediction_shift
+from pipeline.rollout import in_canary
 
 SLO = RolloutSlo(max_error_ratio_increase=0.01, max_latency_ratio=2.0, max_psi=0.2, max_quality_drop=0.02)
 MIN_REQUESTS, MAX_MINUTES, MIN_LABELLED = 500, 60.0, 100
@@ -94,7 +95,8 @@ def test_never_promoted_below_min_requests_nor_past_an_slo(
     if verdict.action == "promote":
         assert records * (1 + failure_ratio) >= MIN_REQUESTS
         assert all(c.status in ("pass", "skipped") for c in verdict.checks)
-        assert psi is not None and psi <= SLO.max_psi
+        assert psi is not None
+        assert psi <= SLO.max_psi
         assert latency <= SLO.max_latency_ratio * 0.004
     if verdict.action == "wait":
         assert minutes < MAX_MINUTES
@@ -168,7 +170,7 @@ def logged(probabilities: list[float]) -> list[LoggedPrediction]:
 
 
 def test_the_prediction_shift_is_small_for_the_same_model_and_large_for_a_shifted_one() -> None:
-    rng = random.Random(3)
+    rng = random.Random(3)  # noqa: S311  # test data, seeded
     stable = logged([rng.betavariate(2, 5) for _ in range(2000)])
     same = logged([rng.betavariate(2, 5) for _ in range(300)])
     shifted = logged([min(1.0, rng.betavariate(2, 5) + 0.3) for _ in range(300)])
@@ -176,6 +178,7 @@ def test_the_prediction_shift_is_small_for_the_same_model_and_large_for_a_shifte
         prediction_shift(stable, same, "classification"),
         prediction_shift(stable, shifted, "classification"),
     )
-    assert calm is not None and moved is not None
+    assert calm is not None
+    assert moved is not None
     assert calm < SLO.max_psi < moved
     assert prediction_shift(stable, same[: MIN_SHIFT_ROWS - 1], "classification") is None
