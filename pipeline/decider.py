@@ -58,7 +58,8 @@ class Side:
     records: float = 0.0
     """Records answered."""
     failures: float = 0.0
-    """Records the model failed on (not those the input was at fault for)."""
+    """Records it failed to score, whatever the cause: the same traffic's bad inputs fail on both
+    sides alike, so only the canary's own faults raise its ratio above the stable one's."""
     p95_seconds: float | None = None
     """95th percentile of its model calls' duration."""
     quality: float | None = None
@@ -247,7 +248,7 @@ def _query(prometheus: str, query: str) -> float | None:
 def served_figures(
     prometheus: str, model: str, version: str, variant: str, seconds: float
 ) -> tuple[float, float, float | None]:
-    """Records answered, records the model failed on, and the p95 model-call time (s) of one side
+    """Records answered, records it failed to score, and the p95 model-call time (s) of one side
     over the last `seconds`, summed over every replica Prometheus scrapes."""
     window = f"[{max(60, math.ceil(seconds))}s]"
     side = f'model="{model}",variant="{variant}"'
@@ -256,7 +257,7 @@ def served_figures(
     )
     failures = _query(
         prometheus,
-        f'sum(increase(bitloop_prediction_failures_total{{{side},version="{version}",cause="model"}}{window}))',
+        f'sum(increase(bitloop_prediction_failures_total{{{side},version="{version}"}}{window}))',
     )
     p95 = _query(
         prometheus,
