@@ -30,7 +30,16 @@ import numpy as np
 
 from pipeline.params import HIGHER_IS_BETTER, Params, RolloutSlo
 from pipeline.registry import CANARY, CHAMPION, PREVIOUS, TAG, Tags, alias_version, connect
-from pipeline.rollout import LAST_TAG, Rollout, RolloutError, current, last_outcome, read_rollout
+from pipeline.rollout import (
+    LAST_TAG,
+    Rollout,
+    RolloutError,
+    current,
+    last_outcome,
+    read_rollout,
+    score_shift,
+    shift_class,
+)
 from pipeline.settings import PipelineSettings
 
 if TYPE_CHECKING:
@@ -40,7 +49,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PSI_BINS = 10
 MIN_SHIFT_ROWS = 100
 """Logged predictions each side needs before the shift of the canary's is judged."""
 
@@ -106,14 +114,21 @@ class Verdict:
 
 
 def judge(
-    evidence: Evidence, slo: RolloutSlo, min_requests: int, max_minutes: float, min_labelled: int
+    evidence: Evidence,
+    slo: RolloutSlo,
+    min_requests: int,
+    max_minutes: float,
+    min_labelled: int,
+    expected_psi: float = 0.0,
 ) -> Verdict:
     """Promote, roll back or wait, from the evidence; a pure function of its arguments.
 
     An SLO is judged once the canary answered `min_requests` records, except errors, which
     fail early once the canary's failures alone put it past the limit at `min_requests` records
-    whatever the rest does. Live quality is judged only when both sides have `min_labelled`
-    outcomes; without them it is skipped, and says so.
+    whatever the rest does. The canary's predictions may differ from the stable version's as much as
+    they did on the holdout where it won (`expected_psi`: a model retrained for a changed world is
+    meant to answer differently) plus `slo.max_psi`. Live quality is judged only when both sides
+    have `min_labelled` outcomes; without them it is skipped, and says so.
     """
     canary, stable = evidence.canary, evidence.stable
     enough = canary.records + canary.failures >= min_requests
@@ -128,8 +143,12 @@ def judge(
     if evidence.psi is None or not enough:
         checks.append(Check("predictions", "pending", "too few logged predictions on either side"))
     else:
-        detail = f"PSI {evidence.psi:.3f} against the stable version's (limit {slo.max_psi:g})"
-        checks.append(Check("predictions", "fail" if evidence.psi > slo.max_psi else "pass", detail))
+        limit = expected_psi + slo.max_psi
+        detail = (
+            f"PSI {evidence.psi:.3f} against the stable version's (on the holdout {expected_psi:.3f}; "
+            f"limit {limit:.3f})"
+        )
+        checks.append(Check("predictions", "fail" if evidence.psi > limit else "pass", detail))
 
     if canary.quality is None or stable.quality is None:
         checks.append(
@@ -200,17 +219,14 @@ def _served_checks(evidence: Evidence, slo: RolloutSlo, min_requests: int, enoug
 def prediction_shift(
     stable: list[LoggedPrediction], canary: list[LoggedPrediction], task: str
 ) -> float | None:
-    """PSI of the canary's predictions against the stable side's on the same traffic; None with fewer
-    than MIN_SHIFT_ROWS on either side.
-
-    A classifier's are compared over the stable side's deciles of one class's probability (its
-    predicted classes when it logs no probabilities), a regressor's over the deciles of its
-    predictions."""
-    from pipeline.drift_statistics import stability_index
-
+    """PSI of the canary's logged predictions against the stable side's on the same traffic
+    (`score_shift`); None with fewer than MIN_SHIFT_ROWS on either side. A classifier that logs no
+    probabilities is compared by its predicted classes' shares."""
     if min(len(stable), len(canary)) < MIN_SHIFT_ROWS:
         return None
     if task == "classification" and any(r.probabilities is None for r in (*stable, *canary)):
+        from pipeline.drift_statistics import stability_index
+
         classes = sorted({str(r.prediction) for r in (*stable, *canary)})
         shares = [
             np.array([sum(str(r.prediction) == c for r in rows) for c in classes], dtype=float) / len(rows)
@@ -218,19 +234,11 @@ def prediction_shift(
         ]
         return stability_index(shares[0], shares[1])
     if task == "classification":
-        key = min((stable[0].probabilities or {}).keys())  # any class does, the same on both sides
+        key = shift_class((stable[0].probabilities or {}).keys())
         base, new = ([(r.probabilities or {}).get(key, 0.0) for r in rows] for rows in (stable, canary))
     else:
         base, new = ([float(r.prediction) for r in rows] for rows in (stable, canary))
-    edges = np.unique(np.quantile(np.asarray(base, dtype=float), np.linspace(0.0, 1.0, PSI_BINS + 1))[1:-1])
-    shares = [
-        np.bincount(
-            np.searchsorted(edges, np.asarray(v, dtype=float), side="right"), minlength=len(edges) + 1
-        )
-        / len(v)
-        for v in (base, new)
-    ]
-    return stability_index(shares[0], shares[1])
+    return score_shift(np.asarray(base, dtype=float), np.asarray(new, dtype=float))
 
 
 # --- gathering the evidence -------------------------------------------------------------------
@@ -419,7 +427,12 @@ def assess(
     """The evidence so far and the verdict on it, on the rollout's own terms and params' SLOs."""
     evidence = gather(rollout, params, client, settings.prometheus_url, prediction_log, now)
     verdict = judge(
-        evidence, params.rollout.slo, rollout.min_requests, rollout.max_minutes, params.quality.min_labelled
+        evidence,
+        params.rollout.slo,
+        rollout.min_requests,
+        rollout.max_minutes,
+        params.quality.min_labelled,
+        rollout.expected_psi,
     )
     return evidence, verdict
 

@@ -14,9 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from pipeline.registry import CANARY, TAG, Tags, alias_version
 
@@ -29,8 +32,10 @@ log = logging.getLogger(__name__)
 SHARE_TAG = TAG + "rollout.share"
 MIN_REQUESTS_TAG = TAG + "rollout.min_requests"
 MAX_MINUTES_TAG = TAG + "rollout.max_minutes"
+EXPECTED_PSI_TAG = TAG + "rollout.expected_psi"
 STABLE_TAG = TAG + "rollout.stable"
 STARTED_TAG = TAG + "rollout.started_at"
+PSI_BINS = 10
 LAST_TAG = TAG + "rollout.last"
 """On the registered model: the last rollout's outcome, reason and time (JSON)."""
 
@@ -42,6 +47,7 @@ class Terms:
     share: float
     min_requests: int
     max_minutes: float
+    expected_psi: float = 0.0
 
 
 class RolloutError(RuntimeError):
@@ -59,6 +65,9 @@ class Rollout:
     started_at: datetime
     min_requests: int
     max_minutes: float
+    expected_psi: float = 0.0
+    """The shift between the canary's and the stable version's predictions on the holdout where the
+    canary won: the live shift may exceed it by `rollout.slo.max_psi`."""
 
     def elapsed_seconds(self, now: datetime) -> float:
         return max(0.0, (now - self.started_at).total_seconds())
@@ -96,11 +105,14 @@ def read_rollout(version: ModelVersion | None) -> Rollout | None:
         stable = tags[STABLE_TAG]
         min_requests = int(tags[MIN_REQUESTS_TAG])
         max_minutes = float(tags[MAX_MINUTES_TAG])
+        expected = float(tags.get(EXPECTED_PSI_TAG, "0"))
     except (KeyError, ValueError):
         return None
     if not 0.0 < share < 1.0 or started.tzinfo is None or min_requests < 1 or not max_minutes > 0:
         return None
-    return Rollout(version.name, str(version.version), stable, share, started, min_requests, max_minutes)
+    return Rollout(
+        version.name, str(version.version), stable, share, started, min_requests, max_minutes, expected
+    )
 
 
 def start(
@@ -114,8 +126,9 @@ def start(
     """Make `version` the canary of `stable` on these terms: the terms first, then the alias, so a
     replica that sees the alias always finds them. They stay as started whatever params.yaml says
     later."""
+    started = now or datetime.now(UTC)
     rollout = Rollout(
-        name, version, stable, terms.share, now or datetime.now(UTC), terms.min_requests, terms.max_minutes
+        name, version, stable, terms.share, started, terms.min_requests, terms.max_minutes, terms.expected_psi
     )
     tags = {
         SHARE_TAG: f"{rollout.share:g}",
@@ -123,6 +136,7 @@ def start(
         STARTED_TAG: rollout.started_at.isoformat(),
         MIN_REQUESTS_TAG: str(rollout.min_requests),
         MAX_MINUTES_TAG: f"{rollout.max_minutes:g}",
+        EXPECTED_PSI_TAG: f"{rollout.expected_psi:.6f}",
         Tags.DECISION: "canary",
     }
     for key, value in tags.items():
@@ -145,3 +159,22 @@ def last_outcome(tags: dict[str, str]) -> dict[str, Any] | None:
         return found
     except (KeyError, ValueError, TypeError):
         return None
+
+
+def shift_class(classes: Iterable[str]) -> str:
+    """The class whose probability a classifier's predictions are compared by: any one does, the
+    same on both sides; the first in text order."""
+    return min(classes)
+
+
+def score_shift(base: np.ndarray, new: np.ndarray) -> float:
+    """PSI of `new` scores against `base` scores over `base`'s deciles (a class's probability for a
+    classifier, the prediction for a regressor): 0 for the same distribution."""
+    from pipeline.drift_statistics import stability_index
+
+    edges = np.unique(np.quantile(base, np.linspace(0.0, 1.0, PSI_BINS + 1))[1:-1])
+    shares = [
+        np.bincount(np.searchsorted(edges, v, side="right"), minlength=len(edges) + 1) / len(v)
+        for v in (base, new)
+    ]
+    return stability_index(shares[0], shares[1])

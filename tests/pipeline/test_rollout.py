@@ -182,3 +182,12 @@ def test_the_prediction_shift_is_small_for_the_same_model_and_large_for_a_shifte
     assert moved is not None
     assert calm < SLO.max_psi < moved
     assert prediction_shift(stable, same[: MIN_SHIFT_ROWS - 1], "classification") is None
+
+
+def test_a_canary_may_answer_as_differently_as_it_did_on_the_holdout_where_it_won() -> None:
+    """A model retrained for a changed world answers differently from the old one: the shift its
+    holdout showed is allowed, and rollout.slo.max_psi beyond it."""
+    moved = Evidence(**{**twin(1000).__dict__, "psi": 0.9})
+    assert judge(moved, SLO, MIN_REQUESTS, MAX_MINUTES, MIN_LABELLED, expected_psi=0.8).action == "promote"
+    assert judge(moved, SLO, MIN_REQUESTS, MAX_MINUTES, MIN_LABELLED, expected_psi=0.6).action == "rollback"
+    assert judge(moved, SLO, MIN_REQUESTS, MAX_MINUTES, MIN_LABELLED).action == "rollback"
