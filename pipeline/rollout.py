@@ -141,6 +141,12 @@ def start(
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
+    under_way = read_rollout(alias_version(client, name, CANARY))
+    if under_way is not None and under_way.version != version:  # a newer winner takes its place
+        reason = f"superseded by version {version} before it was decided"
+        client.set_model_version_tag(name, under_way.version, Tags.DECISION, "superseded")
+        client.set_model_version_tag(name, under_way.version, Tags.DECISION_REASON, reason)
+        log.warning("canary superseded", extra={"model": name, "version": under_way.version, "by": version})
     client.set_registered_model_alias(name, CANARY, version)
     log.info("canary started", extra={"model": name, **rollout.terms()})
     return rollout
