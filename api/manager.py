@@ -22,7 +22,7 @@ from api import metrics
 from api.model import ModelLoadError, ServedModel, load_version
 from api.periodic import Periodic
 from api.settings import ApiSettings
-from pipeline.registry import CANARY, CHALLENGER, SERVED_ALIASES, alias_version, fail_fast_client
+from pipeline.registry import CANARY, CHALLENGER, CHAMPION, SERVED_ALIASES, alias_version, fail_fast_client
 from pipeline.rollout import Rollout, in_canary, last_outcome, read_rollout
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ class ModelManager:
                 self.settings.mlflow_tracking_uri, self.settings.registry_timeout_seconds
             )
             wanted = {variant: alias_version(client, self.name, variant) for variant in SERVED_ALIASES}
-            tags = dict(client.get_registered_model(self.name).tags) if wanted[CANARY] or self.canary else {}
+            tags = dict(client.get_registered_model(self.name).tags) if wanted[CHAMPION] else {}
         except Exception as err:  # registry down: keep serving what is loaded
             if self.registry_down_since is None:
                 self.registry_down_since = time.time()
