@@ -35,7 +35,7 @@ from pipeline.params import Params, parse_params
 from pipeline.rollout import Terms, start
 from pipeline.settings import PipelineSettings
 from tests.api.conftest import Trained, holdout_records, train_model
-from tests.api.test_canary import linear
+from tests.api.test_canary import blind, linear
 from tests.api.test_faults import register_version
 from tests.factories import light_params
 from tests.ops.test_monitoring import require_binaries
@@ -218,11 +218,10 @@ def test_a_good_candidate_is_promoted_through_its_canary_with_no_failed_request(
 
 def candidates(live: Stack) -> dict[str, Pipeline]:
     train = pd.read_parquet(live.trained.workspace.train_file)
-    blind = linear(live.trained, train[train["contract"] != "two_year"], handle_unknown="error")
     slow = linear(live.trained)
     slow.steps[-1] = ("model", RandomForestClassifier(n_estimators=400, random_state=0))
     slow.fit(train[live.trained.schema.feature_names], train[live.trained.schema.target])
-    return {"errors": blind, "latency": slow, "predictions": linear(live.trained, shift=3.0)}
+    return {"errors": blind(live.trained), "latency": slow, "predictions": linear(live.trained, shift=3.0)}
 
 
 @pytest.mark.parametrize("slo", ["errors", "latency", "predictions"])
