@@ -22,7 +22,7 @@ from pipeline.decider import decide
 from pipeline.models import build_pipeline
 from pipeline.params import CandidateParams, parse_params
 from pipeline.predictions import read_rows
-from pipeline.rollout import Terms, start
+from pipeline.rollout import Terms, in_canary, start
 from pipeline.settings import PipelineSettings
 from tests.api.conftest import Trained, holdout_records, train_model
 from tests.api.test_faults import register_version
@@ -43,17 +43,20 @@ class Registry:
         return register_version(self.uri, NAME, model, self.trained)
 
 
-def blind_spot(trained: Trained) -> str:
-    """A contract type absent from the sample a version is logged with (which it must score to be
-    served) and present in the holdout."""
-    sample = set(pd.read_parquet(trained.workspace.test_file)["contract"].head(5))
-    return next(c for c in ("two_year", "one_year", "month_to_month") if c not in sample)
-
-
 def blind(trained: Trained) -> Pipeline:
-    """A candidate that never saw one contract type and raises on it."""
-    train = pd.read_parquet(trained.workspace.train_file)
-    return linear(trained, train[train["contract"] != blind_spot(trained)], handle_unknown="error")
+    """A candidate without imputation: fitted on complete rows, it raises on a record with a missing
+    number (a few percent of them), and scores the complete sample it must score to be served."""
+    numeric = list(trained.schema.numeric)
+    sample = pd.read_parquet(trained.workspace.test_file)[trained.schema.feature_names].head(5)
+    assert not sample[numeric].isna().any().any(), "the logged sample holds a missing number"
+    train = pd.read_parquet(trained.workspace.train_file).dropna(subset=numeric)
+    model = build_pipeline(CandidateParams(kind="linear"), trained.schema, 7, 20)
+    model.set_params(preprocess__numeric__simpleimputer="passthrough")
+    return model.fit(train[trained.schema.feature_names], train[trained.schema.target])
+
+
+def incomplete(record: dict[str, Any], trained: Trained) -> bool:
+    return any(record[name] is None for name in trained.schema.numeric)
 
 
 def linear(
@@ -120,7 +123,7 @@ def test_the_canary_answers_its_share_and_every_entity_keeps_its_side(
     log_path = client.app.state.bitloop.settings.prediction_log_url  # type: ignore[attr-defined]
     client.__exit__(None, None, None)
     logged = Counter((row.entity_id, row.variant) for row in read_rows(log_path))
-    assert {entity for entity, variant in logged if variant == "canary"} == {
+    assert {entity for entity, variant in logged if variant == "canary" and entity is not None} == {
         i for i in ids if sides[i][0] == "canary"
     }
 
@@ -128,25 +131,32 @@ def test_the_canary_answers_its_share_and_every_entity_keeps_its_side(
 def test_records_the_canary_fails_on_are_answered_by_the_stable_version(
     make_client: Client, registry: Registry
 ) -> None:
-    """A candidate that never saw one contract type raises on it; no client sees that."""
-    spot = blind_spot(registry.trained)
+    """A candidate that raises on records with a missing number; no client sees that."""
     candidate = registry.register(blind(registry.trained))
     begin(registry, candidate, share=0.5)
     client = make_client(NAME)
     records = holdout_records(registry.trained, 200)
-    assert any(r["contract"] == spot for r in records)
+    assert any(incomplete(r, registry.trained) for r in records)
     ids = ids_of(records, "slice")
     answers = [client.post("/predict", params={"id": i}, json=r) for i, r in zip(ids, records, strict=True)]
     assert {a.status_code for a in answers} == {200}
     batch = client.post("/predict/batch", json={"records": records, "ids": ids})
     assert batch.status_code == 200, batch.text
     for record, answer, version in zip(records, answers, batch.json()["model_versions"], strict=True):
-        if record["contract"] == spot:  # the canary failed: the stable version answered
+        if incomplete(record, registry.trained):  # the canary failed: the stable version answered
             assert answer.json()["model_version"] == version == registry.stable
     metrics = client.get("/metrics").text
-    fallbacks = [line for line in metrics.splitlines() if line.startswith("bitloop_canary_fallbacks_total{")]
-    assert fallbacks
-    assert float(fallbacks[0].rsplit(" ", 1)[1]) > 0
+    fallbacks = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("bitloop_canary_fallbacks_total{") and f'version="{candidate}"' in line
+    ]
+    on_canary = [
+        in_canary(i, candidate, 0.5) and incomplete(r, registry.trained)
+        for i, r in zip(ids, records, strict=True)
+    ]
+    assert sum(on_canary) > 0
+    assert fallbacks == [2.0 * sum(on_canary)]  # each such record, alone and in the batch
     assert f'variant="canary",version="{candidate}"' in "".join(
         line for line in metrics.splitlines() if line.startswith("bitloop_prediction_failures_total{")
     )
@@ -174,12 +184,13 @@ def rollout_params(tmp_path: Path) -> Any:
 
 
 def drive(client: TestClient, registry: Registry, prefix: str, rows: int = 600) -> None:
-    records = holdout_records(registry.trained, rows)
-    for start_at in range(0, rows, 100):
-        chunk = records[start_at : start_at + 100]
-        answer = client.post(
-            "/predict/batch", json={"records": chunk, "ids": ids_of(chunk, f"{prefix}{start_at}")}
-        )
+    """`rows` records (the holdout's, over again) in batches of 100, each with its own entity id."""
+    holdout = holdout_records(registry.trained, rows)
+    records = [holdout[i % len(holdout)] for i in range(rows)]
+    for first in range(0, rows, 100):
+        chunk = records[first : first + 100]
+        ids = [f"{prefix}-{first + i}" for i in range(len(chunk))]
+        answer = client.post("/predict/batch", json={"records": chunk, "ids": ids})
         assert answer.status_code == 200, answer.text
 
 
