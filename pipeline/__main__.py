@@ -182,7 +182,16 @@ def _rollout(args: argparse.Namespace, ctx: Context) -> int:
     if args.action == "decide":
         return _show(rollout.decide(ctx.params, ctx.settings, log))
     outcome: rollout.Outcome = "promoted" if args.action == "promote" else "aborted"
-    return _show(rollout.act(ctx.params, ctx.settings, outcome, args.by))
+    return _show(rollout.act(ctx.params, ctx.settings, outcome, args.by or _login()))
+
+
+def _login() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container user without a name
+        return "an unnamed user"
 
 
 def _champion(args: argparse.Namespace, ctx: Context) -> int:
@@ -284,7 +293,7 @@ def _parser() -> argparse.ArgumentParser:
         help="status: the terms and the evidence so far; decide: judge and act (the rollout DAG); "
         "promote / abort: end it now",
     )
-    rollout.add_argument("--by", default=os.environ.get("USER", "a person"), help="who acts (recorded)")
+    rollout.add_argument("--by", help="who acts (recorded; default: your login name)")
     rollout.add_argument("--log", help="the prediction log (as for drift)")
     command("champion", _champion, "show the versions behind @champion, @challenger and @previous")
     serve = sub.add_parser(
