@@ -218,5 +218,5 @@ class ModelManager:
             metrics.PREDICTIONS.labels(self.name, model.version, CANARY, label)
         for cause in ("input", "model"):
             metrics.PREDICTION_FAILURES.labels(self.name, model.version, CANARY, cause)
-        metrics.INFERENCE.labels(self.name, CANARY)
+        metrics.INFERENCE.labels(self.name, model.version, CANARY)
         metrics.CANARY_FALLBACKS.labels(self.name, model.version)

@@ -54,7 +54,7 @@ TARGET_RANGE = Gauge(
 INFERENCE = Histogram(
     "bitloop_inference_duration_seconds",
     "Time of one model call (a micro-batch)",
-    ["model", "variant"],
+    ["model", "version", "variant"],
     buckets=LATENCY_BUCKETS,
 )
 BATCH_ROWS = Histogram(

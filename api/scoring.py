@@ -190,7 +190,7 @@ class ScoringService:
         """One model call on an inference thread, timed like the micro-batcher's."""
         started = time.perf_counter()
         outcomes: list[Outcome | Exception] = await self.batcher.run_in_thread(model.score, records)
-        metrics.INFERENCE.labels(model.name, variant).observe(time.perf_counter() - started)
+        metrics.INFERENCE.labels(model.name, model.version, variant).observe(time.perf_counter() - started)
         return outcomes
 
     def _fallback(

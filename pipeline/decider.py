@@ -258,14 +258,14 @@ def served_figures(
 ) -> tuple[float, float, float | None]:
     """Records answered, records it failed to score, and the p95 model-call time (s) of one side
     over the last `seconds`, summed over every replica Prometheus scrapes."""
-    window = f"[{max(60, math.ceil(seconds))}s]"
-    side = f'model="{model}",variant="{variant}"'
-    records = _query(
-        prometheus, f'sum(increase(bitloop_predictions_total{{{side},version="{version}"}}{window}))'
-    )
+    # The window is the rollout's own age, so that an earlier rollout's calls never count; a window
+    # shorter than two scrapes has no value yet, and the decider waits.
+    window = f"[{max(1, math.ceil(seconds))}s]"
+    side = f'model="{model}",variant="{variant}",version="{version}"'
+    records = _query(prometheus, f"sum(increase(bitloop_predictions_total{{{side}}}{window}))")
     failures = _query(
         prometheus,
-        f'sum(increase(bitloop_prediction_failures_total{{{side},version="{version}"}}{window}))',
+        f"sum(increase(bitloop_prediction_failures_total{{{side}}}{window}))",
     )
     p95 = _query(
         prometheus,
