@@ -107,11 +107,13 @@ class ModelManager:
         except Exception as err:  # registry down: keep serving what is loaded
             if self.registry_down_since is None:
                 self.registry_down_since = time.time()
+            metrics.REGISTRY_REACHABLE.labels(self.name).set(0)
             log.warning("registry unreachable; serving the loaded model", extra={"error": str(err)[:300]})
             return RefreshResult(False, "registry unreachable; serving the loaded versions")
         if self.registry_down_since is not None:
             log.info("registry reachable again")
         self.registry_down_since = None
+        metrics.REGISTRY_REACHABLE.labels(self.name).set(1)
         changed, notes = False, []
         last = last_outcome(tags)
         if last is not None and last != self.last_rollout:

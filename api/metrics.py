@@ -87,6 +87,13 @@ ROLLOUT_LAST = Gauge(
     ["model", "version", "outcome"],
     multiprocess_mode="max",
 )
+REGISTRY_REACHABLE = Gauge(
+    "bitloop_registry_reachable",
+    "1 when the last registry check answered; 0 while the registry is unreachable and the loaded "
+    "versions, and a rollout's split, stay as they are",
+    ["model"],
+    multiprocess_mode="livemin",
+)
 CANARY_FALLBACKS = Counter(
     "bitloop_canary_fallbacks_total",
     "Records the canary failed on that the stable version answered instead",

@@ -36,7 +36,7 @@ from pipeline.rollout import Terms, start
 from pipeline.settings import PipelineSettings
 from tests.api.conftest import Trained, holdout_records, train_model
 from tests.api.test_canary import blind, linear
-from tests.api.test_faults import register_version
+from tests.api.test_faults import metric, register_version
 from tests.factories import light_params
 from tests.ops.test_monitoring import require_binaries
 from tests.servers import free_port, mlflow_command, serve, stop
@@ -269,12 +269,19 @@ def test_a_restarted_replica_resumes_the_split_and_mlflow_down_freezes_it(live: 
     assert sides(live.replicas[1], ids, record) == before[0]
 
     # MLflow down: both replicas keep the split as it is, and say so.
+    reachable = f'bitloop_registry_reachable{{model="{NAME}"}}'
+    assert [metric(b, reachable) for b in live.replicas] == [1.0, 1.0]
     with mlflow_down(live):
         time.sleep(2.0)
         for base in live.replicas:
             assert sides(base, ids, record) == before[0]
             ready = httpx.get(f"{base}/ready").json()
             assert "the registry has been unreachable" in ready["detail"]
+            assert metric(base, reachable) == 0.0
+    deadline = time.monotonic() + 10
+    while any(metric(b, reachable) != 1.0 for b in live.replicas):
+        assert time.monotonic() < deadline, "a replica still reports the registry unreachable"
+        time.sleep(0.5)
     client.delete_registered_model_alias(NAME, "canary")
 
 
