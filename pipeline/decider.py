@@ -23,7 +23,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import httpx
 import numpy as np
@@ -44,6 +44,7 @@ from pipeline.settings import PipelineSettings
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
 
     from pipeline.predictions import LoggedPrediction
 
@@ -53,6 +54,8 @@ MIN_SHIFT_ROWS = 100
 """Logged predictions each side needs before the shift of the canary's is judged."""
 
 Outcome = Literal["promoted", "rolled_back", "aborted"]
+ACTIONS: dict[Outcome, str] = {"promoted": "promote", "rolled_back": "rollback", "aborted": "abort"}
+FIGURES_TAG = TAG + "rollout.figures"
 Action = Literal["promote", "rollback", "wait"]
 
 
@@ -353,23 +356,26 @@ def conclude(
 ) -> dict[str, Any]:
     """End a rollout: promote moves @champion to the canary (the stable version to @previous);
     rolled_back and aborted leave @champion as it is. Either way @canary goes, and the version and
-    the registered model record the outcome. Safe to run again after a crash half-way."""
+    the registered model record the outcome.
+
+    The decision is written on the version before anything moves, and every step after it is safe
+    to repeat: a decider that dies half-way leaves a recorded decision the next one finishes
+    (`recorded_decision`), never one it judges again."""
     now = now or datetime.now(UTC)
     name, version = rollout.model, rollout.version
+    tags = {
+        Tags.DECISION: outcome,
+        Tags.DECISION_REASON: reason,
+        FIGURES_TAG: json.dumps(figures, sort_keys=True),
+        Tags.ROLLOUT_OUTCOME: outcome,  # last: its presence means the three above are there
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value[:5000])
     if outcome == "promoted":
         champion = alias_version(client, name, CHAMPION)
         if champion is None or champion.version != version:
             client.set_registered_model_alias(name, PREVIOUS, rollout.stable)
             client.set_registered_model_alias(name, CHAMPION, version)
-    decision = {"promoted": "promoted", "rolled_back": "rolled_back", "aborted": "aborted"}[outcome]
-    tags = {
-        Tags.DECISION: decision,
-        Tags.DECISION_REASON: reason,
-        Tags.ROLLOUT_OUTCOME: outcome,
-        TAG + "rollout.figures": json.dumps(figures, sort_keys=True),
-    }
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value[:5000])
     _record_in_summary(client, name, version, outcome, reason)
     last = {
         "version": version,
@@ -389,6 +395,20 @@ def conclude(
         extra={"model": name, "version": version, "outcome": outcome, "reason": reason},
     )
     return {"model": name, **last, "figures": figures}
+
+
+def recorded_decision(version: ModelVersion) -> tuple[Outcome, str, dict[str, str]] | None:
+    """The outcome, reason and figures a decider wrote on the canary before it stopped; None when
+    the rollout is undecided."""
+    tags = version.tags or {}
+    outcome = tags.get(Tags.ROLLOUT_OUTCOME)
+    if outcome not in ("promoted", "rolled_back", "aborted"):
+        return None
+    try:
+        figures = {str(k): str(v) for k, v in json.loads(tags.get(FIGURES_TAG, "{}")).items()}
+    except (ValueError, AttributeError):
+        figures = {}
+    return cast("Outcome", outcome), tags.get(Tags.DECISION_REASON, ""), figures
 
 
 def _record_in_summary(client: MlflowClient, name: str, version: str, outcome: str, reason: str) -> None:
@@ -448,6 +468,11 @@ def decide(
     if canary is None:
         return {"model": name, "action": "none", "reason": "no rollout under way"}
     rollout = _under_way(client, name)
+    if (recorded := recorded_decision(canary)) is not None:  # a decider stopped half-way
+        outcome, reason, figures = recorded
+        log.warning("finishing a recorded rollout decision", extra={"model": name, "outcome": outcome})
+        ended = conclude(client, rollout, outcome, reason, figures, now)
+        return {**ended, "action": ACTIONS[outcome], "resumed": True}
     evidence, verdict = assess(rollout, params, client, settings, prediction_log, now)
     report: dict[str, Any] = {
         "model": name,

@@ -141,6 +141,9 @@ def start(
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
+    if Tags.ROLLOUT_OUTCOME in (client.get_model_version(name, version).tags or {}):
+        # Started again after an earlier rollout of it ended: undecided, not that ending resumed.
+        client.delete_model_version_tag(name, version, Tags.ROLLOUT_OUTCOME)
     under_way = read_rollout(alias_version(client, name, CANARY))
     if under_way is not None and under_way.version != version:  # a newer winner takes its place
         reason = f"superseded by version {version} before it was decided"

@@ -4,6 +4,7 @@ promoting a good candidate and rolling back one whose predictions are shifted.""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections import Counter
@@ -18,11 +19,11 @@ from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 from sklearn.pipeline import Pipeline
 
-from pipeline.decider import decide
+from pipeline.decider import conclude, decide
 from pipeline.models import build_pipeline
 from pipeline.params import CandidateParams, parse_params
 from pipeline.predictions import read_rows
-from pipeline.rollout import Terms, in_canary, start
+from pipeline.rollout import Terms, current, in_canary, start
 from pipeline.settings import PipelineSettings
 from tests.api.conftest import Trained, holdout_records, train_model
 from tests.api.test_faults import register_version
@@ -237,6 +238,65 @@ def test_the_decider_promotes_a_good_canary_and_rolls_back_a_shifted_one(
         f'bitloop_rollout_last_timestamp_seconds{{model="{NAME}",outcome="rolled_back",version="{shifted}"}}'
         in (server.get("/metrics").text)
     )
+
+
+class Died(Exception):
+    """Where the decider's process ended."""
+
+
+def dying_at(uri: str, method: str) -> MlflowClient:
+    """A registry client whose process ends at its first call of `method`."""
+    client = MlflowClient(uri)
+
+    def die(*args: Any, **kwargs: Any) -> None:
+        raise Died(method)
+
+    setattr(client, method, die)
+    return client
+
+
+def test_a_decider_that_dies_half_way_is_finished_by_the_next_one_not_judged_again(
+    tmp_path: Path, registry: Registry
+) -> None:
+    params = rollout_params(tmp_path)
+    settings = PipelineSettings(mlflow_tracking_uri=registry.uri)
+    mlflow = MlflowClient(registry.uri)
+    log = str(tmp_path / "predictions.sqlite")  # no evidence at all: judged again, it would wait
+
+    promoted = registry.register(linear(registry.trained))
+    begin(registry, promoted, share=0.5, min_requests=10**6)
+    rollout = current(mlflow, NAME)
+    assert rollout is not None
+    with pytest.raises(Died):  # decided, and gone before @champion moved
+        conclude(dying_at(registry.uri, "set_registered_model_alias"), rollout, "promoted", "held", {})
+    assert mlflow.get_model_version_by_alias(NAME, "champion").version == registry.stable
+    report = decide(params, settings, log)
+    assert (report["action"], report["resumed"], report["reason"]) == ("promote", True, "held")
+    assert mlflow.get_model_version_by_alias(NAME, "champion").version == promoted
+    assert mlflow.get_model_version_by_alias(NAME, "previous").version == registry.stable
+    assert "canary" not in mlflow.get_registered_model(NAME).aliases
+    assert decide(params, settings, log)["action"] == "none"
+
+    refused = registry.register(linear(registry.trained))
+    begin(registry, refused, share=0.5, min_requests=10**6)
+    rollout = current(mlflow, NAME)
+    assert rollout is not None
+    figures = {"latency": "fail: canary 10x"}
+    with pytest.raises(Died):  # rolled back, and gone before @canary was deleted
+        conclude(
+            dying_at(registry.uri, "delete_registered_model_alias"), rollout, "rolled_back", "slow", figures
+        )
+    assert mlflow.get_model_version_by_alias(NAME, "canary").version == refused
+    report = decide(params, settings, log)
+    assert (report["action"], report["resumed"], report["figures"]) == ("rollback", True, figures)
+    assert mlflow.get_model_version_by_alias(NAME, "champion").version == registry.stable
+    assert "canary" not in mlflow.get_registered_model(NAME).aliases
+    last = json.loads(mlflow.get_registered_model(NAME).tags["bitloop.rollout.last"])
+    assert (last["version"], last["outcome"], last["reason"]) == (refused, "rolled_back", "slow")
+
+    begin(registry, refused, share=0.5, min_requests=10**6)  # started again: undecided, not resumed
+    assert decide(params, settings, log)["action"] == "wait"
+    MlflowClient(registry.uri).delete_registered_model_alias(NAME, "canary")
 
 
 def pipeline_cli(root: Path, uri: str, *args: str) -> subprocess.CompletedProcess[str]:
