@@ -116,7 +116,9 @@ class MicroBatcher:
                 except Exception as err:  # score() isolates model failures; this is the batcher's own
                     log.exception("inference failed", extra={"model": model.name, "version": model.version})
                     outcomes = [err] * len(items)
-                metrics.INFERENCE.labels(model.name, variant).observe(time.perf_counter() - started)
+                metrics.INFERENCE.labels(model.name, model.version, variant).observe(
+                    time.perf_counter() - started
+                )
                 metrics.BATCH_ROWS.labels(variant).observe(len(items))
                 for item, outcome in zip(items, outcomes, strict=True):
                     if item.future.done():  # the client went away

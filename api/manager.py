@@ -15,13 +15,15 @@ import logging
 import random
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from api import metrics
 from api.model import ModelLoadError, ServedModel, load_version
 from api.periodic import Periodic
 from api.settings import ApiSettings
-from pipeline.registry import SERVED_ALIASES, alias_version, fail_fast_client
+from pipeline.registry import CANARY, CHALLENGER, CHAMPION, SERVED_ALIASES, alias_version, fail_fast_client
+from pipeline.rollout import Rollout, in_canary, last_outcome, read_rollout
 
 log = logging.getLogger(__name__)
 REFUSAL_RETRY_SECONDS = 300.0
@@ -46,6 +48,11 @@ class ModelManager:
         self.settings = settings
         self.name = model_name
         self.champion: ServedModel | None = None
+        self.canary: ServedModel | None = None
+        self.rollout: Rollout | None = None
+        """The terms of the rollout the canary serves under (its share), as the registry records them."""
+        self.last_rollout: dict[str, Any] | None = None
+        """The last rollout's outcome, from the registered model."""
         self.challenger: ServedModel | None = None
         self.registry_down_since: float | None = None
         self.refusals: dict[str, Refusal] = {}
@@ -54,8 +61,14 @@ class ModelManager:
         self._watcher = Periodic("registry check", settings.reload_interval_seconds, self.refresh)
         self.on_swap: list[Any] = []
 
-    def pick(self) -> tuple[ServedModel | None, str]:
-        """The model that answers this request: @challenger for the A/B share, else @champion."""
+    def pick(self, entity_id: str | None = None) -> tuple[ServedModel | None, str]:
+        """The model that answers this request: @canary for the rollout's share (the same side for an
+        entity id all rollout long), @challenger for the A/B share, else @champion."""
+        canary, rollout = self.canary, self.rollout
+        if canary is not None and rollout is not None and rollout.version == canary.version:
+            draw = random.random() < rollout.share  # noqa: S311
+            if in_canary(entity_id, canary.version, rollout.share) if entity_id is not None else draw:
+                return canary, "canary"
         challenger = self.challenger
         if challenger is not None and random.random() < self.settings.challenger_share:  # noqa: S311
             return challenger, "challenger"
@@ -90,15 +103,24 @@ class ModelManager:
                 self.settings.mlflow_tracking_uri, self.settings.registry_timeout_seconds
             )
             wanted = {variant: alias_version(client, self.name, variant) for variant in SERVED_ALIASES}
+            tags = dict(client.get_registered_model(self.name).tags) if wanted[CHAMPION] else {}
         except Exception as err:  # registry down: keep serving what is loaded
             if self.registry_down_since is None:
                 self.registry_down_since = time.time()
+            metrics.REGISTRY_REACHABLE.labels(self.name).set(0)
             log.warning("registry unreachable; serving the loaded model", extra={"error": str(err)[:300]})
             return RefreshResult(False, "registry unreachable; serving the loaded versions")
         if self.registry_down_since is not None:
             log.info("registry reachable again")
         self.registry_down_since = None
+        metrics.REGISTRY_REACHABLE.labels(self.name).set(1)
         changed, notes = False, []
+        last = last_outcome(tags)
+        if last is not None and last != self.last_rollout:
+            self.last_rollout = last
+            at = datetime.fromisoformat(last["at"]).timestamp()
+            metrics.ROLLOUT_LAST.labels(self.name, str(last["version"]), str(last["outcome"])).set(at)
+        rollout = read_rollout(wanted[CANARY])
         for variant in SERVED_ALIASES:
             version = wanted[variant]
             current: ServedModel | None = getattr(self, variant)
@@ -107,10 +129,22 @@ class ModelManager:
             if refusal is not None and refusal.version != wanted_version:
                 del self.refusals[variant]  # the alias moved on
             if wanted_version is None:
-                if variant == "challenger" and current is not None:
+                if variant in (CANARY, CHALLENGER) and current is not None:
                     self._install(variant, None)
                     changed = True
                 continue
+            if variant == CANARY:
+                if rollout is None:  # an alias set by hand: no share to serve it at
+                    reason = (
+                        "it carries no rollout terms (share, stable version, start): promote starts canaries"
+                    )
+                    self.refusals[CANARY] = Refusal(wanted_version, reason, time.monotonic())
+                    notes.append(f"canary version {wanted_version} refused: {reason}")
+                    if current is not None:
+                        self._install(variant, None)
+                        changed = True
+                    continue
+                self.rollout = rollout  # its share may change while the version stays
             if current is not None and current.version == wanted_version:
                 continue
             refusal = self.refusals.get(variant)
@@ -126,7 +160,7 @@ class ModelManager:
                     max_rows=self.settings.max_batch_rows,
                     runtime=self.settings.runtime,
                 )
-                reference = self.champion if variant == "challenger" else current
+                reference = self.champion if variant in (CANARY, CHALLENGER) else current
                 if reference is not None and model.schema.fingerprint() != reference.schema.fingerprint():
                     difference = (
                         f"version {model.version} has a different task or feature set than "
@@ -169,5 +203,22 @@ class ModelManager:
         else:
             metrics.MODEL_VERSION.labels(self.name, variant).set(0)
         metrics.MODEL_LOADED.set(1 if self.champion is not None else 0)
+        if variant == CANARY:
+            metrics.ROLLOUT_SHARE.labels(self.name).set(
+                0.0 if model is None or self.rollout is None else self.rollout.share
+            )
+            if model is not None:
+                self._zero_canary_series(model)
         for callback in self.on_swap:
             callback()
+
+    def _zero_canary_series(self, model: ServedModel) -> None:
+        """Export the canary's counters at 0 before its first answer, so that Prometheus' increase()
+        over the rollout counts its first records and failures too (a series' first sample is its
+        baseline)."""
+        for label in [str(c) for c in model.classes] or ["value"]:
+            metrics.PREDICTIONS.labels(self.name, model.version, CANARY, label)
+        for cause in ("input", "model"):
+            metrics.PREDICTION_FAILURES.labels(self.name, model.version, CANARY, cause)
+        metrics.INFERENCE.labels(self.name, model.version, CANARY)
+        metrics.CANARY_FALLBACKS.labels(self.name, model.version)

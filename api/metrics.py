@@ -54,7 +54,7 @@ TARGET_RANGE = Gauge(
 INFERENCE = Histogram(
     "bitloop_inference_duration_seconds",
     "Time of one model call (a micro-batch)",
-    ["model", "variant"],
+    ["model", "version", "variant"],
     buckets=LATENCY_BUCKETS,
 )
 BATCH_ROWS = Histogram(
@@ -74,6 +74,30 @@ MODEL_VERSION = Gauge(
 )
 MODEL_LOADED = Gauge(
     "bitloop_model_loaded", "1 when a champion is loaded and can predict", [], multiprocess_mode="min"
+)
+ROLLOUT_SHARE = Gauge(
+    "bitloop_rollout_share",
+    "Share of traffic the canary of a rollout answers (0: no rollout under way)",
+    ["model"],
+    multiprocess_mode="max",
+)
+ROLLOUT_LAST = Gauge(
+    "bitloop_rollout_last_timestamp_seconds",
+    "When the last rollout ended, with its outcome (promoted, rolled_back, aborted) and version",
+    ["model", "version", "outcome"],
+    multiprocess_mode="max",
+)
+REGISTRY_REACHABLE = Gauge(
+    "bitloop_registry_reachable",
+    "1 when the last registry check answered; 0 while the registry is unreachable and the loaded "
+    "versions, and a rollout's split, stay as they are",
+    ["model"],
+    multiprocess_mode="livemin",
+)
+CANARY_FALLBACKS = Counter(
+    "bitloop_canary_fallbacks_total",
+    "Records the canary failed on that the stable version answered instead",
+    ["model", "version"],
 )
 RELOADS = Counter("bitloop_model_reloads_total", "Model swap attempts", ["variant", "result"])
 LOG_ROWS = Counter("bitloop_prediction_log_rows_total", "Rows committed to the prediction log")

@@ -52,7 +52,7 @@ class PredictionOut(BaseModel):
     probabilities: dict[str, float] | None = Field(None, description="class → probability (classification)")
     model_name: str
     model_version: str
-    variant: Literal["champion", "challenger"]
+    variant: Literal["champion", "canary", "challenger"]
     request_id: str
 
 
@@ -61,8 +61,13 @@ class BatchPredictionOut(BaseModel):
     probabilities: list[dict[str, float]] | None = None
     model_name: str
     model_version: str
-    variant: Literal["champion", "challenger"]
+    variant: Literal["champion", "canary", "challenger"]
     request_id: str
+    model_versions: list[str] | None = Field(
+        None,
+        description="each row's version, when a canary rollout split the batch by entity id "
+        "(model_version and variant then name the side that answered most rows)",
+    )
 
 
 class Health(BaseModel):
@@ -102,6 +107,25 @@ class FeatureOut(BaseModel):
     )
 
 
+class RolloutOut(BaseModel):
+    """A rollout under way: the stable version and the canary, with their shares of traffic."""
+
+    stable_version: str
+    stable_share: float
+    canary_version: str
+    canary_share: float
+    started_at: str
+    min_requests: int = Field(description="canary records the decider needs before it may promote")
+    deadline: str = Field(description="when an undecided rollout is rolled back")
+
+
+class LastRolloutOut(BaseModel):
+    version: str
+    outcome: str = Field(description="promoted, rolled_back or aborted")
+    reason: str
+    at: str
+
+
 class ModelInfo(BaseModel):
     name: str
     version: str
@@ -120,6 +144,8 @@ class ModelInfo(BaseModel):
     refused: list[RefusalOut] = Field(
         default_factory=list, description="versions the aliases point at that this server refused to serve"
     )
+    rollout: RolloutOut | None = Field(None, description="the canary rollout under way, if any")
+    last_rollout: LastRolloutOut | None = Field(None, description="how the last rollout ended")
 
 
 class OutcomeIn(BaseModel):

@@ -30,6 +30,7 @@ from api.model import (
 from api.predlog import PredictionLog
 from api.settings import ApiSettings
 from pipeline.predictions import Row
+from pipeline.rollout import in_canary
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class Answer:
     request_id: str
     labels: list[Any]
     probabilities: list[dict[str, float]] | None
+    versions: list[str] | None = None
+    """Each row's version, when a rollout split the batch between the canary and the stable one."""
 
 
 class ScoringService:
@@ -80,26 +83,31 @@ class ScoringService:
             )
         return champion
 
-    def pick(self) -> tuple[ServedModel, str]:
-        """The model answering this request (A/B aware); Unavailable while no champion is loaded, or
-        while the prediction log fails and the server is set to refuse rather than answer unlogged."""
+    def pick(self, entity_id: str | None = None) -> tuple[ServedModel, str]:
+        """The model answering this request (canary and A/B aware; an entity id keeps its side of a
+        rollout); Unavailable while no champion is loaded, or while the prediction log fails and the
+        server is set to refuse rather than answer unlogged."""
         champion = self.champion()
         if self.settings.log_failure == "refuse" and self.log.status().error is not None:
             raise Unavailable(
                 "the prediction log cannot be written and this server refuses to answer unlogged "
                 "(BITLOOP_API_LOG_FAILURE=refuse); try again later"
             )
-        model, variant = self.manager.pick()
+        model, variant = self.manager.pick(entity_id)
         return model or champion, variant
 
     async def predict(
         self, model: ServedModel, variant: str, record: dict[str, Any], entity_id: str | None = None
     ) -> Answer:
-        """One record, micro-batched with concurrent requests; `entity_id` is logged with it."""
+        """One record, micro-batched with concurrent requests; `entity_id` is logged with it. A record
+        the canary fails on is answered by the stable version instead (and counted against the canary)."""
         try:
             label, probabilities = await self.batcher.submit(model, variant, record)
         except Exception as err:
-            raise self._failure(model, variant, {(): err}) from None
+            stable = self._fallback(model, variant, {(): err})
+            if stable is None:
+                raise self._failure(model, variant, {(): err}) from None
+            return await self.predict(stable, "champion", record, entity_id)
         return self._answer(
             model, variant, [record], [label], None if probabilities is None else [probabilities], [entity_id]
         )
@@ -107,15 +115,105 @@ class ScoringService:
     async def predict_batch(
         self, model: ServedModel, variant: str, records: list[dict[str, Any]], ids: list[str] | None = None
     ) -> Answer:
-        """A batch in one model call on an inference thread; `ids` (one per record) are logged with it."""
-        outcomes: list[Outcome | Exception] = await self.batcher.run_in_thread(model.score, records)
+        """A batch in one model call per side on an inference thread; `ids` (one per record) are logged
+        with it. During a rollout a batch with ids is split by entity, each on its side; the records
+        the canary fails on are answered by the stable version."""
+        sides = self._sides(model, variant, ids, len(records))
+        outcomes: list[Outcome | Exception | None] = [None] * len(records)
+        answered_by: list[tuple[ServedModel, str]] = [(model, variant)] * len(records)
+        for served, side, rows in sides:
+            scored = await self._score([records[i] for i in rows], served, side)
+            failed = {i: o for i, o in zip(rows, scored, strict=True) if isinstance(o, Exception)}
+            stable = self._fallback(served, side, failed) if failed else None
+            if stable is not None:
+                again = await self._score([records[i] for i in failed], stable, "champion")
+                for i, outcome in zip(failed, again, strict=True):
+                    outcomes[i], answered_by[i] = outcome, (stable, "champion")
+            for i, outcome in zip(rows, scored, strict=True):
+                if i not in failed or stable is None:
+                    outcomes[i], answered_by[i] = outcome, (served, side)
         failures = {("records", i): o for i, o in enumerate(outcomes) if isinstance(o, Exception)}
         if failures:
-            raise self._failure(model, variant, failures)
-        labels, probabilities = split_outcomes(
-            [o for o in outcomes if not isinstance(o, Exception)], model.schema.task
+            first = answered_by[next(i for i, o in enumerate(outcomes) if isinstance(o, Exception))]
+            raise self._failure(first[0], first[1], failures)
+        scored_outcomes = [o for o in outcomes if o is not None and not isinstance(o, Exception)]
+        labels, probabilities = split_outcomes(scored_outcomes, model.schema.task)
+        request_id = uuid.uuid4().hex
+        entities: list[str | None] = list(ids) if ids is not None else [None] * len(records)
+        groups: dict[int, list[int]] = {}
+        for i, (served, _) in enumerate(answered_by):
+            groups.setdefault(id(served), []).append(i)
+        for rows in groups.values():
+            served, side = answered_by[rows[0]]
+            self._record(
+                served,
+                side,
+                request_id,
+                [records[i] for i in rows],
+                [labels[i] for i in rows],
+                None if probabilities is None else [probabilities[i] for i in rows],
+                rows,
+                [entities[i] for i in rows],
+            )
+        self._shadow(request_id, records, entities)
+        versions = [served.version for served, _ in answered_by]
+        main = max(groups.values(), key=len)
+        top, top_variant = answered_by[main[0]]
+        return Answer(
+            top, top_variant, request_id, labels, probabilities, versions if len(groups) > 1 else None
         )
-        return self._answer(model, variant, records, labels, probabilities, ids)
+
+    def _sides(
+        self, model: ServedModel, variant: str, ids: list[str] | None, rows: int
+    ) -> list[tuple[ServedModel, str, list[int]]]:
+        """Which rows each side answers: all of them on the picked side, unless a rollout is under way
+        and the rows carry entity ids, which keep their side."""
+        canary, rollout, champion = self.manager.canary, self.manager.rollout, self.manager.champion
+        if (
+            ids is None
+            or canary is None
+            or rollout is None
+            or champion is None
+            or variant not in ("canary", "champion")
+        ):
+            return [(model, variant, list(range(rows)))]
+        on = [in_canary(entity, canary.version, rollout.share) for entity in ids]
+        sides = [
+            (canary, "canary", [i for i, c in enumerate(on) if c]),
+            (champion, "champion", [i for i, c in enumerate(on) if not c]),
+        ]
+        return [side for side in sides if side[2]]
+
+    async def _score(
+        self, records: list[dict[str, Any]], model: ServedModel, variant: str
+    ) -> list[Outcome | Exception]:
+        """One model call on an inference thread, timed like the micro-batcher's."""
+        started = time.perf_counter()
+        outcomes: list[Outcome | Exception] = await self.batcher.run_in_thread(model.score, records)
+        metrics.INFERENCE.labels(model.name, model.version, variant).observe(time.perf_counter() - started)
+        return outcomes
+
+    def _fallback(
+        self, model: ServedModel, variant: str, failures: dict[Any, Exception]
+    ) -> ServedModel | None:
+        """The stable version to answer the records the canary failed on (their failures counted
+        against the canary); None when `model` is not the canary."""
+        stable = self.manager.champion
+        if variant != "canary" or stable is None or stable is model:
+            return None
+        for err in failures.values():
+            cause = "input" if isinstance(err, UnscorableRecord) else "model"
+            metrics.PREDICTION_FAILURES.labels(model.name, model.version, variant, cause).inc()
+        metrics.CANARY_FALLBACKS.labels(model.name, model.version).inc(len(failures))
+        log.warning(
+            "the canary failed on records the stable version answers",
+            extra={
+                "version": model.version,
+                "records": len(failures),
+                "error": str(next(iter(failures.values())))[:300],
+            },
+        )
+        return stable
 
     def readiness(self) -> tuple[bool, list[str]]:
         """Whether this server should get traffic, and what is wrong, in words fit for open endpoints."""

@@ -173,6 +173,27 @@ def _rollback(args: argparse.Namespace, ctx: Context) -> int:
     return _show(rollback(ctx.params.model.name, ctx.settings))
 
 
+def _rollout(args: argparse.Namespace, ctx: Context) -> int:
+    from pipeline import decider as rollout
+
+    log = _log_location(args.log, ctx)
+    if args.action == "status":
+        return _show(rollout.status(ctx.params, ctx.settings, log))
+    if args.action == "decide":
+        return _show(rollout.decide(ctx.params, ctx.settings, log))
+    outcome: rollout.Outcome = "promoted" if args.action == "promote" else "aborted"
+    return _show(rollout.act(ctx.params, ctx.settings, outcome, args.by or _login()))
+
+
+def _login() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container user without a name
+        return "an unnamed user"
+
+
 def _champion(args: argparse.Namespace, ctx: Context) -> int:
     from pipeline.promote import aliases
 
@@ -265,6 +286,15 @@ def _parser() -> argparse.ArgumentParser:
     again.add_argument("--model", help="the registered model (default: params.yaml's model.name)")
     again.add_argument("--version", required=True, help="the model version, e.g. 3")
     command("rollback", _rollback, "move @champion back to @previous")
+    rollout = command("rollout", _rollout, "the canary rollout: status, decide, or end it by hand")
+    rollout.add_argument(
+        "action",
+        choices=("status", "decide", "promote", "abort"),
+        help="status: the terms and the evidence so far; decide: judge and act (the rollout DAG); "
+        "promote / abort: end it now",
+    )
+    rollout.add_argument("--by", help="who acts (recorded; default: your login name)")
+    rollout.add_argument("--log", help="the prediction log (as for drift)")
     command("champion", _champion, "show the versions behind @champion, @challenger and @previous")
     serve = sub.add_parser(
         "serve-data", help="serve simulated batches and live customers over HTTP (GET /batch, /customers)"
@@ -315,6 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.promote import RollbackError, SchemaMismatch
     from pipeline.registry import TrackingUnavailable
     from pipeline.reproduce import ReproduceError
+    from pipeline.rollout import RolloutError
     from pipeline.serialization import UntrustedModel
     from pipeline.sources import SourceError
     from pipeline.store import UnknownBatch
@@ -342,6 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ParamsError,
         SourceError,
         RollbackError,
+        RolloutError,
         SchemaMismatch,
         TrackingUnavailable,
         UnknownBatch,

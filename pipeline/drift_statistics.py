@@ -50,7 +50,7 @@ class FeatureDrift:
         return self.method != "insufficient"
 
 
-def _psi(reference: np.ndarray, current: np.ndarray) -> float:
+def stability_index(reference: np.ndarray, current: np.ndarray) -> float:
     """Population stability index of two share vectors over the same bins."""
     r = np.clip(reference, PSI_EPSILON, None)
     c = np.clip(current, PSI_EPSILON, None)
@@ -71,7 +71,7 @@ def _numeric(name: str, ref: FeatureProfile, values: np.ndarray, config: DriftPa
     if len(edges) > 1:
         edges = np.concatenate([[-np.inf], edges[1:-1], [np.inf]])
         counts = np.histogram(values, bins=edges)[0]
-        psi = _psi(np.asarray(ref.bin_shares, dtype=float), counts / counts.sum())
+        psi = stability_index(np.asarray(ref.bin_shares, dtype=float), counts / counts.sum())
     return FeatureDrift(
         name, "numeric", method, score, threshold, drifted, psi, len(values), 0.0, ref.missing_rate
     )
@@ -104,7 +104,7 @@ def _categorical(
         score,
         threshold,
         drifted,
-        _psi(r, c),
+        stability_index(r, c),
         len(values),
         0.0,
         ref.missing_rate,

@@ -153,6 +153,32 @@ class RetrainParams(_Section):
     learned in a bounded number of retrains instead of being outvoted by old data."""
 
 
+class RolloutSlo(_Section):
+    """What a canary must show against the stable version on the same traffic."""
+
+    max_error_ratio_increase: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
+    """The canary's share of records it failed to score may exceed the stable version's by this much."""
+    max_latency_ratio: Annotated[float, Field(ge=1.0)] = 2.0
+    """The canary's p95 model-call time may be at most this many times the stable version's."""
+    max_psi: Annotated[float, Field(gt=0.0)] = 0.2
+    """Population stability index of the canary's predictions against the stable version's."""
+    max_quality_drop: Annotated[float, Field(ge=0.0)] = 0.02
+    """Live promote.metric may be this much worse than the stable version's (once both have
+    quality.min_labelled outcomes; skipped, and said so, before)."""
+
+
+class RolloutParams(_Section):
+    """How a new champion earns its traffic: a canary share, judged against the stable version."""
+
+    share: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    """Share of traffic the canary answers; 0: a promotion moves all traffic at once."""
+    min_requests: Annotated[int, Field(ge=1)] = 500
+    """Records the canary must answer before it can be promoted."""
+    max_minutes: Annotated[float, Field(gt=0.0)] = 60.0
+    """A rollout still undecided after this long is rolled back."""
+    slo: RolloutSlo = Field(default_factory=RolloutSlo)
+
+
 class Params(_Section):
     data: DataParams
     model: ModelParams
@@ -164,6 +190,7 @@ class Params(_Section):
     drift: DriftParams = Field(default_factory=DriftParams)
     quality: QualityParams = Field(default_factory=QualityParams)
     retrain: RetrainParams = Field(default_factory=RetrainParams)
+    rollout: RolloutParams = Field(default_factory=RolloutParams)
 
     @model_validator(mode="after")
     def _metric_known(self) -> Params:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
@@ -30,7 +32,8 @@ from pipeline.registry import (
     download_model,
     run_schema,
 )
-from pipeline.reports import CandidateSeen, ChampionSeen, Decision, PromotionReport, Registration
+from pipeline.reports import CanarySeen, CandidateSeen, ChampionSeen, Decision, PromotionReport, Registration
+from pipeline.rollout import Terms, score_shift, shift_class, start
 from pipeline.schema import DatasetSchema
 from pipeline.scoring import floor_failures, score
 from pipeline.serialization import load_sklearn_model
@@ -127,11 +130,27 @@ def schema_differences(old: DatasetSchema, new: DatasetSchema) -> list[str]:
     return changes
 
 
-def _score_version(
-    client: MlflowClient, name: str, version: str, test: pd.DataFrame, schema: DatasetSchema
-) -> dict[str, float]:
+def _load_version(client: MlflowClient, name: str, version: str) -> Any:
     with tempfile.TemporaryDirectory(prefix="bitloop-champion-") as scratch:
-        return score(load_sklearn_model(download_model(client, name, version, Path(scratch))), test, schema)
+        return load_sklearn_model(download_model(client, name, version, Path(scratch)))
+
+
+def _shift_scores(model: Any, test: pd.DataFrame, schema: DatasetSchema) -> np.ndarray:
+    """What a rollout compares two versions' predictions by (`pipeline.rollout.score_shift`)."""
+    features = test[schema.feature_names]
+    if schema.task == "regression":
+        return np.asarray(model.predict(features), dtype=float)
+    classes = [str(c) for c in model.classes_]
+    return np.asarray(model.predict_proba(features)[:, classes.index(shift_class(classes))], dtype=float)
+
+
+def _expected_shift(
+    client: MlflowClient, name: str, champion: Any, candidate: str, test: pd.DataFrame, schema: DatasetSchema
+) -> float:
+    """How far the candidate's predictions on the holdout are from the champion's: the shift its
+    canary is allowed live (plus rollout.slo.max_psi)."""
+    base = _shift_scores(champion, test, schema)
+    return score_shift(base, _shift_scores(_load_version(client, name, candidate), test, schema))
 
 
 def _tag(client: MlflowClient, name: str, version: str, values: dict[str, Any]) -> None:
@@ -148,6 +167,8 @@ def promote(
     name, best, metric = registered.model_name, registered.best, registered.primary_metric
     schema = DatasetSchema.read(workspace.schema_file)
     floors = params.promote.floors.get(schema.task, {})
+    policy = params.rollout  # a winner's rollout, when there is a champion to judge it against
+    terms = Terms(policy.share, policy.min_requests, policy.max_minutes)
     data_version = registered.data_version.label
     report = PromotionReport(
         model_name=name, data_version=data_version, metric=metric, margin=params.promote.margin, floors=floors
@@ -173,12 +194,14 @@ def promote(
         return report.write(workspace.promotion_file)
 
     champion_metrics: dict[str, float] | None = None
+    champion_model: Any = None
     override = False
     if champion is not None:
         try:
             check_compatible(schema, _champion_schema(client, champion), champion, name)
             test = pd.read_parquet(workspace.test_file)
-            champion_metrics = _score_version(client, name, champion.version, test, schema)
+            champion_model = _load_version(client, name, champion.version)
+            champion_metrics = score(champion_model, test, schema)
         except SchemaMismatch:
             if not allow_schema_change:
                 raise
@@ -211,13 +234,20 @@ def promote(
         },
     )
     if decision.promote:
-        if champion is not None:
-            client.set_registered_model_alias(name, PREVIOUS, champion.version)
-        client.set_registered_model_alias(name, CHAMPION, version)
         challenger = alias_version(client, name, CHALLENGER)
         if challenger is not None and challenger.version == version:
             client.delete_registered_model_alias(name, CHALLENGER)
-        log.info("promoted", extra={"model": name, "version": version, "reason": decision.reason})
+        if champion is not None and champion_model is not None and terms.share > 0 and not override:
+            # The winner earns its traffic as @canary; the rollout decider moves @champion.
+            expected = _expected_shift(client, name, champion_model, version, test, schema)
+            rollout = start(client, name, version, champion.version, replace(terms, expected_psi=expected))
+            report.canary = CanarySeen(share=rollout.share, stable=rollout.stable)
+            log.info("canary started", extra={"model": name, "version": version, "reason": decision.reason})
+        else:
+            if champion is not None:
+                client.set_registered_model_alias(name, PREVIOUS, champion.version)
+            client.set_registered_model_alias(name, CHAMPION, version)
+            log.info("promoted", extra={"model": name, "version": version, "reason": decision.reason})
     else:
         client.set_registered_model_alias(name, CHALLENGER, version)
         log.info("kept the champion", extra={"model": name, "challenger": version, "reason": decision.reason})

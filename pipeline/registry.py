@@ -25,10 +25,10 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
-CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
-ALIASES = (CHAMPION, CHALLENGER, PREVIOUS)
-SERVED_ALIASES = (CHAMPION, CHALLENGER)
-"""The aliases the model server answers with (A/B and shadow)."""
+CHAMPION, CHALLENGER, PREVIOUS, CANARY = "champion", "challenger", "previous", "canary"
+ALIASES = (CHAMPION, CANARY, CHALLENGER, PREVIOUS)
+SERVED_ALIASES = (CHAMPION, CANARY, CHALLENGER)
+"""The aliases the model server answers with (the canary's share, A/B and shadow)."""
 
 SCHEMA_ARTIFACT = "feature_schema.json"
 PROFILE_ARTIFACT = PROFILE_FILE  # register logs the workspace file under its own name
@@ -62,6 +62,10 @@ class Tags:
     DRIFT_OF = TAG + "drift_of"
     DATASET_DRIFT = TAG + "dataset_drift"
     CHAMPION_VERSION = TAG + "champion_version"
+    CANARY_VERSION = TAG + "canary_version"
+    """On a training summary run: the version its promotion started a rollout for."""
+    ROLLOUT_OUTCOME = TAG + "rollout.outcome"
+    ROLLOUT_REASON = TAG + "rollout.reason"
 
 
 # What MLflow answers for a model or alias that does not exist (the code varies by server version).

@@ -69,6 +69,13 @@ class ChampionSeen(_Report):
     """Its scores on this holdout; None when it could not be compared (schema change allowed)."""
 
 
+class CanarySeen(_Report):
+    """The rollout a promotion started: the winner answers `share` of traffic beside `stable`."""
+
+    share: float
+    stable: str
+
+
 class PromotionReport(_Report):
     """What `promote` decided and why, with the numbers it compared."""
 
@@ -83,5 +90,7 @@ class PromotionReport(_Report):
     champion: ChampionSeen | None = None
     already_champion: bool = False
     decision: Decision | None = None
+    canary: CanarySeen | None = None
+    """Set when the winner became @canary (rollout.share > 0) instead of @champion."""
     candidates: dict[str, list[str]] | None = None
     """Each candidate's floor failures, when none was registered."""

@@ -32,6 +32,9 @@ class PipelineSettings(BaseSettings):
     """The model server the ground_truth DAG sends outcomes to (`POST /feedback`)."""
     api_key: SecretStr | None = Field(None, validation_alias="BITLOOP_API_API_KEY")
     """The model server's API key, when it has one."""
+    prometheus_url: str = Field("", validation_alias="BITLOOP_PROMETHEUS_URL")
+    """The Prometheus that scrapes every model server: the rollout decider reads each side's records,
+    failures and model-call time there; empty: those SLOs wait (and a rollout times out)."""
     data_source_url: str = Field("", validation_alias="BITLOOP_DATA_SOURCE_URL")
     """The data-source service: training ingests from its world, the ground_truth DAG asks it for
     outcomes; empty: data.path of params.yaml."""

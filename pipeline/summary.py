@@ -10,6 +10,7 @@ import mlflow
 from pipeline.params import Params
 from pipeline.registry import Tags, connect
 from pipeline.reports import PromotionReport
+from pipeline.rollout import last_outcome
 from pipeline.settings import PipelineSettings
 from pipeline.store import DatasetVersion
 from pipeline.workspace import Workspace
@@ -26,7 +27,8 @@ def summarize(
     version = DatasetVersion.from_file(workspace.version_file)
     before = None if report.champion is None else report.champion.version
     candidate = None if report.candidate is None else report.candidate.version
-    after = candidate if report.promoted else before
+    canary = candidate if report.promoted and report.canary is not None else None
+    after = candidate if report.promoted and canary is None else before
     if report.already_champion:
         before = after = candidate
     summary = {
@@ -35,6 +37,11 @@ def summarize(
         "data_md5": version.md5,
         "champion_before": before,
         "champion_after": after,
+        "canary": canary,
+        "canary_share": None if report.canary is None else report.canary.share,
+        "last_rollout": last_outcome(dict(client.get_registered_model(params.model.name).tags))
+        if candidate is not None
+        else None,
         "promoted": report.promoted,
         "reason": report.reason,
         "metric": report.metric,
@@ -50,7 +57,8 @@ def summarize(
         return summary | {"mlflow_run_id": found[0].info.run_id}
     with mlflow.start_run(
         run_name=f"training-summary-{version.label}",
-        tags={Tags.SUMMARY_OF: run_label, Tags.KIND: "training-summary"},
+        tags={Tags.SUMMARY_OF: run_label, Tags.KIND: "training-summary"}
+        | ({Tags.CANARY_VERSION: canary} if canary else {}),
     ) as run:
         mlflow.log_params(
             {

@@ -52,13 +52,15 @@ def deep_update(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]
 
 
 def light_params(**sections: dict[str, Any]) -> dict[str, Any]:
-    """params.yaml with small candidates and batches, plus the given per-section changes."""
+    """params.yaml with small candidates and batches, and promotion without a canary (the rollout's
+    own tests start theirs), plus the given per-section changes."""
     raw = deep_update(
         project_params(),
         {
             "data": {"rows": 1500},
             "train": {"candidates": LIGHT_CANDIDATES},
             "evaluate": {"importance_repeats": 2},
+            "rollout": {"share": 0.0},
         },
     )
     return deep_update(raw, sections)

@@ -77,11 +77,9 @@ def serve(
         stop(process)
 
 
-@contextmanager
-def mlflow_server(workdir: Path, port: int | None = None) -> Iterator[str]:
-    """A lean MLflow tracking server: SQLite backend, local artefacts, one worker, no job runner."""
-    port = port or free_port()
-    uri = f"http://127.0.0.1:{port}"
+def mlflow_command(workdir: Path, port: int) -> tuple[list[str], dict[str, str]]:
+    """A lean MLflow tracking server's command and environment: SQLite backend, local artefacts, one
+    worker, no job runner."""
     command = [
         str(BIN / "mlflow"),
         "server",
@@ -103,6 +101,15 @@ def mlflow_server(workdir: Path, port: int | None = None) -> Iterator[str]:
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "true",
     }
+    return command, env
+
+
+@contextmanager
+def mlflow_server(workdir: Path, port: int | None = None) -> Iterator[str]:
+    """A lean MLflow tracking server on `port` (default: a free one); its URI."""
+    port = port or free_port()
+    uri = f"http://127.0.0.1:{port}"
+    command, env = mlflow_command(workdir, port)
     with serve(command, f"{uri}/health", workdir, env):
         yield uri
 

@@ -8,14 +8,16 @@ from api import metrics
 from api.schemas import (
     FeatureOut,
     Health,
+    LastRolloutOut,
     ModelInfo,
     PredictionLogOut,
     Readiness,
     RefusalOut,
+    RolloutOut,
     error_responses,
 )
 from api.scoring import Unavailable
-from api.state import StateDep, require_api_key
+from api.state import ServerState, StateDep, require_api_key
 from pipeline.drift import DriftReport
 from pipeline.quality import QualityReport
 
@@ -93,6 +95,26 @@ async def model_info(state: StateDep) -> ModelInfo:
             RefusalOut(variant=variant, version=r.version, reason=r.reason)
             for variant, r in state.manager.refusals.items()
         ],
+        rollout=_rollout(state),
+        last_rollout=None
+        if (last := state.manager.last_rollout) is None
+        else LastRolloutOut.model_validate(last),
+    )
+
+
+def _rollout(state: ServerState) -> RolloutOut | None:
+    canary, rollout = state.manager.canary, state.manager.rollout
+    if canary is None or rollout is None or rollout.version != canary.version:
+        return None
+    terms = rollout.terms()
+    return RolloutOut(
+        stable_version=rollout.stable,
+        stable_share=1.0 - rollout.share,
+        canary_version=canary.version,
+        canary_share=rollout.share,
+        started_at=terms["started_at"],
+        min_requests=rollout.min_requests,
+        deadline=terms["deadline"],
     )
 
 

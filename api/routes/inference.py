@@ -122,7 +122,7 @@ def _served(state: ServerState, name: str, version: str | None) -> ServedModel:
     champion = state.scoring.champion()
     if version is None:
         return champion
-    for model in (champion, state.manager.challenger):
+    for model in (champion, state.manager.canary, state.manager.challenger):
         if model is not None and model.version == version:
             return model
     raise ProtocolError(
@@ -270,7 +270,9 @@ async def _infer(request: Request, state: ServerState, name: str, model_version:
         model, variant = state.scoring.pick()
     else:
         model, variant = _served(state, name, model_version), "champion"
-        if state.manager.challenger is model:
+        if state.manager.canary is model:
+            variant = "canary"
+        elif state.manager.challenger is model:
             variant = "challenger"
     body = await read_body(request, settings.max_body_bytes, settings.body_timeout_seconds, undeclared=True)
     try:
@@ -303,9 +305,10 @@ async def _infer(request: Request, state: ServerState, name: str, model_version:
     return json_response(
         V2InferenceResponse(
             model_name=model.name,
-            model_version=model.version,
+            model_version=answer.model.version,
             id=inference.id or answer.request_id,
-            parameters={"variant": variant, "request_id": answer.request_id},
+            parameters={"variant": answer.variant, "request_id": answer.request_id}
+            | ({} if answer.versions is None else {"model_versions": answer.versions}),
             outputs=[o for o in outputs if not wanted or o.name in wanted],
         )
     )

@@ -96,7 +96,7 @@ def _body(ref: str, arrow: bool = False) -> dict[str, Any]:
     summary="Predict one record",
 )
 async def predict(request: Request, state: StateDep, entity_id: EntityIdQuery = None) -> Response:
-    model, variant = state.scoring.pick()
+    model, variant = state.scoring.pick(entity_id)
     body = await read_body(request, state.settings.max_body_bytes, state.settings.body_timeout_seconds)
     record = parse(model.record_model, body).model_dump(by_alias=True)
     answer = await state.scoring.predict(model, variant, record, entity_id)
@@ -105,8 +105,8 @@ async def predict(request: Request, state: StateDep, entity_id: EntityIdQuery = 
             prediction=answer.labels[0],
             probabilities=None if answer.probabilities is None else answer.probabilities[0],
             model_name=model.name,
-            model_version=model.version,
-            variant=variant,
+            model_version=answer.model.version,
+            variant=answer.variant,
             request_id=answer.request_id,
         )
     )
@@ -139,8 +139,10 @@ async def predict_batch(request: Request, state: StateDep, id_column: IdColumnQu
         records, ids = parse_batch(model.batch_model, body)
     answer = await state.scoring.predict_batch(model, variant, records, ids)
     if wants_arrow(request.headers.get("accept", "")):
-        about = {"model_name": model.name, "model_version": model.version}
-        about |= {"variant": variant, "request_id": answer.request_id}
+        about = {"model_name": model.name, "model_version": answer.model.version}
+        about |= {"variant": answer.variant, "request_id": answer.request_id}
+        if answer.versions is not None:
+            about["model_versions"] = ",".join(answer.versions)
         stream = write_predictions(
             answer.labels, answer.probabilities, [str(c) for c in model.classes], about
         )
@@ -150,8 +152,9 @@ async def predict_batch(request: Request, state: StateDep, id_column: IdColumnQu
             predictions=answer.labels,
             probabilities=answer.probabilities,
             model_name=model.name,
-            model_version=model.version,
-            variant=variant,
+            model_version=answer.model.version,
+            variant=answer.variant,
             request_id=answer.request_id,
+            model_versions=answer.versions,
         )
     )

@@ -150,7 +150,7 @@ def main() -> int:
                     )
                     break
                 retrains += 1
-                serve_new_champion(client, api, served, started)
+                serve_new_champion(client, airflow, source, api, served, args.rows, deadline, started)
                 if window is not None and retrains > window:
                     raise SystemExit(f"live quality still falls after {retrains} retrains")
     print(

@@ -100,24 +100,50 @@ def follow_training(airflow: httpx.Client, run_id: str, deadline: float, started
     step(started, "training finished")
 
 
-def serve_new_champion(client: httpx.Client, api: str, served: str, started: float) -> str:
-    """Reload the model server after a retrain; the version it serves now.
+def serve_new_champion(
+    client: httpx.Client,
+    airflow: httpx.Client,
+    source: str,
+    api: str,
+    served: str,
+    rows: int,
+    deadline: float,
+    started: float,
+) -> str:
+    """After a retrain: follow the winner's rollout, if it started one; the version served then.
 
-    A candidate trained while the window still holds a batch of the old world may not beat the
-    champion on the same holdout, part of which the champion still fits: the champion stays and
-    the next batch tips the window. The loop's bound (`retrain.window_batches` retrains) counts
-    such a run too.
+    A winner starts as the canary of the served version (`rollout.share` of traffic): customers are
+    sent and the rollout DAG asked to decide until it promotes the canary or rolls it back. A
+    candidate trained while the window still holds a batch of the old world may not win at all on
+    the same holdout, part of which the champion still fits: the champion stays and the next batch
+    tips the window. The loop's bound (`retrain.window_batches` retrains) counts such a run too.
     """
     fetch(client, "POST", f"{api}/admin/reload")
+    shown = fetch(client, "GET", f"{api}/model").json()
+    if (rollout := shown.get("rollout")) is not None:
+        step(
+            started,
+            f"version {rollout['canary_version']} answers {rollout['canary_share']:.0%} of traffic as the "
+            f"canary of version {rollout['stable_version']}: promoted after {rollout['min_requests']} canary "
+            "records if it holds every SLO, rolled back if it does not",
+        )
+        while (rollout := fetch(client, "GET", f"{api}/model").json().get("rollout")) is not None:
+            send_traffic(client, source, api, rows, started)
+            run_id = trigger_dag(airflow, "rollout", deadline)
+            if wait_dag_run(airflow, "rollout", run_id, deadline)["__run__"] != "success":
+                raise SystemExit(f"rollout run {run_id} failed; see Airflow or `make logs`")
+            fetch(client, "POST", f"{api}/admin/reload")
+        last = fetch(client, "GET", f"{api}/model").json()["last_rollout"]
+        step(started, f"rollout of version {last['version']}: {last['outcome']} ({last['reason']})")
     after = str(fetch(client, "GET", f"{api}/model").json()["version"])
-    if after == served:
+    if after == served and rollout is None and shown.get("rollout") is None:
         step(
             started,
             f"the candidate did not beat version {served} on the same holdout, part of which still "
             "follows the old world: the champion stays, the window moves on "
             "(reports/<model.name>/promotion.json says by how much)",
         )
-    else:
+    elif after != served:
         step(started, f"the model server now serves version {after} (was {served})")
     return after
 
@@ -202,7 +228,7 @@ def main() -> int:
                     )
                     break
                 retrains += 1
-                serve_new_champion(client, api, served, started)
+                serve_new_champion(client, airflow, source, api, served, args.rows, deadline, started)
                 if window is not None and retrains > window:
                     raise SystemExit(f"still drifting after {retrains} retrains with a {window}-batch window")
     print(

@@ -155,6 +155,11 @@ def _environment(settings: StackSettings) -> dict[str, str]:
         "BITLOOP_PUSHGATEWAY_URL": ""
         if "pushgateway" in skipped_services()
         else f"127.0.0.1:{settings.pushgateway_port}",
+        # The rollout decider reads each side's failures and model-call times here; without a
+        # Prometheus those SLOs are skipped, and its verdicts say so.
+        "BITLOOP_PROMETHEUS_URL": ""
+        if "prometheus" in skipped_services()
+        else f"http://127.0.0.1:{settings.prometheus_port}",
         "BITLOOP_AIRFLOW_JWT_SECRET": airflow_secrets(settings)["jwt_secret"],
         "AIRFLOW_HOME": str(state / "airflow"),
         # Airflow's four processes share one SQLite file; a write that waits longer than pysqlite's

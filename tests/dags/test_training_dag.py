@@ -48,7 +48,7 @@ def test_every_dag_file_imports_cleanly(airflow_db: Path) -> None:
 
     bag = DagBag(dag_folder=str(DAGS))
     assert bag.import_errors == {}
-    assert set(bag.dag_ids) == {"training", "drift_monitor", "ground_truth"}
+    assert set(bag.dag_ids) == {"training", "drift_monitor", "ground_truth", "rollout"}
 
 
 def test_tasks_run_the_stages_in_order_with_retries(airflow_db: Path) -> None:
@@ -76,7 +76,7 @@ def test_schedule_is_daily_or_the_drift_or_quality_asset(airflow_db: Path) -> No
 
 
 @pytest.mark.parametrize("minutes_past_midnight", [1, 90, 601])
-@pytest.mark.parametrize("dag_id", ["training", "drift_monitor", "ground_truth"])
+@pytest.mark.parametrize("dag_id", ["training", "drift_monitor", "ground_truth", "rollout"])
 def test_a_new_dag_waits_for_its_next_scheduled_time(
     airflow_db: Path, dag_id: str, minutes_past_midnight: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -51,8 +51,10 @@ def test_setup_is_a_no_op_when_the_environment_is_current() -> None:
 
 def test_test_target_runs_pytest_without_stack_or_compose_tests() -> None:
     assert re.search(
-        r"pytest -m \"not stack and not compose and not scale and not repro\"", make("-n", "test")
+        r"pytest -m \"not stack and not compose and not scale and not repro and not rollout\"",
+        make("-n", "test"),
     )
+    assert re.search(r"pytest -m rollout", make("-n", "test-rollout"))
     assert re.search(r"pytest -m \"compose and not repro\"", make("-n", "test-compose"))
     assert re.search(r"pytest -m scale", make("-n", "test-scale"))
 

@@ -27,8 +27,10 @@ import httpx
 import pandas as pd
 import pytest
 import yaml
+from mlflow import MlflowClient
 
 from ops.local.stack import render_prometheus_config
+from pipeline.rollout import Terms, start
 from pipeline.sources.simulated import ID_COLUMN, TARGET, simulate_churn
 from tests.api.conftest import Trained, sample_record, train_model
 from tests.factories import DIABETES, PROJECT
@@ -262,6 +264,14 @@ def test_every_panel_query_and_alert_expression_works_against_a_real_prometheus(
     require_binaries()
     trained = train_model(tmp_path / "project", mlflow_uri, "monitored-churn")
     regression = train_model(tmp_path / "regression", mlflow_uri, "monitored-diabetes", data=DIABETES)
+    # A rollout under way, so that the rollout panels have both sides to draw.
+    registry = MlflowClient(mlflow_uri)
+    other = next(
+        str(v.version)
+        for v in registry.search_model_versions(f"name = '{trained.name}'")
+        if str(v.version) != trained.version
+    )
+    start(registry, trained.name, other, trained.version, Terms(0.3, 10**6, 60.0))
     ports = {name: free_port() for name in ("api", "api2", "pushgateway", "exporter", "prometheus")}
     api = f"http://127.0.0.1:{ports['api']}"
     api2 = f"http://127.0.0.1:{ports['api2']}"

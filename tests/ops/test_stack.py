@@ -110,6 +110,7 @@ def _service_errors(state: Path) -> str:
     return "\n".join(lines)
 
 
+@pytest.mark.timeout(3600)  # make up and both demos, each bounded by its own make() timeout
 def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path) -> None:
     ports = [free_port() for _ in range(7)]
     mlflow_port, source_port, api_port, airflow_port, prometheus_port, pushgateway_port, exporter_port = ports
