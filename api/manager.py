@@ -66,8 +66,11 @@ class ModelManager:
         entity id all rollout long), @challenger for the A/B share, else @champion."""
         canary, rollout = self.canary, self.rollout
         if canary is not None and rollout is not None and rollout.version == canary.version:
-            draw = random.random() < rollout.share  # noqa: S311
-            if in_canary(entity_id, canary.version, rollout.share) if entity_id is not None else draw:
+            if entity_id is not None:
+                chosen = in_canary(entity_id, canary.version, rollout.share)
+            else:
+                chosen = random.random() < rollout.share  # noqa: S311
+            if chosen:
                 return canary, "canary"
         challenger = self.challenger
         if challenger is not None and random.random() < self.settings.challenger_share:  # noqa: S311
