@@ -35,6 +35,7 @@ from ops.local.drift_demo import (
     follow_training,
     send_traffic,
     serve_new_champion,
+    start_held_back_run,
     step,
 )
 from ops.local.settings import StackSettings
@@ -95,14 +96,7 @@ def quality_round(
         follow_training(airflow, asset_triggered_run(airflow, triggered_at, deadline), deadline, started)
         return True
     if entry["breaches"]:
-        cooldown = load_params(PARAMS).retrain.cooldown_hours
-        step(
-            started,
-            "live quality is past its limits; the retraining policy held the signal back "
-            f"(retrain.cooldown_hours={cooldown:g}: one drift- or quality-started run per period). "
-            "The demo starts the run it would start when the cooldown ends",
-        )
-        follow_training(airflow, trigger_dag(airflow, "training", deadline), deadline, started)
+        start_held_back_run(airflow, "live quality is past its limits", deadline, started)
         return True
     return False
 

@@ -100,6 +100,19 @@ def follow_training(airflow: httpx.Client, run_id: str, deadline: float, started
     step(started, "training finished")
 
 
+def start_held_back_run(airflow: httpx.Client, finding: str, deadline: float, started: float) -> None:
+    """A signal the retraining policy held back: say so, and start the run it would start once the
+    cooldown ends (a manual run always runs)."""
+    cooldown = load_params(PARAMS).retrain.cooldown_hours
+    step(
+        started,
+        f"{finding}; the retraining policy held the signal back "
+        f"(retrain.cooldown_hours={cooldown:g}: one drift- or quality-started run per period). "
+        "The demo starts the run it would start when the cooldown ends",
+    )
+    follow_training(airflow, trigger_dag(airflow, "training", deadline), deadline, started)
+
+
 def serve_new_champion(
     client: httpx.Client,
     airflow: httpx.Client,
@@ -185,14 +198,7 @@ def retrain_round(
         follow_training(airflow, asset_triggered_run(airflow, triggered_at, deadline), deadline, started)
         return True
     if monitor_found_drift(settings, model, run_id):
-        cooldown = load_params(PARAMS).retrain.cooldown_hours
-        step(
-            started,
-            "drift_monitor found dataset drift; the retraining policy held the signal back "
-            f"(retrain.cooldown_hours={cooldown:g}: one drift- or quality-started run per period). "
-            "The demo starts the run it would start when the cooldown ends",
-        )
-        follow_training(airflow, trigger_dag(airflow, "training", deadline), deadline, started)
+        start_held_back_run(airflow, "drift_monitor found dataset drift", deadline, started)
         return True
     return False
 
