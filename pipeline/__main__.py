@@ -340,6 +340,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         uvicorn.run(app, host=args.host, port=args.port, log_level="info")
         return 0
 
+    settings = PipelineSettings()
+    root = args.root.resolve()
+    workspace: Workspace | None = None
+    try:
+        params = load_params(params_file(root))
+        workspace = Workspace(root, params.model.name)
+        handler: Command = args.handler
+        return handler(args, Context(root, params, workspace, settings))
+    except Exception as err:
+        code = _reported(err, workspace)
+        if code is None:
+            raise
+        return code
+
+
+def _reported(err: Exception, workspace: Workspace | None) -> int | None:
+    """Report a failure the user can act on in a line or two and return its exit code; None for a bug.
+
+    The error types are imported here, not at start: `repro` runs every stage in a fresh process
+    through DVC, and importing MLflow and scikit-learn for the types alone cost seconds per stage.
+    """
     from pipeline.ground_truth import GroundTruthError
     from pipeline.predictions import PredictionLogUnavailable
     from pipeline.promote import RollbackError, SchemaMismatch
@@ -352,24 +373,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.validate import ValidationFailed
     from pipeline.versioning import StageFailed, VersioningError
 
-    settings = PipelineSettings()
-    root = args.root.resolve()
-    workspace: Workspace | None = None
-    try:
-        params = load_params(params_file(root))
-        workspace = Workspace(root, params.model.name)
-        handler: Command = args.handler
-        return handler(args, Context(root, params, workspace, settings))
-    except StageFailed as err:
+    if isinstance(err, StageFailed):
         refused = err.exit_code == EXIT_INVALID_DATA and workspace is not None
         report = f"\n\nfull report: {workspace.validation_report}" if refused and workspace else ""
         print(f"error: {err}{report}", file=sys.stderr)
         return EXIT_INVALID_DATA if err.exit_code == EXIT_INVALID_DATA else 1
-    except ValidationFailed as err:
+    if isinstance(err, ValidationFailed):
         report = "" if workspace is None else f"\n\nfull report: {workspace.validation_report}"
         print(f"{err}{report}", file=sys.stderr)
         return EXIT_INVALID_DATA
-    except (
+    known = (
         ParamsError,
         SourceError,
         RollbackError,
@@ -382,9 +395,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         UntrustedModel,
         GroundTruthError,
         PredictionLogUnavailable,
-    ) as err:
+    )
+    if isinstance(err, known):
         print(f"error: {err}", file=sys.stderr)
         return 2 if isinstance(err, ParamsError | UnknownBatch) else 1
+    return None
 
 
 if __name__ == "__main__":

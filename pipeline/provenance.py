@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import subprocess
+from functools import cache
 from importlib.metadata import distributions
 from pathlib import Path
 
@@ -29,6 +30,7 @@ def git_commit(root: Path) -> str:
     return commit + ("-dirty" if dirty else "")
 
 
+@cache  # reading ~250 distributions' metadata takes most of a second; a process's environment is fixed
 def environment_lock() -> str:
     """The running environment, one `name==version` per installed distribution, sorted."""
     pins = sorted(
