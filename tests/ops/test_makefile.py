@@ -40,8 +40,8 @@ def test_help_is_the_default_goal_and_lists_every_target() -> None:
 
 def test_every_target_documents_itself() -> None:
     text = (PROJECT / "Makefile").read_text()
-    targets = set(re.findall(r"^([a-z][a-z-]*):", text, flags=re.MULTILINE))
-    documented = set(re.findall(r"^([a-z][a-z-]*):.*## \S", text, flags=re.MULTILINE))
+    targets = set(re.findall(r"^([a-z][a-z0-9-]*):", text, flags=re.MULTILINE))
+    documented = set(re.findall(r"^([a-z][a-z0-9-]*):.*## \S", text, flags=re.MULTILINE))
     assert targets == documented
 
 
@@ -51,9 +51,10 @@ def test_setup_is_a_no_op_when_the_environment_is_current() -> None:
 
 def test_test_target_runs_pytest_without_stack_or_compose_tests() -> None:
     assert re.search(
-        r"pytest -m \"not stack and not compose and not scale and not repro and not rollout\"",
+        r"pytest -m \"not stack and not compose and not scale and not repro and not rollout and not e2e\"",
         make("-n", "test"),
     )
+    assert re.search(r"pytest -m e2e", make("-n", "test-e2e"))
     assert re.search(r"pytest -m rollout", make("-n", "test-rollout"))
     assert re.search(r"pytest -m \"compose and not repro\"", make("-n", "test-compose"))
     assert re.search(r"pytest -m scale", make("-n", "test-scale"))

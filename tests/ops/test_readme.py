@@ -141,7 +141,7 @@ def _words(command: str) -> list[str]:
 @pytest.mark.parametrize(("document", "command"), COMMANDS)
 def test_runnable_commands_use_what_exists(document: str, command: str) -> None:
     makefile = (PROJECT / "Makefile").read_text()
-    targets = set(re.findall(r"^([a-z][a-z-]*):", makefile, flags=re.MULTILINE))
+    targets = set(re.findall(r"^([a-z][a-z0-9-]*):", makefile, flags=re.MULTILINE))
     commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
     stages = set(commands.choices)
     routes = {getattr(route, "path", "") for route in create_app().routes}
@@ -153,7 +153,7 @@ def test_runnable_commands_use_what_exists(document: str, command: str) -> None:
                 assert word.split("=")[0] in known, f"{document}: unknown variable in `{command}`"
             else:
                 break
-        for target in re.findall(r"\bmake ([a-z][a-z-]+)", part):
+        for target in re.findall(r"\bmake ([a-z][a-z0-9-]+)", part):
             assert target in targets, f"{document}: no make target {target!r}"
         if "-m pipeline" in part:
             stage = part.split("-m pipeline", 1)[1].split()[0]
