@@ -15,7 +15,7 @@ export DO_NOT_TRACK := true
 export UV_LINK_MODE := copy
 export STACK
 
-.PHONY: help setup test test-rollout test-stack test-compose test-scale images repro-check lint format repro bench bench-scale up down secrets status logs drift-demo concept-demo screenshots clean
+.PHONY: help setup test test-e2e test-rollout test-stack test-compose test-scale images repro-check lint format repro bench bench-scale up down secrets status logs drift-demo concept-demo screenshots clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "; printf "bitloop: make <target>\n\n"} \
@@ -30,7 +30,10 @@ $(STAMP): uv.lock pyproject.toml
 	@touch $@
 
 test: $(STAMP) ## run the test suite (unit, property, integration against real servers)
-	$(BIN)/pytest -m "not stack and not compose and not scale and not repro and not rollout" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not stack and not compose and not scale and not repro and not rollout and not e2e" $(PYTEST_ARGS)
+
+test-e2e: $(STAMP) ## the loop's long flows end to end: DAG runs through DVC and MLflow, outcomes to retraining, a registry outage
+	$(BIN)/pytest -m e2e $(PYTEST_ARGS)
 
 test-rollout: $(STAMP) ## canary rollouts under load: two model servers, MLflow, Prometheus, good and bad candidates
 	$(BIN)/pytest -m rollout $(PYTEST_ARGS)

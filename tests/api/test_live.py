@@ -79,6 +79,7 @@ def test_broken_or_incompatible_versions_are_refused(
         assert "different task or feature set" in ready["detail"]
 
 
+@pytest.mark.e2e
 def test_registry_outage_changes_nothing_for_clients_and_its_report_clears(tmp_path: Path) -> None:
     tracking = mlflow_server(tmp_path / "own-mlflow")
     uri = tracking.__enter__()

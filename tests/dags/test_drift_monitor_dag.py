@@ -54,6 +54,7 @@ def champion_project(tmp_path_factory: pytest.TempPathFactory, mlflow_uri: str) 
     return root
 
 
+@pytest.mark.e2e
 @pytest.mark.integration
 @pytest.mark.slow
 def test_drifted_traffic_emits_the_asset_and_calm_traffic_does_not(

@@ -117,6 +117,7 @@ def wait_logged(log: Path, rows: int) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.e2e
 @pytest.mark.integration
 @pytest.mark.slow
 def test_released_outcomes_reach_the_model_server_once(
@@ -151,6 +152,7 @@ def test_released_outcomes_reach_the_model_server_once(
     assert 0.5 < champion["realized"]["accuracy"] <= 1.0
 
 
+@pytest.mark.e2e
 @pytest.mark.integration
 @pytest.mark.slow
 def test_concept_drift_breaks_live_quality_and_the_quality_asset_starts_training(

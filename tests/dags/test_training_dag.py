@@ -127,6 +127,7 @@ def test_dag_files_do_no_work_at_import() -> None:
         assert seconds < 1.0, path
 
 
+@pytest.mark.e2e
 @pytest.mark.integration
 @pytest.mark.slow
 def test_dag_runs_end_to_end_then_fails_cleanly_on_a_bad_batch(
