@@ -25,6 +25,7 @@ from pipeline.__main__ import _parser
 from pipeline.settings import PipelineSettings
 from tests.durations import STATED, stated_minutes, within_stated
 from tests.factories import PROJECT
+from tests.ops.test_makefile import make_targets
 
 README = (PROJECT / "README.md").read_text()
 DOCS = {
@@ -140,8 +141,7 @@ def _words(command: str) -> list[str]:
 
 @pytest.mark.parametrize(("document", "command"), COMMANDS)
 def test_runnable_commands_use_what_exists(document: str, command: str) -> None:
-    makefile = (PROJECT / "Makefile").read_text()
-    targets = set(re.findall(r"^([a-z][a-z0-9-]*):", makefile, flags=re.MULTILINE))
+    targets = make_targets()
     commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
     stages = set(commands.choices)
     routes = {getattr(route, "path", "") for route in create_app().routes}
