@@ -77,3 +77,15 @@ def test_the_model_server_does_not_import_the_training_stack() -> None:
         [sys.executable, "-c", probe], cwd=PROJECT, capture_output=True, text=True, check=True
     ).stdout.strip()
     assert loaded == "[]"
+
+
+def test_running_a_stage_through_dvc_loads_neither_mlflow_nor_scikit_learn() -> None:
+    # `repro <stage>` starts a process per stage, and DVC another: importing these for nothing cost
+    # seconds per stage, so the CLI and the DVC driver import them only where they are used.
+    heavy = ["mlflow", "sklearn", "pipeline.promote"]
+    driver = "pipeline.__main__, pipeline.run, pipeline.versioning, pipeline.handoff"
+    probe = f"import sys, {driver}; print([m for m in {heavy!r} if m in sys.modules])"
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], cwd=PROJECT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "[]"
