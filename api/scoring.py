@@ -29,7 +29,7 @@ from api.model import (
 )
 from api.predlog import PredictionLog
 from api.settings import ApiSettings
-from pipeline.predictions import Row
+from pipeline.predictions import SHADOW, Row
 from pipeline.rollout import in_canary
 
 log = logging.getLogger(__name__)
@@ -310,7 +310,7 @@ class ScoringService:
                 labels, probabilities = split_outcomes([outcomes[i] for i in scored], challenger.schema.task)
                 self._record(
                     challenger,
-                    "shadow",
+                    SHADOW,
                     request_id,
                     [records[i] for i in scored],
                     labels,

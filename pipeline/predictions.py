@@ -29,8 +29,10 @@ from pipeline.settings import PREDICTION_LOG_SETTING
 T = TypeVar("T")
 
 SETTING = PREDICTION_LOG_SETTING
-SERVED_VARIANTS = ("champion", "challenger")
-"""Rows that answered a request; "shadow" rows repeat inputs that were already logged."""
+SHADOW = "shadow"
+"""The one variant that answered nobody: a shadow row repeats inputs another variant's row logged.
+Every other variant (champion, canary, challenger, and any added later) answered a request, so the
+readers below filter shadow rows out by name rather than list the variants that count."""
 COLUMNS = (
     "ts, request_id, model_name, model_version, variant, features, prediction, probabilities, "
     "row_index, entity_id"
@@ -110,7 +112,7 @@ SCHEMA_VERSION = MIGRATIONS[-1].version
 # Served newest first by the (model_name, ts) index: no sort, and at most `limit` rows are read.
 WINDOW_QUERY = (
     "SELECT features FROM predictions WHERE model_name = ? AND ts >= ? AND ts < ?"
-    " AND variant IN (?, ?) ORDER BY ts DESC LIMIT ?"
+    " AND variant <> ? ORDER BY ts DESC LIMIT ?"
 )
 
 
@@ -307,7 +309,7 @@ class PredictionStore(ABC):
         return int(deleted)
 
     def window(self, model_name: str, since: float, until: float, limit: int) -> list[dict[str, Any]]:
-        found = self._execute(WINDOW_QUERY, (model_name, since, until, *SERVED_VARIANTS, limit))
+        found = self._execute(WINDOW_QUERY, (model_name, since, until, SHADOW, limit))
         rows = [self._decode(r[0]) for r in found.fetchall()]
         self.rollback()  # a read leaves no transaction open (PostgreSQL would hold its snapshot)
         return rows[::-1]
@@ -337,14 +339,14 @@ class PredictionStore(ABC):
         if request_id is not None:
             found = self._execute(
                 "SELECT request_id, row_index FROM predictions WHERE request_id = ? AND row_index = ? "
-                "AND variant IN (?, ?) LIMIT 1",
-                (request_id, row, *SERVED_VARIANTS),
+                "AND variant <> ? LIMIT 1",
+                (request_id, row, SHADOW),
             ).fetchone()
         else:
             found = self._execute(
-                "SELECT request_id, row_index FROM predictions WHERE entity_id = ? AND variant IN (?, ?) "
+                "SELECT request_id, row_index FROM predictions WHERE entity_id = ? AND variant <> ? "
                 "ORDER BY ts DESC LIMIT 1",
-                (entity_id, *SERVED_VARIANTS),
+                (entity_id, SHADOW),
             ).fetchone()
         return None if found is None else (str(found[0]), int(found[1]))
 
@@ -394,9 +396,9 @@ class PredictionStore(ABC):
         found = self._execute(
             "SELECT p.entity_id FROM predictions p LEFT JOIN outcomes o "
             "ON o.request_id = p.request_id AND o.row_index = p.row_index "
-            "WHERE p.model_name = ? AND p.ts >= ? AND p.entity_id IS NOT NULL AND p.variant IN (?, ?) "
+            "WHERE p.model_name = ? AND p.ts >= ? AND p.entity_id IS NOT NULL AND p.variant <> ? "
             "AND o.request_id IS NULL ORDER BY p.ts DESC LIMIT ?",
-            (model_name, since, *SERVED_VARIANTS, limit),
+            (model_name, since, SHADOW, limit),
         ).fetchall()
         self.rollback()
         return list(dict.fromkeys(str(r[0]) for r in found))

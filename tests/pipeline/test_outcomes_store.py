@@ -9,10 +9,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.predictions import MIGRATIONS, Row, insert_rows, open_store, read_rows
+from pipeline.predictions import (
+    MIGRATIONS,
+    Row,
+    insert_rows,
+    open_store,
+    read_features,
+    read_rows,
+    read_unlabelled,
+)
 
 
 def batch(
@@ -50,6 +59,28 @@ def test_outcomes_are_addressed_and_stored_once_on_both_stores(log_url: str) -> 
     finally:
         store.close()
     assert [(r.row_index, r.entity_id) for r in read_rows(log_url)[:3]] == [(0, "c1"), (1, "c2"), (2, "c3")]
+
+
+@pytest.mark.parametrize("variant", ["champion", "canary", "challenger"])
+def test_every_variant_that_answered_gets_its_outcome_and_counts_as_traffic(
+    log_url: str, variant: str
+) -> None:
+    """A canary's answers are answers: their outcomes resolve by request and row and by entity id, the
+    ground-truth collector asks for them, and the drift window reads their inputs. Only a shadow row,
+    which repeats inputs another variant logged, is left out of all three."""
+    now = time.time()
+    insert_rows(log_url, batch(f"req-{variant}", 2, now - 20, variant=variant, ids=["e0", "e1"]))
+    insert_rows(log_url, batch("shadowed", 1, now - 10, variant="shadow", ids=["e9"]))
+    store = open_store(log_url)
+    try:
+        assert store.resolve(f"req-{variant}", 1, None) == (f"req-{variant}", 1)
+        assert store.resolve(None, 0, "e0") == (f"req-{variant}", 0)
+        assert store.resolve("shadowed", 0, None) is None
+        assert store.resolve(None, 0, "e9") is None
+    finally:
+        store.close()
+    assert sorted(read_unlabelled(log_url, "m", since=now - 60)) == ["e0", "e1"]
+    assert len(read_features(log_url, "m", since=now - 60)) == 2
 
 
 sends = st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["no", "yes"])), min_size=1, max_size=30)
