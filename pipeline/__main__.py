@@ -308,6 +308,11 @@ def _parser() -> argparse.ArgumentParser:
         default=60.0,
         help="seconds after a live customer is handed out until its outcome is known (POST /outcomes)",
     )
+    serve.add_argument(
+        "--world-file",
+        type=Path,
+        help="keep the world here across restarts (--drift and --outcome-delay then set only a new one)",
+    )
     return parser
 
 
@@ -336,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         from pipeline.sources.service import create_app
 
-        app = create_app(args.drift, args.outcome_delay)
+        app = create_app(args.drift, args.outcome_delay, args.world_file)
         uvicorn.run(app, host=args.host, port=args.port, log_level="info")
         return 0
 

@@ -7,17 +7,20 @@ this way, so fresh training data and live traffic drift together). `GET /world` 
 
 `GET /customers?n=&seed=` hands out live customers to score (no label); `POST /outcomes` tells
 what became of them once the world's `outcome_delay_seconds` have passed (`pipeline.sources.live`).
+With `--world-file` (the local stack's `.bitloop/datasource-world.json`) the world survives a restart.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import os
 import time
+from pathlib import Path
 from typing import Annotated, Literal
 
 import pandas as pd
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
@@ -69,9 +72,41 @@ class OutcomesOut(BaseModel):
     unknown: list[str] = Field(description="ids this world never handed out")
 
 
-def create_app(drift: float = 0.0, outcome_delay_seconds: float = 60.0) -> FastAPI:
+class WorldNotSaved(RuntimeError):
+    """The world's file cannot be written: the change is refused rather than forgotten at restart."""
+
+
+def load_world(path: Path | None, default: World) -> World:
+    """The world saved in `path` (the stack's state), else `default`: a restarted data source goes on
+    from the world it had, as the registry goes on from the champion trained on it."""
+    if path is None or not path.is_file():
+        return default
+    try:
+        return World.model_validate_json(path.read_text())
+    except (OSError, ValueError) as err:
+        raise WorldNotSaved(f"the world file {path} cannot be read ({err}): fix or delete it") from None
+
+
+def save_world(path: Path | None, world: World) -> None:
+    """Write the world to `path` atomically (a temporary file renamed over it)."""
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = path.with_name(path.name + ".tmp")
+        scratch.write_text(world.model_dump_json())
+        os.replace(scratch, path)
+    except OSError as err:
+        raise WorldNotSaved(f"the world file {path} cannot be written ({err.strerror or err})") from None
+
+
+def create_app(
+    drift: float = 0.0, outcome_delay_seconds: float = 60.0, world_file: Path | None = None
+) -> FastAPI:
+    """The service; with `world_file` the world survives a restart (the local stack keeps it in its
+    state directory), and the flags give only a new world's levels."""
     app = FastAPI(title="bitloop data source", description=__doc__)
-    app.state.world = World(drift=drift, outcome_delay_seconds=outcome_delay_seconds)
+    app.state.world = load_world(world_file, World(drift=drift, outcome_delay_seconds=outcome_delay_seconds))
 
     @app.get("/", summary="What this service serves")
     def index() -> dict[str, object]:
@@ -92,11 +127,19 @@ def create_app(drift: float = 0.0, outcome_delay_seconds: float = 60.0) -> FastA
         return app.state.world  # type: ignore[no-any-return]
 
     @app.put(
-        "/world", response_model=World, summary="Shift the world: later batches and customers drift this much"
+        "/world",
+        response_model=World,
+        responses={503: {"description": "the world file cannot be written; the world is unchanged"}},
+        summary="Shift the world: later batches and customers drift this much",
     )
     def set_world(change: World) -> World:
-        """Fields left out keep their value (`{"concept": 1}` moves the concept alone)."""
+        """Fields left out keep their value (`{"concept": 1}` moves the concept alone). A world that
+        cannot be saved is not changed (503)."""
         world: World = app.state.world.model_copy(update=change.model_dump(exclude_unset=True))
+        try:
+            save_world(world_file, world)
+        except WorldNotSaved as err:
+            raise HTTPException(status_code=503, detail=str(err)) from None
         log.info("world changed", extra={"from": app.state.world.model_dump(), "to": world.model_dump()})
         app.state.world = world
         return world

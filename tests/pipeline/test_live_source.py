@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -120,3 +121,23 @@ def test_an_id_names_its_draw_and_row(
 def test_any_text_is_an_unknown_id_or_a_draw(text: str) -> None:
     found = release([text], time.time())
     assert len(found.outcomes) + len(found.pending) + len(found.unknown) == 1
+
+
+def test_the_world_survives_a_restart_and_a_change_it_cannot_save_is_refused(tmp_path: Path) -> None:
+    """`make down && make up` restarts the data source: the world it had (drift, concept, delay) is
+    the one the registry's champion was trained on, so it must come back, not reset to drift 0."""
+    saved = tmp_path / "state" / "world.json"
+    first = TestClient(create_app(world_file=saved))
+    assert first.get("/world").json()["drift"] == 0.0  # a new world takes the flags' levels
+    changed = first.put("/world", json={"drift": 0.7, "concept": 0.2, "outcome_delay_seconds": 5})
+    assert changed.status_code == 200, changed.text
+    again = TestClient(create_app(drift=0.0, outcome_delay_seconds=60.0, world_file=saved))
+    assert again.get("/world").json() == {"drift": 0.7, "concept": 0.2, "outcome_delay_seconds": 5.0}
+    # A world that cannot be kept is not changed: a 503 naming the file, and the old world stays.
+    # (A file where its directory should be: permission bits would not stop root.)
+    (tmp_path / "blocked").write_text("a file, not a directory")
+    stuck = TestClient(create_app(drift=0.3, world_file=tmp_path / "blocked" / "world.json"))
+    refused = stuck.put("/world", json={"drift": 1.0})
+    assert refused.status_code == 503
+    assert "blocked/world.json cannot be written" in refused.json()["detail"]
+    assert stuck.get("/world").json()["drift"] == 0.3
