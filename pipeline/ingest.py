@@ -41,16 +41,18 @@ def ingest(
     *,
     seed: int | None = None,
     drift: float | None = None,
+    concept: float | None = None,
     source_url: str | None = None,
 ) -> IngestResult:
     """Fetch a batch from the source and append the rows the store does not hold yet.
 
-    `source_url` points the simulated source at a data-source service (other sources ignore it).
+    `source_url` points the simulated source at a data-source service (other sources ignore it);
+    `concept` (with `drift`) draws a simulated batch whose relation has moved apart from its inputs.
     """
     data = params.data
     if source_url and data.source == "simulated":
         data = data.model_copy(update={"path": source_url})
-    spec = describe_batch(data, seed, drift)
+    spec = describe_batch(data, seed, drift, concept)
     log.info("fetching batch", extra={"batch": spec})
     frame = load_batch(data, seed, spec.get("drift", drift), spec.get("concept")).reset_index(drop=True)
     raw_dir = workspace.raw_dir

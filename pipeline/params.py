@@ -102,6 +102,9 @@ class PromoteParams(_Section):
     metric: str = "auto"
     margin: Annotated[float, Field(ge=0.0)] = 0.0
     floors: dict[Task, dict[str, float]] = Field(default_factory=dict)
+    recent_rows: Annotated[int, Field(ge=1)] | None = 500
+    """Candidate and champion are compared on the holdout rows of the newest batches, whole batches
+    newest first until at least this many rows (None: the whole holdout)."""
 
     def primary_metric(self, task: Task) -> str:
         if self.metric != "auto":
@@ -160,6 +163,9 @@ class RolloutSlo(_Section):
     """The canary's share of records it failed to score may exceed the stable version's by this much."""
     max_latency_ratio: Annotated[float, Field(ge=1.0)] = 2.0
     """The canary's p95 model-call time may be at most this many times the stable version's."""
+    min_latency_increase_ms: Annotated[float, Field(ge=0.0)] = 10.0
+    """...unless it is slower by less than this: 2x of 2 ms is noise on a busy machine, 2x of 200 ms
+    is not."""
     max_psi: Annotated[float, Field(gt=0.0)] = 0.2
     """Population stability index of the canary's predictions against the stable version's."""
     max_quality_drop: Annotated[float, Field(ge=0.0)] = 0.02

@@ -11,7 +11,7 @@ import logging
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -34,7 +34,7 @@ from pipeline.registry import (
 )
 from pipeline.reports import CanarySeen, CandidateSeen, ChampionSeen, Decision, PromotionReport, Registration
 from pipeline.rollout import Terms, score_shift, shift_class, start
-from pipeline.schema import DatasetSchema
+from pipeline.schema import BATCH_COLUMN, DatasetSchema
 from pipeline.scoring import floor_failures, score
 from pipeline.serialization import load_sklearn_model
 from pipeline.settings import PipelineSettings
@@ -80,6 +80,34 @@ def decide(
         value,
         current,
     )
+
+
+def recent_holdout(test: pd.DataFrame, min_rows: int | None) -> tuple[pd.DataFrame, str]:
+    """The holdout rows candidate and champion are compared on, and those rows in words: the rows of
+    the newest batches, whole batches newest first until at least `min_rows` (None: all of them).
+
+    Why not the whole holdout: after a drift or a concept change the training window mixes the old
+    world and the new one for up to `retrain.window_batches` retrains, and so does its holdout. On it
+    the champion, which fits the old part, can beat a candidate that has learned the new part, and
+    the loop then keeps a model the world has left (seen: a concept change outlived two retrains).
+    The newest batch is the world as it is now. Both models are scored on exactly these rows.
+    """
+    whole = f"the whole holdout ({len(test)} rows)"
+    if min_rows is None or BATCH_COLUMN not in test.columns or test.empty:
+        return test, whole
+    newest_first = test[BATCH_COLUMN].value_counts().sort_index(ascending=False)
+    taken: list[int] = []
+    rows = 0
+    for batch, count in newest_first.items():
+        taken.append(int(cast("int", batch)))
+        rows += int(count)
+        if rows >= min_rows:
+            break
+    if len(taken) == len(newest_first):
+        return test, whole
+    recent = test[test[BATCH_COLUMN].isin(taken)].reset_index(drop=True)
+    batches = "batch" if len(taken) == 1 else f"{len(taken)} batches"
+    return recent, f"the holdout rows of the newest {batches} ({len(recent)} of {len(test)} rows)"
 
 
 def _champion_schema(client: MlflowClient, champion: ModelVersion) -> DatasetSchema | None:
@@ -194,14 +222,18 @@ def promote(
         return report.write(workspace.promotion_file)
 
     champion_metrics: dict[str, float] | None = None
+    candidate_metrics = entry.metrics
     champion_model: Any = None
     override = False
     if champion is not None:
         try:
             check_compatible(schema, _champion_schema(client, champion), champion, name)
-            test = pd.read_parquet(workspace.test_file)
+            test, report.compared_rows = recent_holdout(
+                pd.read_parquet(workspace.test_file), params.promote.recent_rows
+            )
             champion_model = _load_version(client, name, champion.version)
             champion_metrics = score(champion_model, test, schema)
+            candidate_metrics = score(_load_version(client, name, version), test, schema)
         except SchemaMismatch:
             if not allow_schema_change:
                 raise
@@ -209,7 +241,7 @@ def promote(
             log.warning("schema change allowed: the champion is replaced without comparison")
         report.champion = ChampionSeen(version=champion.version, metrics=champion_metrics)
 
-    decision = decide(entry.metrics, champion_metrics, metric, params.promote.margin, floors)
+    decision = decide(candidate_metrics, champion_metrics, metric, params.promote.margin, floors)
     if override and not floor_failures(entry.metrics, floors):
         decision = Decision(
             True,
@@ -228,6 +260,7 @@ def promote(
             "decision": "promoted" if decision.promote else "challenger",
             "decision_reason": decision.reason,
             "compared_on": data_version,
+            "compared_rows": report.compared_rows or "none: no champion to compare with",
             "candidate_" + metric: f"{decision.candidate:.6f}",
             "champion_" + metric: "none" if decision.champion is None else f"{decision.champion:.6f}",
             "champion_version": champion.version if champion else "none",

@@ -33,7 +33,7 @@ from pipeline.registry import (
     connect,
 )
 from pipeline.reports import RegisteredCandidate, Registration
-from pipeline.schema import DatasetSchema
+from pipeline.schema import BATCH_COLUMN, DatasetSchema
 from pipeline.scoring import best_candidate, floor_failures
 from pipeline.serialization import SKOPS, trusted_types
 from pipeline.settings import PipelineSettings
@@ -96,7 +96,7 @@ def _log_candidate(
         mlflow.log_metrics(metrics)
         for split_name, frame, context in (("train", train, "training"), ("test", test, "evaluation")):
             dataset = from_pandas(
-                frame.drop(columns="row_id"),
+                frame.drop(columns=["row_id", BATCH_COLUMN], errors="ignore"),
                 name=f"{params.model.name}-{split_name}",
                 targets=schema.target,
                 digest=data.md5.removesuffix(".dir"),

@@ -94,3 +94,5 @@ class PromotionReport(_Report):
     """Set when the winner became @canary (rollout.share > 0) instead of @champion."""
     candidates: dict[str, list[str]] | None = None
     """Each candidate's floor failures, when none was registered."""
+    compared_rows: str | None = None
+    """The holdout rows both were scored on (`promote.recent_rows`), when there was a champion."""

@@ -194,6 +194,11 @@ def with_categories(schema: DatasetSchema, frame: pd.DataFrame) -> DatasetSchema
     return schema.model_copy(update={"features": features})
 
 
+BATCH_COLUMN = "bitloop_batch"
+"""The prepared dataset's record of which raw batch (its position in the store) a row came from, so
+promotion can compare candidate and champion on the newest data; never a feature."""
+
+
 def row_ids(frame: pd.DataFrame, id_column: str | None) -> pd.Series:
     """A stable identity per row: the id column when there is one, else a hash of its cells."""
     if id_column and id_column in frame.columns:

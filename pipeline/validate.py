@@ -21,6 +21,7 @@ import pandas as pd
 from pipeline.contract import DataContract, parse_labels
 from pipeline.params import DataParams, Params, ValidateParams
 from pipeline.schema import (
+    BATCH_COLUMN,
     DatasetSchema,
     coerce,
     infer_schema,
@@ -263,7 +264,7 @@ def validate(params: Params, workspace: Workspace) -> ValidationReport:
     reports: list[BatchReport] = []
     accepted: list[pd.DataFrame] = []
     notes: list[str] = []
-    for name, raw_batch in batches:
+    for position, (name, raw_batch) in enumerate(batches):
         if name in withdrawn:
             reports.append(BatchReport(batch=name, rows=len(raw_batch), withdrawn=withdrawn[name]))
             continue
@@ -290,7 +291,7 @@ def validate(params: Params, workspace: Workspace) -> ValidationReport:
         if "row_id" not in typed.columns:  # the hash of the cells as stored, as ingest computes it
             typed["row_id"] = row_ids(raw_batch, None).loc[typed.index]
         contract = candidate.learn(name, typed)
-        accepted.append(typed)
+        accepted.append(typed.assign(**{BATCH_COLUMN: position}))
 
     window = params.retrain.window_batches
     if window is not None and len(accepted) > window:
