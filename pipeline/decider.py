@@ -52,6 +52,12 @@ log = logging.getLogger(__name__)
 
 MIN_SHIFT_ROWS = 100
 """Logged predictions each side needs before the shift of the canary's is judged."""
+CONFIDENCE = 0.95
+"""An SLO fails only when the evidence says so with this confidence: a canary is never rolled back
+for the noise of a few hundred records (a PSI a hair past its line, a quality drop within the
+spread of 300 outcomes)."""
+QUALITY_DRAWS = 100
+"""Bootstrap resamples behind the spread of a side's live quality."""
 
 Outcome = Literal["promoted", "rolled_back", "aborted"]
 ACTIONS: dict[Outcome, str] = {"promoted": "promote", "rolled_back": "rollback", "aborted": "abort"}
@@ -76,6 +82,8 @@ class Side:
     quality: float | None = None
     """Live promote.metric on its labelled predictions, from quality.min_labelled of them on."""
     labelled: int = 0
+    quality_spread: float = 0.0
+    """Standard error of `quality` (bootstrap over its labelled predictions)."""
 
     @property
     def error_ratio(self) -> float:
@@ -97,6 +105,9 @@ class Evidence:
     skipped (and say so), unreachable: they wait."""
     problems: list[str] = field(default_factory=list)
     """Evidence that could not be gathered (Prometheus unreachable, say), in words."""
+    psi_rows: tuple[int, int] | None = None
+    """The canary's and the stable side's predictions the shift was measured on (None: the shift is
+    taken as exact, with no allowance for sampling noise)."""
 
 
 @dataclass(frozen=True)
@@ -147,11 +158,18 @@ def judge(
         checks.append(Check("predictions", "pending", "too few logged predictions on either side"))
     else:
         limit = expected_psi + slo.max_psi
+        noise = 0.0 if evidence.psi_rows is None else psi_noise(*evidence.psi_rows)
+        sampled = (
+            ""
+            if evidence.psi_rows is None
+            else f", plus {noise:.3f} for the sampling noise of {evidence.psi_rows[0]} and "
+            f"{evidence.psi_rows[1]} predictions"
+        )
         detail = (
             f"PSI {evidence.psi:.3f} against the stable version's (on the holdout {expected_psi:.3f}; "
-            f"limit {limit:.3f})"
+            f"limit {limit:.3f}{sampled})"
         )
-        checks.append(Check("predictions", "fail" if evidence.psi > limit else "pass", detail))
+        checks.append(Check("predictions", "fail" if evidence.psi > limit + noise else "pass", detail))
 
     if canary.quality is None or stable.quality is None:
         checks.append(
@@ -165,11 +183,13 @@ def judge(
     else:
         better = HIGHER_IS_BETTER[evidence.metric]
         drop = stable.quality - canary.quality if better else canary.quality - stable.quality
+        spread = _one_sided_z() * math.hypot(canary.quality_spread, stable.quality_spread)
         detail = (
             f"live {evidence.metric} canary {canary.quality:.4f} vs stable {stable.quality:.4f} "
-            f"(may be worse by {slo.max_quality_drop:g})"
+            f"(may be worse by {slo.max_quality_drop:g}, plus {spread:.4f} for the sampling noise of "
+            f"{canary.labelled} and {stable.labelled} outcomes)"
         )
-        checks.append(Check("quality", "fail" if drop > slo.max_quality_drop else "pass", detail))
+        checks.append(Check("quality", "fail" if drop - spread > slo.max_quality_drop else "pass", detail))
 
     failed = [c for c in checks if c.status == "fail"]
     if failed:
@@ -211,12 +231,61 @@ def _served_checks(evidence: Evidence, slo: RolloutSlo, min_requests: int, enoug
         checks.append(Check("latency", "pending", "too few model calls timed on either side"))
     else:
         ratio = canary.p95_seconds / stable.p95_seconds if stable.p95_seconds > 0 else math.inf
+        slower_ms = (canary.p95_seconds - stable.p95_seconds) * 1000
         detail = (
             f"p95 canary {canary.p95_seconds * 1000:.2f} ms vs stable {stable.p95_seconds * 1000:.2f} ms "
-            f"({ratio:.2f}x, limit {slo.max_latency_ratio:g}x)"
+            f"({ratio:.2f}x, limit {slo.max_latency_ratio:g}x once slower by "
+            f"{slo.min_latency_increase_ms:g} ms or more)"
         )
-        checks.append(Check("latency", "fail" if ratio > slo.max_latency_ratio else "pass", detail))
+        slow = ratio > slo.max_latency_ratio and slower_ms >= slo.min_latency_increase_ms
+        checks.append(Check("latency", "fail" if slow else "pass", detail))
     return checks
+
+
+def _one_sided_z() -> float:
+    from scipy.stats import norm
+
+    return float(norm.ppf(CONFIDENCE))
+
+
+def psi_noise(rows: int, base_rows: int) -> float:
+    """How large the PSI of two samples of one distribution gets by chance (CONFIDENCE quantile).
+
+    Over k bins, PSI ~ (1/n + 1/m) * chi-squared(k - 1) for samples of n and m drawn from the same
+    distribution (PSI is the symmetric KL divergence, whose small-difference form is Pearson's
+    statistic); checked against simulation in tests/pipeline/test_rollout.py. Without rows: no bound.
+    """
+    from scipy.stats import chi2
+
+    from pipeline.rollout import PSI_BINS
+
+    if min(rows, base_rows) <= 0:
+        return math.inf
+    return float(chi2.ppf(CONFIDENCE, PSI_BINS - 1)) * (1 / rows + 1 / base_rows)
+
+
+def quality_spread(rows: list[LoggedPrediction], task: str, classes: list[Any], metric: str) -> float:
+    """Standard error of live `metric` over these predictions' outcomes: bootstrap over the
+    labelled rows (seeded, so a decision is repeatable); 0 with fewer than two."""
+    from pipeline.quality import outcome_arrays
+    from pipeline.scoring import task_metrics
+
+    labelled = [r for r in rows if r.labelled]
+    arrays = outcome_arrays(labelled, task, classes)
+    if len(labelled) < 2 or arrays is None:
+        return 0.0
+    y, predicted, proba = arrays
+    names = [str(c) for c in classes] if proba is not None else None
+    rng = np.random.default_rng(0)
+    values = []
+    for _ in range(QUALITY_DRAWS):
+        drawn = rng.integers(0, len(labelled), len(labelled))
+        value = task_metrics(
+            task, y[drawn], predicted[drawn], None if proba is None else proba[drawn], names, only=metric
+        )[metric]
+        if math.isfinite(value):
+            values.append(value)
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 def prediction_shift(
@@ -330,12 +399,19 @@ def gather(
             p95_seconds=p95,
             quality=None if found is None else found.realized.get(metric),
             labelled=0 if found is None else found.labelled,
+            quality_spread=(
+                0.0
+                if found is None or metric not in found.realized
+                else quality_spread(rows_of[variant], schema.task, list(schema.classes), metric)
+            ),
         )
 
+    rows_of = {"canary": canary_rows, "champion": stable_rows}
     return Evidence(
         canary=side("canary", rollout.version),
         stable=side("champion", rollout.stable),
         psi=prediction_shift(stable_rows, canary_rows, schema.task),
+        psi_rows=(len(canary_rows), len(stable_rows)),
         elapsed_seconds=elapsed,
         metric=metric,
         timed=timed,

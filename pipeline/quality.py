@@ -181,18 +181,8 @@ def _group_quality(
         scored = [r for r in rows if r.probabilities is not None]
         if len(scored) >= min_labelled:
             estimated = estimate([r.prediction for r in scored], _matrix(scored, classes), classes)
-        if len(labelled) >= min_labelled and all(r.probabilities is not None for r in labelled):
-            realized = task_metrics(
-                task,
-                [str(r.outcome) for r in labelled],
-                [str(r.prediction) for r in labelled],
-                _matrix(labelled, classes),
-                [str(c) for c in classes],
-            )
-    elif len(labelled) >= min_labelled:
-        realized = task_metrics(
-            task, [float(r.outcome) for r in labelled], [float(r.prediction) for r in labelled]
-        )
+    if len(labelled) >= min_labelled:
+        realized = realized_metrics(labelled, task, classes)
     return VersionQuality(
         version=version,
         variant=variant,
@@ -204,6 +194,40 @@ def _group_quality(
         estimated={k: v for k, v in estimated.items() if np.isfinite(v)},
         holdout={},
         breaches=[],
+    )
+
+
+def realized_metrics(
+    labelled: list[LoggedPrediction], task: str, classes: list[Any], only: str | None = None
+) -> dict[str, float]:
+    """The task's metrics (or `only` one) of labelled predictions against their outcomes; none for a
+    classifier whose rows lack probabilities."""
+    arrays = outcome_arrays(labelled, task, classes)
+    if arrays is None:
+        return {}
+    y, predicted, proba = arrays
+    return task_metrics(
+        task, y, predicted, proba, [str(c) for c in classes] if proba is not None else None, only
+    )
+
+
+def outcome_arrays(
+    labelled: list[LoggedPrediction], task: str, classes: list[Any]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+    """Outcomes, predictions and (classification) probabilities as arrays, classes as text; None for
+    a classifier whose rows lack probabilities."""
+    if task == "classification":
+        if not all(r.probabilities is not None for r in labelled):
+            return None
+        return (
+            np.array([str(r.outcome) for r in labelled], dtype=object),
+            np.array([str(r.prediction) for r in labelled], dtype=object),
+            _matrix(labelled, classes),
+        )
+    return (
+        np.array([float(r.outcome) for r in labelled]),
+        np.array([float(r.prediction) for r in labelled]),
+        None,
     )
 
 

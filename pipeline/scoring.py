@@ -6,7 +6,7 @@ candidate and the champion, so a promotion compares like with like.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,21 +36,33 @@ def task_metrics(
     predicted: Sequence[Any] | np.ndarray,
     proba: np.ndarray | None = None,
     classes: list[Any] | None = None,
+    only: str | None = None,
 ) -> dict[str, float]:
     """The task's metrics of predictions against true values: a holdout's (`score`) or live
-    outcomes' (`pipeline.quality`). Classification needs the probabilities, one column per class."""
+    outcomes' (`pipeline.quality`). Classification needs the probabilities, one column per class.
+    `only` computes that one metric (a bootstrap draws it hundreds of times)."""
     if task == "regression":
-        return {
-            "rmse": float(np.sqrt(skm.mean_squared_error(y, predicted))),
-            "mae": float(skm.mean_absolute_error(y, predicted)),
-            "r2": float(skm.r2_score(y, predicted)) if len(y) > 1 else float("nan"),
+        regression: dict[str, Callable[[], float]] = {
+            "rmse": lambda: float(np.sqrt(skm.mean_squared_error(y, predicted))),
+            "mae": lambda: float(skm.mean_absolute_error(y, predicted)),
+            "r2": lambda: float(skm.r2_score(y, predicted)) if len(y) > 1 else float("nan"),
         }
+        return {k: f() for k, f in regression.items() if only in (None, k)}
     if proba is None or classes is None:
         raise ValueError("classification metrics need the probabilities and the classes")
     binary = len(classes) == 2
-    result = {
-        "accuracy": float(skm.accuracy_score(y, predicted)),
-        "f1": float(
+    given = proba
+
+    def roc_auc() -> float:
+        if len(set(np.asarray(y).tolist())) < 2:
+            return float("nan")
+        if binary:
+            return float(skm.roc_auc_score(y, given[:, 1]))
+        return float(skm.roc_auc_score(y, given, multi_class="ovr", average="macro", labels=classes))
+
+    classification: dict[str, Callable[[], float]] = {
+        "accuracy": lambda: float(skm.accuracy_score(y, predicted)),
+        "f1": lambda: float(
             skm.f1_score(
                 y,
                 predicted,
@@ -59,17 +71,10 @@ def task_metrics(
                 zero_division=0.0,
             )
         ),
-        "log_loss": float(skm.log_loss(y, proba, labels=classes)),
+        "log_loss": lambda: float(skm.log_loss(y, given, labels=classes)),
+        "roc_auc": roc_auc,
     }
-    if len(set(np.asarray(y).tolist())) < 2:
-        result["roc_auc"] = float("nan")
-    elif binary:
-        result["roc_auc"] = float(skm.roc_auc_score(y, proba[:, 1]))
-    else:
-        result["roc_auc"] = float(
-            skm.roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=classes)
-        )
-    return result
+    return {k: f() for k, f in classification.items() if only in (None, k)}
 
 
 def best_candidate(candidates: dict[str, dict[str, float]], metric: str) -> str:

@@ -1,9 +1,10 @@
 """Canary rollouts under load: two model-server replicas, a real MLflow and Prometheus, the decider
 judging on what Prometheus scraped (`make test-rollout`).
 
-A good candidate is promoted through its canary with no failed request; one that raises on a slice
-of inputs, one many times slower, and one whose predictions are shifted are each rolled back with
-the reason recorded, and no client request fails; a replica restarted mid-rollout serves the same
+A good candidate is promoted through its canary with no failed request, its live quality judged on
+the outcomes sent as it runs; one that raises on a slice of inputs, one many times slower, one whose
+predictions are shifted and one whose live outcomes show it worse are each rolled back with the
+reason recorded, and no client request fails; a replica restarted mid-rollout serves the same
 split; with MLflow down the split stays as it was and /ready says so.
 """
 
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -32,8 +34,9 @@ from sklearn.pipeline import Pipeline
 
 from pipeline.decider import decide
 from pipeline.params import Params, parse_params
-from pipeline.rollout import Terms, start
+from pipeline.rollout import Terms, score_shift, shift_class, start
 from pipeline.settings import PipelineSettings
+from pipeline.sources.simulated import churn_probability
 from tests.api.conftest import Trained, holdout_records, train_model
 from tests.api.test_canary import blind, linear
 from tests.api.test_faults import metric, register_version
@@ -152,6 +155,8 @@ class Load:
         self.replicas = live.replicas
         self.entities = entities
         self.answers: list[tuple[str, int, str | None, str | None]] = []
+        self.answered: list[tuple[str, int]] = []
+        """(request id, record index) of every answered request, for its outcome."""
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(6)]
 
@@ -161,14 +166,15 @@ class Load:
             while not self._stop.is_set():
                 entity = f"e{rng.randrange(self.entities)}"
                 base = self.replicas[rng.randrange(len(self.replicas))]
+                index = rng.randrange(300)
                 try:
-                    answer = client.post(
-                        f"{base}/predict", params={"id": entity}, json=self.records[rng.randrange(300)]
-                    )
+                    answer = client.post(f"{base}/predict", params={"id": entity}, json=self.records[index])
                     body = answer.json() if answer.status_code == 200 else {}
                     self.answers.append(
                         (entity, answer.status_code, body.get("variant"), body.get("model_version"))
                     )
+                    if answer.status_code == 200:
+                        self.answered.append((body["request_id"], index))
                 except httpx.HTTPError as err:
                     self.answers.append((entity, 0, type(err).__name__, None))
 
@@ -186,18 +192,43 @@ class Load:
         return [a for a in self.answers if a[1] != 200]
 
 
+def send_outcomes(live: Stack, load: Load, sent: int) -> int:
+    """Tell a replica the true outcome of every request answered since the first `sent`; returns how
+    many have been sent now. The outcomes are the holdout's labels of the records the clients sent."""
+    labels = pd.read_parquet(live.trained.workspace.test_file)[live.trained.schema.target].head(300)
+    answered = list(load.answered)
+    for begin in range(sent, len(answered), 500):
+        items = [
+            {"request_id": request, "outcome": labels.iloc[index].item()}
+            for request, index in answered[begin : begin + 500]
+        ]
+        answer = httpx.post(f"{live.replicas[0]}/feedback", json={"outcomes": items}, timeout=30)
+        assert answer.status_code == 200, answer.text
+    return len(answered)
+
+
 def roll_out(
-    live: Stack, candidate: str, share: float = 0.5, timeout: float = 120.0
+    live: Stack,
+    candidate: str,
+    share: float = 0.5,
+    timeout: float = 120.0,
+    expected_psi: float = 0.0,
+    outcomes: bool = False,
 ) -> tuple[dict[str, Any], Load]:
-    """Start a rollout of `candidate`, load both replicas, and run the decider until it decides."""
+    """Start a rollout of `candidate`, load both replicas, and run the decider until it decides; with
+    `outcomes`, every answer's true outcome reaches /feedback before each decision."""
     client = MlflowClient(live.uri)
     client.set_registered_model_alias(NAME, "champion", live.stable)
-    start(client, NAME, candidate, live.stable, Terms(share, 300, 10.0))
+    start(client, NAME, candidate, live.stable, Terms(share, 300, 10.0, expected_psi=expected_psi))
     params, settings = live.params(), live.settings()
     deadline = time.monotonic() + timeout
+    sent = 0
     with Load(live) as load:
         while True:
             time.sleep(2.0)
+            if outcomes:
+                sent = send_outcomes(live, load, sent)
+                time.sleep(0.2)  # the log's flush interval: the outcomes are stored
             verdict = decide(params, settings, str(live.log))
             if verdict["action"] != "wait":
                 break
@@ -206,14 +237,45 @@ def roll_out(
 
 
 def test_a_good_candidate_is_promoted_through_its_canary_with_no_failed_request(live: Stack) -> None:
+    """Outcomes arrive for both sides as it runs: the canary's live quality is judged, and holds."""
     good = live.register(linear(live.trained))
-    verdict, load = roll_out(live, good)
+    verdict, load = roll_out(live, good, outcomes=True)
     assert verdict["action"] == "promote", verdict
     assert load.failed() == []
     assert {(v, ver) for _, _, v, ver in load.answers} == {("champion", live.stable), ("canary", good)}
     checks = {c["slo"]: c["status"] for c in verdict["checks"]}
-    assert checks == {"errors": "pass", "latency": "pass", "predictions": "pass", "quality": "skipped"}
+    assert checks == {"errors": "pass", "latency": "pass", "predictions": "pass", "quality": "pass"}
     assert MlflowClient(live.uri).get_model_version_by_alias(NAME, "champion").version == good
+
+
+def wrong_world(trained: Trained) -> Pipeline:
+    """The linear candidate fitted on labels of another concept (the simulator's turned relation):
+    its predictions look much like the stable version's, its ranking of these customers is worse."""
+    train = pd.read_parquet(trained.workspace.train_file)
+    features = train[trained.schema.feature_names]
+    complete = features.fillna(features[list(trained.schema.numeric)].median())
+    rng = np.random.default_rng(3)
+    target = trained.schema.target
+    turned = pd.Series(rng.random(len(train)) < churn_probability(complete, 1.0), index=train.index)
+    return linear(trained, train.assign(**{target: turned.astype(train[target].dtype)}))
+
+
+def test_a_candidate_worse_on_live_outcomes_is_rolled_back_for_its_quality(live: Stack) -> None:
+    """The shift its predictions showed on the holdout is allowed (as promote would record it), so
+    only the outcomes can tell: its live ROC AUC falls short of the stable version's."""
+    model = wrong_world(live.trained)
+    test = pd.read_parquet(live.trained.workspace.test_file)[live.trained.schema.feature_names]
+    classes = [str(c) for c in model.classes_]
+    column = classes.index(shift_class(classes))
+    expected = score_shift(
+        linear(live.trained).predict_proba(test)[:, column], model.predict_proba(test)[:, column]
+    )
+    bad = live.register(model)
+    verdict, load = roll_out(live, bad, expected_psi=expected, outcomes=True)
+    assert verdict["action"] == "rollback", (verdict["reason"], verdict["checks"])
+    assert verdict["reason"].startswith("quality SLO failed"), verdict["reason"]
+    assert load.failed() == []
+    assert MlflowClient(live.uri).get_model_version_by_alias(NAME, "champion").version == live.stable
 
 
 def candidates(live: Stack) -> dict[str, Pipeline]:
