@@ -33,6 +33,7 @@ from ops.local.drift_demo import (
     asset_triggered_run,
     fetch,
     follow_training,
+    restore_world,
     send_traffic,
     serve_new_champion,
     start_held_back_run,
@@ -116,7 +117,8 @@ def main() -> int:
     key = os.environ.get("BITLOOP_API_API_KEY")
     retrains = 0
     with httpx.Client(timeout=60, headers={"X-API-Key": key} if key else {}) as client:
-        world = fetch(client, "GET", f"{source}/world").json()
+        model = fetch(client, "GET", f"{api}/model").json()["name"]
+        world = restore_world(client, source, model, started)
         concept = world["drift"] if world["concept"] is None else world["concept"]
         target = 0.0 if concept >= 0.5 else 1.0
         change = {"concept": target, "outcome_delay_seconds": args.delay}
@@ -137,16 +139,26 @@ def main() -> int:
                     f"(share {report['drift_share']:.0%})",
                 )
                 if not quality_round(client, airflow, settings, args.delay, deadline, started):
+                    if retrains == 0:
+                        raise SystemExit(
+                            f"version {served}'s live quality held after the concept moved to {target:g}: "
+                            "the champion already fits that concept, so the loop had nothing to do "
+                            "(see `GET /world`)"
+                        )
                     step(
                         started,
                         f"restored: version {served}'s live quality holds after {retrains} "
                         f"retrain{'s' if retrains != 1 else ''} (training window: {window} batches)",
                     )
                     break
+                # The bound is checked on the evidence: the round has just judged the last retrain.
+                if window is not None and retrains >= window:
+                    raise SystemExit(
+                        f"live quality still falls after {retrains} retrains with a {window}-batch window "
+                        f"(version {served} served)"
+                    )
                 retrains += 1
                 serve_new_champion(client, airflow, source, api, served, args.rows, deadline, started)
-                if window is not None and retrains > window:
-                    raise SystemExit(f"live quality still falls after {retrains} retrains")
     print(
         "\nWhere to look:\n"
         f"  API         {api}/performance  (live, holdout and estimated quality per version)\n"

@@ -53,6 +53,46 @@ def fetch(client: httpx.Client, method: str, url: str, **kwargs: Any) -> Any:
     return answer
 
 
+def last_drawn_world(model: str) -> dict[str, float] | None:
+    """The world the raw store's newest batch was drawn from (drift, and concept when it was moved
+    apart): the world the loop last trained on. None without a simulated batch."""
+    from pipeline.store import read_manifest
+    from pipeline.workspace import Workspace
+
+    batches = read_manifest(Workspace(PARAMS.parent, model).raw_dir)
+    drawn = [b["source"] for b in batches if b.get("source", {}).get("source") == "simulated"]
+    if not drawn:
+        return None
+    newest = drawn[-1]
+    concept = newest.get("concept")
+    return {
+        "drift": float(newest["drift"]),
+        "concept": float(newest["drift"] if concept is None else concept),
+    }
+
+
+def restore_world(client: httpx.Client, source: str, model: str, started: float) -> dict[str, Any]:
+    """The data source's world, set back to the one the loop last trained on when it differs: a demo
+    that moved a world the champion never saw would report a loop that never had to act.
+
+    The local stack keeps the world across restarts (`--world-file`); it can still differ after a
+    `PUT /world` by hand or a stack started before it kept it."""
+    world: dict[str, Any] = fetch(client, "GET", f"{source}/world").json()
+    concept = world["drift"] if world["concept"] is None else world["concept"]
+    trained = last_drawn_world(model)
+    if trained is None or (world["drift"], concept) == (trained["drift"], trained["concept"]):
+        return world
+    step(
+        started,
+        f"the data source's world (drift {world['drift']:g}, concept {concept:g}) is not the one the "
+        f"newest training batch came from (drift {trained['drift']:g}, concept {trained['concept']:g}): "
+        "setting it back before the demo moves it",
+    )
+    restored = {"drift": trained["drift"], "concept": trained["concept"]}
+    result: dict[str, Any] = fetch(client, "PUT", f"{source}/world", json=restored).json()
+    return result
+
+
 def send_traffic(client: httpx.Client, source: str, api: str, rows: int, started: float) -> None:
     """Customers from the (drifted) world, scored by the model server in batches of 500 with their
     ids, so the ground_truth DAG can bring their outcomes back later."""
@@ -205,7 +245,12 @@ def retrain_round(
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="make drift-demo", description=__doc__)
-    parser.add_argument("--drift", type=float, default=1.0, help="the world's new drift level (0-1)")
+    parser.add_argument(
+        "--drift",
+        type=float,
+        default=1.0,
+        help="the world's new drift level (0-1); when the world is there already, it drifts back to 1 - this",
+    )
     parser.add_argument("--rows", type=int, default=3000, help="drifted rows of live traffic per round")
     parser.add_argument("--timeout", type=float, default=1500.0, help="seconds to wait for the whole loop")
     args = parser.parse_args()
@@ -220,23 +265,34 @@ def main() -> int:
     with httpx.Client(timeout=60, headers={"X-API-Key": key} if key else {}) as client:
         before = fetch(client, "GET", f"{api}/model").json()
         step(started, f"serving {before['name']} version {before['version']}")
-        fetch(client, "PUT", f"{source}/world", json={"drift": args.drift})
-        step(started, f"the data source's world drifted to {args.drift}")
+        world = restore_world(client, source, before["name"], started)
+        target = args.drift if abs(world["drift"] - args.drift) > 1e-9 else 1.0 - args.drift
+        fetch(client, "PUT", f"{source}/world", json={"drift": target})
+        step(started, f"the data source's world drifted from {world['drift']:g} to {target:g}")
         with airflow_client(settings) as airflow:
             while True:
                 send_traffic(client, source, api, args.rows, started)
                 served = fetch(client, "GET", f"{api}/model").json()["version"]
                 if not retrain_round(client, airflow, settings, before["name"], deadline, started):
+                    if retrains == 0:
+                        raise SystemExit(
+                            f"drift_monitor found no drift after the world moved to {target:g}: the champion "
+                            "already fits that world, so the loop had nothing to do (see `GET /world`)"
+                        )
                     step(
                         started,
                         f"converged: drift_monitor is quiet against version {served} after {retrains} "
                         f"retrain{'s' if retrains != 1 else ''} (training window: {window} batches)",
                     )
                     break
+                # The bound is checked on the evidence: the monitor has just judged the last retrain.
+                if window is not None and retrains >= window:
+                    raise SystemExit(
+                        f"still drifting after {retrains} retrains with a {window}-batch window "
+                        f"(version {served} served)"
+                    )
                 retrains += 1
                 serve_new_champion(client, airflow, source, api, served, args.rows, deadline, started)
-                if window is not None and retrains > window:
-                    raise SystemExit(f"still drifting after {retrains} retrains with a {window}-batch window")
     print(
         "\nWhere to look:\n"
         f"  Prometheus  http://127.0.0.1:{settings.prometheus_port}/graph?g0.expr=bitloop_drift_score"
@@ -245,8 +301,9 @@ def main() -> int:
         f"  MLflow      http://127.0.0.1:{settings.mlflow_port}  experiments "
         f"'{before['name']}-monitoring' (drift reports) and '{before['name']}' (training)\n"
         f"  API         {api}/drift  (the sliding window now compares with the new champion)\n"
-        f"The data source stays drifted; `curl -X PUT {source}/world -H 'content-type: application/json' "
-        "-d '{\"drift\": 0}'` restores it.",
+        f"The data source stays drifted (and stays so across `make down && make up`); `curl -X PUT "
+        f"{source}/world -H 'content-type: application/json' -d '{{\"drift\": {world['drift']:g}}}'` "
+        "moves it back.",
         flush=True,
     )
     return 0
