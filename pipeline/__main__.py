@@ -122,7 +122,7 @@ def _quality(args: argparse.Namespace, ctx: Context) -> int:
 def _retrain_gate(args: argparse.Namespace, ctx: Context) -> int:
     from pipeline.policy import gate
 
-    return _show(gate(ctx.params, ctx.settings, args.signal))
+    return _show(gate(ctx.params, ctx.settings, args.signal, prediction_log=_log_location(args.log, ctx)))
 
 
 def _log_location(given: str | None, ctx: Context) -> str:
@@ -270,6 +270,7 @@ def _parser() -> argparse.ArgumentParser:
     quality.add_argument("--log", help="the prediction log (as for drift)")
     gate = command("retrain-gate", _retrain_gate, "whether a signal may start training now (retrain policy)")
     gate.add_argument("--signal", required=True, choices=("drift", "quality", "schedule"))
+    gate.add_argument("--log", help="the prediction log that holds the retraining claim (as for drift)")
     command("datasets", _datasets, "every model's workspace with its dataset version")
     batches = sub.add_parser("batches", help="list the raw store's batches, or withdraw a bad one")
     action = batches.add_subparsers(dest="action", required=True, metavar="action")

@@ -3,7 +3,9 @@
 A signal starts training only when `retrain.triggers` lists it, and a drift or quality signal only
 when no such signal started one in the last `retrain.cooldown_hours`. The last one is a tag of the
 registered model (`bitloop.retrain.last_trigger`), so every worker and DAG sees the same, and a
-signal that finds no champion starts nothing (there is nothing to retrain from).
+signal that finds no champion starts nothing (there is nothing to retrain from). MLflow tags have
+no compare-and-set, so the claim itself is a row in the prediction log that every monitor already
+shares (`PredictionStore.claim_retrain`): of two signals at once, one starts training.
 `python -m pipeline retrain-gate --signal drift` is the DAGs' call.
 """
 
@@ -33,10 +35,17 @@ def _last_trigger(tags: dict[str, str]) -> dict[str, Any] | None:
 
 
 def gate(
-    params: Params, settings: PipelineSettings, signal: Signal, now: datetime | None = None
+    params: Params,
+    settings: PipelineSettings,
+    signal: Signal,
+    now: datetime | None = None,
+    prediction_log: str | None = None,
 ) -> dict[str, Any]:
     """Whether `signal` may start training now, and why; an allowed drift or quality signal is
-    recorded as the last trigger."""
+    claimed in the prediction log (`prediction_log`, default the setting), atomically, and recorded as the
+    last trigger on the registered model."""
+    from pipeline.predictions import open_store
+
     now = now or datetime.now(UTC)
     policy = params.retrain
     if signal not in policy.triggers:
@@ -57,6 +66,21 @@ def gate(
             "reason": (
                 f"cooling down: {last['signal']} started training at {last['at']}; the next triggered run "
                 f"may start at {until.isoformat()} (retrain.cooldown_hours={policy.cooldown_hours:g})"
+            ),
+        }
+    store = open_store(prediction_log or settings.prediction_log_url)
+    try:
+        holder = store.claim_retrain(name, signal, now.timestamp(), cooldown.total_seconds())
+    finally:
+        store.close()
+    if holder is not None:  # another monitor claimed it between our read and now
+        claimed_at = datetime.fromtimestamp(holder[1], UTC)
+        return {
+            "retrain": False,
+            "signal": signal,
+            "reason": (
+                f"cooling down: {holder[0]} claimed training at {claimed_at.isoformat()} "
+                f"(retrain.cooldown_hours={policy.cooldown_hours:g})"
             ),
         }
     client.set_registered_model_tag(

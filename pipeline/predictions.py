@@ -106,6 +106,18 @@ MIGRATIONS = (
             "CREATE INDEX IF NOT EXISTS outcomes_received ON outcomes (received_at)",
         ),
     ),
+    Migration(
+        4,
+        "each model's last retraining claim, taken atomically so that two monitors never both start one",
+        sqlite=(
+            "CREATE TABLE IF NOT EXISTS bitloop_retrain_claims (model_name TEXT PRIMARY KEY, "
+            "signal TEXT NOT NULL, claimed_at REAL NOT NULL)",
+        ),
+        postgres=(
+            "CREATE TABLE IF NOT EXISTS bitloop_retrain_claims (model_name TEXT PRIMARY KEY, "
+            "signal TEXT NOT NULL, claimed_at DOUBLE PRECISION NOT NULL)",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -402,6 +414,35 @@ class PredictionStore(ABC):
         ).fetchall()
         self.rollback()
         return list(dict.fromkeys(str(r[0]) for r in found))
+
+    def claim_retrain(
+        self, model_name: str, signal: str, now: float, cooldown_seconds: float
+    ) -> tuple[str, float] | None:
+        """Claim the model's retraining for `signal` unless another claim is younger than the
+        cooldown; None when claimed, else the (signal, Unix time) of the claim that holds.
+
+        One statement, so it is atomic on both stores: SQLite takes its write lock for it, and
+        PostgreSQL re-checks the condition on the row a concurrent claim just updated. Two monitors
+        that find drift together start one run between them."""
+        try:
+            claimed = self._execute(
+                "INSERT INTO bitloop_retrain_claims (model_name, signal, claimed_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (model_name) DO UPDATE SET signal = excluded.signal, "
+                "claimed_at = excluded.claimed_at WHERE bitloop_retrain_claims.claimed_at <= ?",
+                (model_name, signal, now, now - cooldown_seconds),
+            ).rowcount
+            holder = None
+            if not claimed:
+                found = self._execute(
+                    "SELECT signal, claimed_at FROM bitloop_retrain_claims WHERE model_name = ?",
+                    (model_name,),
+                ).fetchone()
+                holder = (str(found[0]), float(found[1]))
+            self.commit()
+        except BaseException:
+            self.rollback()
+            raise
+        return holder
 
     def count(self) -> int:
         total = int(self._execute("SELECT COUNT(*) FROM predictions").fetchone()[0])

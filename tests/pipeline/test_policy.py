@@ -3,12 +3,15 @@ retrain.triggers, at most once per cooldown across drift and quality, never with
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from pipeline.params import parse_params
 from pipeline.policy import gate
+from pipeline.predictions import open_store
 from pipeline.settings import PipelineSettings
 from tests.api.conftest import Trained, train_model
 from tests.factories import light_params
@@ -22,9 +25,13 @@ def model(tmp_path_factory: pytest.TempPathFactory, mlflow_uri: str) -> Trained:
     return train_model(tmp_path_factory.mktemp("policy-project"), mlflow_uri, "policy-churn")
 
 
-def test_one_triggered_run_per_cooldown_across_signals(model: Trained, mlflow_uri: str) -> None:
+def test_one_triggered_run_per_cooldown_across_signals(
+    model: Trained, mlflow_uri: str, tmp_path: Path
+) -> None:
     params = parse_params(light_params(model={"name": model.name}, retrain={"cooldown_hours": 1}))
-    settings = PipelineSettings(mlflow_tracking_uri=mlflow_uri)
+    settings = PipelineSettings(
+        mlflow_tracking_uri=mlflow_uri, prediction_log_url=str(tmp_path / "log.sqlite")
+    )
     first = gate(params, settings, "drift", START)
     assert first["retrain"] is True
     held = gate(params, settings, "quality", START + timedelta(minutes=59))
@@ -38,9 +45,13 @@ def test_one_triggered_run_per_cooldown_across_signals(model: Trained, mlflow_ur
     )  # its own period
 
 
-def test_signals_left_out_of_the_triggers_never_start_training(model: Trained, mlflow_uri: str) -> None:
+def test_signals_left_out_of_the_triggers_never_start_training(
+    model: Trained, mlflow_uri: str, tmp_path: Path
+) -> None:
     params = parse_params(light_params(model={"name": model.name}, retrain={"triggers": ["quality"]}))
-    settings = PipelineSettings(mlflow_tracking_uri=mlflow_uri)
+    settings = PipelineSettings(
+        mlflow_tracking_uri=mlflow_uri, prediction_log_url=str(tmp_path / "log.sqlite")
+    )
     for signal in ("drift", "schedule"):
         verdict = gate(params, settings, signal, START)
         assert verdict == {
@@ -60,3 +71,39 @@ def test_no_champion_no_retraining(mlflow_uri: str) -> None:
 def test_the_policy_refuses_unknown_triggers() -> None:
     with pytest.raises(ValueError, match=r"retrain\.triggers"):
         parse_params(light_params(retrain={"triggers": ["drift", "moon"]}))
+
+
+def test_of_many_claims_at_once_exactly_one_wins_on_both_stores(log_url: str) -> None:
+    """Eight monitors find drift at the same moment: the claim is one atomic statement, so one of
+    them starts training and the other seven are told who holds it."""
+    now = START.timestamp()
+    barrier = threading.Barrier(8)
+    results: list[tuple[str, float] | Exception | None] = []
+
+    def claim(index: int) -> None:
+        store = open_store(log_url)
+        try:
+            barrier.wait()
+            results.append(store.claim_retrain("claimed-churn", f"drift-{index}", now, 3600.0))
+        except Exception as err:  # collected: an assert in a thread would not fail the test
+            results.append(err)
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert [r for r in results if isinstance(r, Exception)] == []
+    assert results.count(None) == 1
+    holders = {r for r in results if isinstance(r, tuple)}
+    assert len(holders) == 1  # every loser names the one claim that holds
+    assert next(iter(holders))[1] == now
+    store = open_store(log_url)
+    try:  # within the cooldown no one claims; once it has passed, the next one does
+        assert store.claim_retrain("claimed-churn", "quality", now + 3599.0, 3600.0) is not None
+        assert store.claim_retrain("claimed-churn", "quality", now + 3600.0, 3600.0) is None
+        assert store.claim_retrain("other-model", "drift", now, 3600.0) is None  # models apart
+    finally:
+        store.close()
