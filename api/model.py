@@ -16,9 +16,18 @@ import pandas as pd
 from pydantic import BaseModel
 
 from api.schemas import build_batch_model, build_record_model
+from pipeline.calibration import Calibration
 from pipeline.compiled import ONNX_RUNTIME, SKLEARN_RUNTIME, Compilation, CompiledModel
 from pipeline.profile import ReferenceProfile
-from pipeline.registry import COMPILED_ARTIFACT, Tags, download_model, run_file, run_profile, run_schema
+from pipeline.registry import (
+    COMPILED_ARTIFACT,
+    Tags,
+    download_model,
+    run_calibration,
+    run_file,
+    run_profile,
+    run_schema,
+)
 from pipeline.schema import DatasetSchema
 from pipeline.serialization import UntrustedModel, load_sklearn_model
 
@@ -91,6 +100,9 @@ class ServedModel:
     compiled: CompiledModel | None = None
     """The ONNX graph that answers instead of `estimator`, when the version passed its parity checks."""
     runtime_detail: str = "scikit-learn"
+    calibration: Calibration | None = None
+    """A classifier's calibration map from its holdout, which corrects the probabilities the quality
+    estimate reads (None: a regressor, or a version logged before calibration maps)."""
 
     @property
     def runtime(self) -> str:
@@ -250,6 +262,7 @@ def load_version(
             example = _input_example(str(local))
         schema = run_schema(client, mv.run_id)
         profile = _reference_profile(client, mv.run_id)
+        calibration = _calibration(client, mv.run_id) if schema.task == "classification" else None
         metrics = dict(client.get_run(mv.run_id).data.metrics)
     except ModelLoadError:
         raise
@@ -272,6 +285,7 @@ def load_version(
         record_model=record,
         batch_model=build_batch_model(record, max_rows),
         profile=profile,
+        calibration=calibration,
     )
     model.check(example)
     _attach_compiled(model, client, Compilation.from_tags(dict(mv.tags)), runtime, example)
@@ -346,6 +360,17 @@ def _input_example(model_dir: str) -> pd.DataFrame | None:
         log.warning("the model's input example cannot be read", extra={"error": str(err)[:300]})
         return None
     return example if isinstance(example, pd.DataFrame) else None
+
+
+def _calibration(client: Any, run_id: str) -> Calibration | None:
+    """The run's calibration map; a version without one is estimated from its raw probabilities."""
+    try:
+        return run_calibration(client, run_id)
+    except Exception as err:  # MLflow raises several types for a missing artifact
+        log.info(
+            "no calibration map: the quality estimate reads raw probabilities", extra={"error": str(err)}
+        )
+        return None
 
 
 def _reference_profile(client: Any, run_id: str) -> ReferenceProfile | None:

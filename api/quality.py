@@ -64,6 +64,7 @@ class QualityWatcher:
         )
         schema = champion.schema
         holdouts = {m.version: m.metrics for m in served.values() if m is not None}
+        calibrations = {m.version: m.calibration for m in served.values() if m is not None and m.calibration}
         report = QualityReport(
             model_name=champion.name,
             task=schema.task,
@@ -72,7 +73,9 @@ class QualityWatcher:
             window_seconds=self.settings.quality_window_seconds,
             max_rows=self.quality.max_rows,
             min_labelled=self.quality.min_labelled,
-            versions=evaluate(rows, schema.task, list(schema.classes), self.quality, self.promote, holdouts),
+            versions=evaluate(
+                rows, schema.task, list(schema.classes), self.quality, self.promote, holdouts, calibrations
+            ),
         )
         self._publish(report, served, now)
         self.last = report

@@ -16,6 +16,7 @@ from sklearn.inspection import permutation_importance
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
+from pipeline.calibration import CALIBRATION_FILE, fit_calibration
 from pipeline.candidates import load_candidate
 from pipeline.params import Params
 from pipeline.schema import DatasetSchema
@@ -101,6 +102,11 @@ def evaluate(params: Params, workspace: Workspace) -> dict[str, Any]:
         plot_importance(importance, out / "feature_importance.png")
         write_json(out / "feature_importance.json", importance)
         write_json(out / "metrics.json", results[name])
+        if schema.task == "classification":  # logged with the version: corrects its estimate later
+            with threadpool_limits(limits=1):
+                proba = model.predict_proba(test[schema.feature_names])
+            calibration = fit_calibration(test[schema.target], proba, list(model.classes_))
+            write_json(out / CALIBRATION_FILE, calibration.model_dump(mode="json"))
         log.info("evaluated candidate", extra={"candidate": name, primary: results[name][primary]})
     best = best_candidate(results, primary)
     summary = {

@@ -14,6 +14,8 @@ HIGHER_IS_BETTER = {
     "f1": True,
     "roc_auc": True,
     "log_loss": False,
+    "brier": False,
+    "ece": False,
     "rmse": False,
     "mae": False,
     "r2": True,
@@ -217,7 +219,7 @@ class Params(_Section):
 
 
 TASK_METRICS: dict[Task, tuple[str, ...]] = {
-    "classification": ("accuracy", "f1", "roc_auc", "log_loss"),
+    "classification": ("accuracy", "f1", "roc_auc", "log_loss", "brier", "ece"),
     "regression": ("rmse", "mae", "r2"),
 }
 

@@ -8,8 +8,11 @@ ROC AUC from the predicted probabilities alone, available before any label arriv
 The estimate is confidence-based performance estimation (CBPE, as NannyML calls it): if the
 model's probabilities are calibrated, a row predicted with probability p for its class is right
 with probability p, so expected accuracy is the mean probability of the predicted class, and
-expected true and false positives at every threshold give an expected ROC curve. No library in
-the lock does it (NannyML pins an older pandas), and it is a few lines of numpy. It holds while
+expected true and false positives at every threshold give an expected ROC curve. The served
+models' probabilities are not all calibrated: each version's calibration map, fitted on its
+holdout (`pipeline.calibration`), corrects them first. No library in the lock does it, and it is
+a few lines of numpy (NannyML, which does, caps Python below 3.13, brings a heavy dependency set
+and sends usage analytics by default). It holds while
 the relation between inputs and outcome stays as trained (covariate drift); when that relation
 changes (concept drift) the probabilities stay confident and the estimate stays put: only the
 realized figure sees it.
@@ -24,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from pipeline.calibration import Calibration
 from pipeline.params import HIGHER_IS_BETTER, PromoteParams, QualityParams
 from pipeline.predictions import LoggedPrediction
 from pipeline.scoring import task_metrics
@@ -141,16 +145,21 @@ def evaluate(
     quality: QualityParams,
     promote: PromoteParams,
     holdouts: dict[str, dict[str, float]],
+    calibrations: dict[str, Calibration] | None = None,
 ) -> list[VersionQuality]:
     """Quality per (version, variant), newest version first; realized and estimated figures only
     from quality.min_labelled labelled (respectively logged) predictions on. `holdouts` holds the
-    served versions' holdout metrics, which set their limits."""
+    served versions' holdout metrics, which set their limits; `calibrations` their calibration
+    maps, which correct the probabilities the estimate reads."""
+    calibrations = calibrations or {}
     groups: dict[tuple[str, str], list[LoggedPrediction]] = defaultdict(list)
     for row in rows:
         groups[(row.version, row.variant)].append(row)
     reports = []
     for (version, variant), group in groups.items():
-        found = _group_quality(version, variant, group, task, classes, quality.min_labelled)
+        found = _group_quality(
+            version, variant, group, task, classes, quality.min_labelled, calibrations.get(version)
+        )
         holdout = holdouts.get(version, {})
         breaches = [
             limit.sentence(found.realized[limit.metric])
@@ -172,6 +181,7 @@ def _group_quality(
     task: str,
     classes: list[Any],
     min_labelled: int,
+    calibration: Calibration | None = None,
 ) -> VersionQuality:
     labelled = [r for r in rows if r.labelled]
     lags = [r.received_at - r.ts for r in labelled if r.received_at is not None]
@@ -180,7 +190,10 @@ def _group_quality(
     if task == "classification":
         scored = [r for r in rows if r.probabilities is not None]
         if len(scored) >= min_labelled:
-            estimated = estimate([r.prediction for r in scored], _matrix(scored, classes), classes)
+            matrix = _matrix(scored, classes)
+            if calibration is not None:
+                matrix = calibration.reordered(classes).apply(matrix)
+            estimated = estimate([r.prediction for r in scored], matrix, classes)
     if len(labelled) >= min_labelled:
         realized = realized_metrics(labelled, task, classes)
     return VersionQuality(

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from pipeline.calibration import Calibration
 from pipeline.profile import ReferenceProfile
 from pipeline.schema import DatasetSchema
 from pipeline.settings import PipelineSettings
@@ -33,6 +34,7 @@ SERVED_ALIASES = (CHAMPION, CANARY, CHALLENGER)
 SCHEMA_ARTIFACT = "feature_schema.json"
 PROFILE_ARTIFACT = PROFILE_FILE  # register logs the workspace file under its own name
 COMPILED_ARTIFACT = "compiled/model.onnx"
+CALIBRATION_ARTIFACT = "evaluation/calibration.json"  # register logs the candidate's evaluation folder
 """The run's ONNX graph of its model (`pipeline.compile`), served after its parity check passed."""
 RECORD_DIR = "reproduce"
 """The run's artefact folder holding params.yaml, dvc.lock and environment.txt."""
@@ -154,6 +156,11 @@ def run_file(client: MlflowClient, run_id: str, path: str) -> bytes:
 def run_schema(client: MlflowClient, run_id: str) -> DatasetSchema:
     """The feature schema logged with a training run."""
     return DatasetSchema.model_validate(_artifact(client, run_id, SCHEMA_ARTIFACT))
+
+
+def run_calibration(client: MlflowClient, run_id: str) -> Calibration:
+    """The calibration map a classifier's evaluation fitted on its holdout (`pipeline.calibration`)."""
+    return Calibration.model_validate(_artifact(client, run_id, CALIBRATION_ARTIFACT))
 
 
 def run_profile(client: MlflowClient, run_id: str) -> ReferenceProfile:

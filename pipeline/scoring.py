@@ -15,6 +15,7 @@ from sklearn import metrics as skm
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
+from pipeline.calibration import calibration_error
 from pipeline.params import HIGHER_IS_BETTER
 from pipeline.schema import DatasetSchema
 
@@ -73,8 +74,16 @@ def task_metrics(
         ),
         "log_loss": lambda: float(skm.log_loss(y, given, labels=classes)),
         "roc_auc": roc_auc,
+        "brier": lambda: float(skm.brier_score_loss(y, given, labels=classes)),
+        "ece": lambda: calibration_error(y, predicted, _confidence(predicted, given, classes)),
     }
     return {k: f() for k, f in classification.items() if only in (None, k)}
+
+
+def _confidence(predicted: Sequence[Any] | np.ndarray, proba: np.ndarray, classes: list[Any]) -> np.ndarray:
+    """Each row's probability of the class it was predicted as."""
+    index = {str(c): i for i, c in enumerate(classes)}
+    return np.asarray(proba[np.arange(len(proba)), [index[str(p)] for p in predicted]], dtype=float)
 
 
 def best_candidate(candidates: dict[str, dict[str, float]], metric: str) -> str:

@@ -9,12 +9,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn import metrics as skm
 
+from pipeline.calibration import CALIBRATION_FILE, Calibration
+from pipeline.workspace import read_json
 from tests.api.conftest import Trained, holdout_records
 from tests.api.test_feedback import logged
 
@@ -78,15 +81,22 @@ def test_outcomes_become_live_quality_with_coverage_estimate_and_limits(
     assert found["coverage"] == pytest.approx(len(records) / (len(records) + unlabelled))
     assert 0 <= found["lag_seconds"] < 60
     # The labelled predictions are the version's whole holdout: live figures are its holdout figures.
-    for metric in ("accuracy", "f1", "roc_auc", "log_loss"):
+    for metric in ("accuracy", "f1", "roc_auc", "log_loss", "brier", "ece"):
         assert found["realized"][metric] == pytest.approx(found["holdout"][metric], abs=1e-4), metric
     positive = str(churn_model.schema.classes[-1])
     assert found["realized"]["roc_auc"] == pytest.approx(
         skm.roc_auc_score(labels, [p[positive] for p in answer["probabilities"]])
     )
     assert set(found["estimated"]) == {"accuracy", "roc_auc"}
+    # The estimate reads the answered probabilities through the version's calibration map.
     every = answer["probabilities"] + answer["probabilities"][:unlabelled]
-    assert found["estimated"]["accuracy"] == pytest.approx(sum(max(p.values()) for p in every) / len(every))
+    best = read_json(churn_model.workspace.registered_file)["best"]
+    fitted = read_json(churn_model.workspace.evaluation_dir / best / CALIBRATION_FILE)
+    classes = [str(c) for c in churn_model.schema.classes]
+    stated = np.array([[p[c] for c in classes] for p in every])
+    calibrated = Calibration.model_validate(fitted).reordered(classes).apply(stated)
+    expected = calibrated[np.arange(len(every)), stated.argmax(axis=1)].mean()
+    assert found["estimated"]["accuracy"] == pytest.approx(expected)
     assert found["breaches"] == []
 
     version = churn_model.version
