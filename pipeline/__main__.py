@@ -200,6 +200,43 @@ def _champion(args: argparse.Namespace, ctx: Context) -> int:
     return _show(aliases(ctx.params.model.name, ctx.settings))
 
 
+def _backtest(args: argparse.Namespace, ctx: Context) -> int:
+    import time
+
+    from pipeline.backtest import SCENARIOS, backtest, summarise
+    from pipeline.backtest_report import chart, document, table
+
+    names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    if unknown := [n for n in names if n not in SCENARIOS]:
+        print(
+            f"error: no scenario {unknown[0]!r}; the scenarios are all, {', '.join(SCENARIOS)}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.seeds < 1 or args.workers < 1:
+        print("error: --seeds and --workers must be at least 1", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    results = backtest(ctx.params, names, args.seeds, args.first_seed, args.workers)
+    summaries = [summarise(ctx.params, results[name]) for name in names]
+    if args.json:
+        for summary in summaries:
+            print(json.dumps(summary))
+        return 0
+    print(table(summaries))
+    metric = ctx.params.promote.primary_metric(ctx.params.data.task)
+    docs = ctx.root / "docs"
+    for name in names:
+        chart(results[name], metric, docs / "img" / f"backtest-{name}.png")
+    command = (
+        f"python -m pipeline backtest --scenario {args.scenario} --seeds {args.seeds} "
+        f"--first-seed {args.first_seed}"
+    )
+    (docs / "backtest.md").write_text(document(summaries, results, command, time.monotonic() - started))
+    print(f"wrote {docs / 'backtest.md'} and {len(names)} charts in {docs / 'img'}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     """Every command with its arguments; each sub-command names the function that runs it."""
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
@@ -297,6 +334,14 @@ def _parser() -> argparse.ArgumentParser:
     rollout.add_argument("--by", help="who acts (recorded; default: your login name)")
     rollout.add_argument("--log", help="the prediction log (as for drift)")
     command("champion", _champion, "show the versions behind @champion, @challenger and @previous")
+    backtest = command("backtest", _backtest, "replay simulated histories through the whole loop")
+    backtest.add_argument("--scenario", default="all", help="a scenario's name, or all (default)")
+    backtest.add_argument("--seeds", type=int, default=20, help="seeds per scenario (default 20)")
+    backtest.add_argument("--first-seed", type=int, default=1, help="the first seed (default 1)")
+    backtest.add_argument("--workers", type=int, default=2, help="seeds replayed at once (default 2)")
+    backtest.add_argument(
+        "--json", action="store_true", help="one JSON object per scenario, one a line; writes no files"
+    )
     serve = sub.add_parser(
         "serve-data", help="serve simulated batches and live customers over HTTP (GET /batch, /customers)"
     )

@@ -16,7 +16,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pipeline.params import Params, Signal
+from pipeline.params import Params, RetrainParams, Signal
 from pipeline.registry import CHAMPION, TAG, alias_version, connect
 from pipeline.settings import PipelineSettings
 
@@ -34,6 +34,30 @@ def _last_trigger(tags: dict[str, str]) -> dict[str, Any] | None:
         return None  # never triggered, or a tag written by hand that says nothing usable
 
 
+def held_back(
+    policy: RetrainParams, signal: Signal, last: dict[str, Any] | None, now: datetime
+) -> dict[str, Any] | None:
+    """The verdict holding `signal` back, or None when the policy lets it start training: a pure
+    function of the policy, the last trigger ({"signal", "at"}) and the time, which the backtest
+    runs in simulated time."""
+    if signal not in policy.triggers:
+        return {"retrain": False, "signal": signal, "reason": f"retrain.triggers leaves out {signal}"}
+    if signal not in COOLED or last is None:
+        return None
+    cooldown = timedelta(hours=policy.cooldown_hours)
+    if now - datetime.fromisoformat(last["at"]) >= cooldown:
+        return None
+    until = datetime.fromisoformat(last["at"]) + cooldown
+    return {
+        "retrain": False,
+        "signal": signal,
+        "reason": (
+            f"cooling down: {last['signal']} started training at {last['at']}; the next triggered run "
+            f"may start at {until.isoformat()} (retrain.cooldown_hours={policy.cooldown_hours:g})"
+        ),
+    }
+
+
 def gate(
     params: Params,
     settings: PipelineSettings,
@@ -48,26 +72,20 @@ def gate(
 
     now = now or datetime.now(UTC)
     policy = params.retrain
-    if signal not in policy.triggers:
-        return {"retrain": False, "signal": signal, "reason": f"retrain.triggers leaves out {signal}"}
-    if signal not in COOLED:
-        return {"retrain": True, "signal": signal, "reason": f"{signal} is a trigger"}
+    if signal not in policy.triggers or signal not in COOLED:
+        return held_back(policy, signal, None, now) or {
+            "retrain": True,
+            "signal": signal,
+            "reason": f"{signal} is a trigger",
+        }
     client = connect(settings)
     name = params.model.name
     if alias_version(client, name, CHAMPION) is None:
         return {"retrain": False, "signal": signal, "reason": f"{name} has no @champion yet"}
     last = _last_trigger(dict(client.get_registered_model(name).tags))
+    if (verdict := held_back(policy, signal, last, now)) is not None:
+        return verdict
     cooldown = timedelta(hours=policy.cooldown_hours)
-    if last is not None and now - datetime.fromisoformat(last["at"]) < cooldown:
-        until = datetime.fromisoformat(last["at"]) + cooldown
-        return {
-            "retrain": False,
-            "signal": signal,
-            "reason": (
-                f"cooling down: {last['signal']} started training at {last['at']}; the next triggered run "
-                f"may start at {until.isoformat()} (retrain.cooldown_hours={policy.cooldown_hours:g})"
-            ),
-        }
     store = open_store(prediction_log or settings.prediction_log_url)
     try:
         holder = store.claim_retrain(name, signal, now.timestamp(), cooldown.total_seconds())

@@ -172,13 +172,10 @@ def _shift_scores(model: Any, test: pd.DataFrame, schema: DatasetSchema) -> np.n
     return np.asarray(model.predict_proba(features)[:, classes.index(shift_class(classes))], dtype=float)
 
 
-def _expected_shift(
-    client: MlflowClient, name: str, champion: Any, candidate: str, test: pd.DataFrame, schema: DatasetSchema
-) -> float:
-    """How far the candidate's predictions on the holdout are from the champion's: the shift its
-    canary is allowed live (plus rollout.slo.max_psi)."""
-    base = _shift_scores(champion, test, schema)
-    return score_shift(base, _shift_scores(_load_version(client, name, candidate), test, schema))
+def expected_shift(champion: Any, candidate: Any, rows: pd.DataFrame, schema: DatasetSchema) -> float:
+    """How far the candidate's predictions on these holdout rows are from the champion's: the shift
+    its canary is allowed live (plus rollout.slo.max_psi)."""
+    return score_shift(_shift_scores(champion, rows, schema), _shift_scores(candidate, rows, schema))
 
 
 def _tag(client: MlflowClient, name: str, version: str, values: dict[str, Any]) -> None:
@@ -224,6 +221,7 @@ def promote(
     champion_metrics: dict[str, float] | None = None
     candidate_metrics = entry.metrics
     champion_model: Any = None
+    candidate_model: Any = None
     override = False
     if champion is not None:
         try:
@@ -233,7 +231,8 @@ def promote(
             )
             champion_model = _load_version(client, name, champion.version)
             champion_metrics = score(champion_model, test, schema)
-            candidate_metrics = score(_load_version(client, name, version), test, schema)
+            candidate_model = _load_version(client, name, version)
+            candidate_metrics = score(candidate_model, test, schema)
         except SchemaMismatch:
             if not allow_schema_change:
                 raise
@@ -272,7 +271,7 @@ def promote(
             client.delete_registered_model_alias(name, CHALLENGER)
         if champion is not None and champion_model is not None and terms.share > 0 and not override:
             # The winner earns its traffic as @canary; the rollout decider moves @champion.
-            expected = _expected_shift(client, name, champion_model, version, test, schema)
+            expected = expected_shift(champion_model, candidate_model, test, schema)
             rollout = start(client, name, version, champion.version, replace(terms, expected_psi=expected))
             report.canary = CanarySeen(share=rollout.share, stable=rollout.stable)
             log.info("canary started", extra={"model": name, "version": version, "reason": decision.reason})

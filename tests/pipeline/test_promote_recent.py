@@ -19,7 +19,7 @@ from pipeline.settings import PipelineSettings
 from pipeline.workspace import read_json
 from tests.factories import light_params, make_workspace
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
 AFTER_INGEST = ("validate", "split", "train", "evaluate", "register")
 
