@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pandas as pd
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from pipeline.params import HIGHER_IS_BETTER
-from pipeline.promote import decide
+from pipeline.promote import decide, recent_holdout
+from pipeline.schema import BATCH_COLUMN
 
 metrics = st.sampled_from(sorted(HIGHER_IS_BETTER))
 values = st.floats(min_value=0.0, max_value=100.0, allow_nan=False)
@@ -81,3 +83,20 @@ def test_floors_bind_even_when_the_champion_is_worse(candidate: float, champion:
 
 def test_nan_candidate_never_passes_a_floor() -> None:
     assert not decide({"rmse": float("nan")}, None, "rmse", 0.0, {"rmse": 10.0}).promote
+
+
+@given(st.lists(st.integers(1, 400), min_size=1, max_size=8), st.integers(1, 2000) | st.none())
+def test_the_rows_compared_are_whole_batches_newest_first_until_enough(
+    sizes: list[int], wanted: int | None
+) -> None:
+    test = pd.DataFrame({BATCH_COLUMN: [b for b, n in enumerate(sizes) for _ in range(n)], "x": 0.0})
+    recent, described = recent_holdout(test, wanted)
+    taken = sorted(set(recent[BATCH_COLUMN]))
+    assert taken == list(range(len(sizes)))[len(sizes) - len(taken) :]  # a run of the newest batches
+    assert len(recent) == sum(sizes[b] for b in taken)  # whole batches
+    if wanted is None or len(recent) == len(test):
+        assert described == f"the whole holdout ({len(test)} rows)"
+    else:
+        assert len(recent) >= wanted  # enough rows...
+        assert len(recent) - sizes[taken[0]] < wanted  # ...and no batch more than needed
+        assert f"({len(recent)} of {len(test)} rows)" in described

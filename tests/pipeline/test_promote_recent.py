@@ -5,16 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from pipeline.ingest import ingest
 from pipeline.params import parse_params
-from pipeline.promote import recent_holdout
 from pipeline.run import run_stage
-from pipeline.schema import BATCH_COLUMN
 from pipeline.settings import PipelineSettings
 from pipeline.workspace import read_json
 from tests.factories import light_params, make_workspace
@@ -22,23 +17,6 @@ from tests.factories import light_params, make_workspace
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
 AFTER_INGEST = ("validate", "split", "train", "evaluate", "register")
-
-
-@given(st.lists(st.integers(1, 400), min_size=1, max_size=8), st.integers(1, 2000) | st.none())
-def test_the_rows_compared_are_whole_batches_newest_first_until_enough(
-    sizes: list[int], wanted: int | None
-) -> None:
-    test = pd.DataFrame({BATCH_COLUMN: [b for b, n in enumerate(sizes) for _ in range(n)], "x": 0.0})
-    recent, described = recent_holdout(test, wanted)
-    taken = sorted(set(recent[BATCH_COLUMN]))
-    assert taken == list(range(len(sizes)))[len(sizes) - len(taken) :]  # a run of the newest batches
-    assert len(recent) == sum(sizes[b] for b in taken)  # whole batches
-    if wanted is None or len(recent) == len(test):
-        assert described == f"the whole holdout ({len(test)} rows)"
-    else:
-        assert len(recent) >= wanted  # enough rows...
-        assert len(recent) - sizes[taken[0]] < wanted  # ...and no batch more than needed
-        assert f"({len(recent)} of {len(test)} rows)" in described
 
 
 def test_a_candidate_of_the_new_concept_wins_on_the_newest_batch_where_the_mixed_holdout_keeps_the_old(
