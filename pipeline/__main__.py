@@ -373,8 +373,9 @@ def _timestamp(text: str) -> datetime:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pipeline.logs import configure_logging
+    from pipeline.logs import configure_logging, redact_output
 
+    redact_output()  # whatever a command prints, a URL's password is masked
     configure_logging()
     for switch in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):  # nothing phones home
         os.environ.setdefault(switch, "true")

@@ -18,6 +18,29 @@ def redact(text: str) -> str:
     return _CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)
 
 
+class RedactedStream:
+    """A text stream that writes through `redact`: what a command prints (its result, its errors, a
+    traceback) never shows a URL's password, whichever code printed it."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(redact(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:  # flush, fileno, isatty, encoding: the stream's own
+        return getattr(self._stream, name)
+
+
+def redact_output() -> None:
+    """Route this process's stdout and stderr through `redact` (the CLI's first step)."""
+    if not isinstance(sys.stdout, RedactedStream):
+        sys.stdout = RedactedStream(sys.stdout)
+    if not isinstance(sys.stderr, RedactedStream):
+        sys.stderr = RedactedStream(sys.stderr)
+
+
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
     "asctime",

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from pipeline.calibration import Calibration
+from pipeline.logs import redact
 from pipeline.profile import ReferenceProfile
 from pipeline.schema import DatasetSchema
 from pipeline.settings import PipelineSettings
@@ -89,8 +90,10 @@ def connect(settings: PipelineSettings, timeout: float = 5.0) -> MlflowClient:
             httpx.get(uri.rstrip("/") + "/health", timeout=timeout).raise_for_status()
         except httpx.HTTPError as err:
             raise TrackingUnavailable(
-                f"MLflow is not reachable at {uri} ({err}). Start the local stack with `make up`, "
-                "or point MLFLOW_TRACKING_URI at your tracking server."
+                redact(
+                    f"MLflow is not reachable at {uri} ({err}). Start the local stack with `make up`, "
+                    "or point MLFLOW_TRACKING_URI at your tracking server."
+                )
             ) from None
     mlflow.set_tracking_uri(uri)
     return MlflowClient(uri)
