@@ -148,6 +148,11 @@ class ModelInfo(BaseModel):
     last_rollout: LastRolloutOut | None = Field(None, description="how the last rollout ended")
 
 
+MAX_ROW_INDEX = 2**31 - 1
+"""The largest row the prediction log's row column holds on every store (PostgreSQL's INTEGER); no
+batch comes near it, and a larger one is a 422 naming the field, never the store's overflow."""
+
+
 class OutcomeIn(BaseModel):
     """One true outcome, addressed by `request_id` (and `row`, for a batch) or by `id`."""
 
@@ -155,7 +160,9 @@ class OutcomeIn(BaseModel):
     request_id: Annotated[str, Field(min_length=1, max_length=64)] | None = Field(
         None, description="the request_id the prediction was answered with"
     )
-    row: Annotated[int, Field(ge=0)] | None = Field(None, description="the record's position in its batch")
+    row: Annotated[int, Field(ge=0, le=MAX_ROW_INDEX)] | None = Field(
+        None, description="the record's position in its batch"
+    )
     id: EntityId | None = Field(None, description="the entity id sent with the prediction (its newest)")
     outcome: StrictBool | StrictInt | StrictFloat | StrictStr = Field(
         description="one of the model's classes, or the true value (regression)"

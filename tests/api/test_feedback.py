@@ -188,6 +188,9 @@ def test_outcomes_are_recorded_once_and_unknown_ones_reported(
         ({"id": "c", "outcome": "maybe"}, ["body", "outcomes", 1, "outcome"]),
         ({"id": "c", "outcome": None}, ["body", "outcomes", 1, "outcome"]),
         ({"request_id": "r", "row": -1, "outcome": "yes"}, ["body", "outcomes", 1, "row"]),
+        # Past what either store's row column holds (PostgreSQL INTEGER, SQLite 64-bit): a 422, not a 503.
+        ({"request_id": "r", "row": 2**31, "outcome": "yes"}, ["body", "outcomes", 1, "row"]),
+        ({"request_id": "r", "row": 2**63, "outcome": "yes"}, ["body", "outcomes", 1, "row"]),
         ({"id": "", "outcome": "yes"}, ["body", "outcomes", 1, "id"]),
     ],
 )
