@@ -25,6 +25,7 @@ from api.outcomes import OutcomeStore, OutcomesUnavailable
 from api.predlog import PredictionLog
 from api.quality import QualityWatcher
 from api.routes import admin, feedback, health, inference, page, predict
+from api.schemas import FeedbackIn, V2InferenceRequest
 from api.scoring import ScoringService, Unavailable, UnscorableInput
 from api.settings import ApiSettings
 from api.state import ServerState
@@ -104,6 +105,10 @@ class InternalErrorMiddleware:
             await response(scope, receive, send)
 
 
+REQUEST_BODIES = (FeedbackIn, V2InferenceRequest)
+"""Bodies read by their route (with its own limits) and declared in the document by name."""
+
+
 def _openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema:
         return app.openapi_schema
@@ -123,6 +128,16 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         batch = model.batch_model.model_json_schema(ref_template=template)
         batch.pop("$defs", None)
         components["BatchRequest"] = batch
+    for body in REQUEST_BODIES:  # routes that read their body themselves declare it by reference
+        found = body.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(found.pop("$defs", {}))
+        components[body.__name__] = found
+    if state is not None and state.settings.api_key is None:
+        # No key configured: no route asks for one, so the document does not either.
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                operation.pop("security", None)
+        schema["components"].pop("securitySchemes", None)
     app.openapi_schema = schema
     return schema
 

@@ -28,6 +28,12 @@ DETAILS = {
     response_model=FeedbackOut,
     responses=error_responses(401, 408, 415, 422, 503),
     summary="Record true outcomes of earlier predictions",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/FeedbackIn"}}},
+        }
+    },
 )
 async def feedback(request: Request, state: StateDep) -> Response:
     model = state.scoring.champion()

@@ -320,6 +320,12 @@ async def _infer(request: Request, state: ServerState, name: str, model_version:
     responses=ERRORS,
     dependencies=[Depends(require_api_key)],
     summary="Inference on the served model (A/B routing applies)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/V2InferenceRequest"}}},
+        }
+    },
 )
 async def infer(name: str, request: Request, state: StateDep) -> Response:
     return await _infer(request, state, name, None)
@@ -331,6 +337,12 @@ async def infer(name: str, request: Request, state: StateDep) -> Response:
     responses=ERRORS,
     dependencies=[Depends(require_api_key)],
     summary="Inference on one served version (the champion or the challenger)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/V2InferenceRequest"}}},
+        }
+    },
 )
 async def infer_version(name: str, model_version: str, request: Request, state: StateDep) -> Response:
     return await _infer(request, state, name, model_version)

@@ -209,6 +209,28 @@ def test_openapi_documents_the_served_schema(make_client: Client, churn_model: T
         if "$ref" not in content["application/json"]["schema"]
     } == {}
     assert answers[("/drift", "get")]["application/json"]["schema"]["$ref"].endswith("/DriftReport")
+    # Every POST that reads a body requires one, described by name; no key configured, none asked for.
+    posts = {
+        path: ops["post"] for path, ops in spec["paths"].items() if "post" in ops and path != "/admin/reload"
+    }
+    assert {p: op.get("requestBody", {}).get("required") for p, op in posts.items()} == dict.fromkeys(
+        posts, True
+    )
+    for op in posts.values():
+        ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        assert ref.removeprefix("#/components/schemas/") in spec["components"]["schemas"]
+    assert "securitySchemes" not in spec["components"]
+    assert [p for p, ops in spec["paths"].items() for op in ops.values() if "security" in op] == []
+
+
+def test_openapi_asks_for_the_key_only_where_one_is_configured(
+    make_client: Client, churn_model: Trained
+) -> None:
+    spec = make_client(churn_model.name, api_key="k3y").get("/openapi.json").json()
+    guarded = {p for p, ops in spec["paths"].items() for op in ops.values() if "security" in op}
+    assert {"/predict", "/predict/batch", "/feedback", "/drift", "/performance", "/admin/reload"} <= guarded
+    assert "/health" not in guarded
+    assert "X-API-Key" in str(spec["components"]["securitySchemes"])
 
 
 def test_metrics_count_requests_predictions_and_the_served_version(
