@@ -88,7 +88,8 @@ class ModelManager:
         notes = []
         if self.registry_down_since is not None:
             since = time.strftime("%H:%M:%S UTC", time.gmtime(self.registry_down_since))
-            notes.append(f"the registry has been unreachable since {since}; serving the loaded versions")
+            serving = "serving the loaded versions" if self.champion is not None else "nothing is loaded yet"
+            notes.append(f"the registry has been unreachable since {since}; {serving}")
         for variant, refusal in self.refusals.items():
             notes.append(f"@{variant} version {refusal.version} was refused: {refusal.reason}")
         return notes
@@ -112,7 +113,8 @@ class ModelManager:
                 self.registry_down_since = time.time()
             metrics.REGISTRY_REACHABLE.labels(self.name).set(0)
             log.warning("registry unreachable; serving the loaded model", extra={"error": str(err)[:300]})
-            return RefreshResult(False, "registry unreachable; serving the loaded versions")
+            serving = "serving the loaded versions" if self.champion is not None else "nothing is loaded yet"
+            return RefreshResult(False, f"registry unreachable; {serving}")
         if self.registry_down_since is not None:
             log.info("registry reachable again")
         self.registry_down_since = None

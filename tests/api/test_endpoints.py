@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from pipeline.predictions import count_rows, read_features, read_rows
 from tests.api.conftest import Trained, sample_record
+from tests.servers import free_port
 
 pytestmark = pytest.mark.integration
 Client = Callable[..., TestClient]
@@ -300,3 +301,17 @@ def test_an_empty_api_key_means_no_key() -> None:
 
     assert ApiSettings(api_key="").api_key is None
     assert ApiSettings(api_key="k").api_key is not None
+
+
+def test_with_the_registry_down_and_nothing_loaded_ready_claims_no_loaded_version(
+    make_client: Client,
+) -> None:
+    client = make_client(
+        "any-model", mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}", registry_timeout_seconds=1
+    )
+    answer = client.get("/ready")
+    assert answer.status_code == 503
+    detail = answer.json()["detail"]
+    assert "the registry has been unreachable since" in detail
+    assert "nothing is loaded yet" in detail
+    assert "serving the loaded versions" not in detail
