@@ -214,6 +214,11 @@ def promote(
         report.promoted = False
         report.already_champion = True
         report.reason = f"version {version} is already @champion"
+        if entry.unchanged_since is not None:
+            report.reason = (
+                f"nothing new: the rows and the model are those of data version {entry.unchanged_since}, "
+                f"whose version {version} is already @champion"
+            )
         report.champion = ChampionSeen(version=version)
         log.info(report.reason)
         return report.write(workspace.promotion_file)

@@ -50,6 +50,16 @@ def fingerprint(model_file: Path, data: DatasetVersion, schema: DatasetSchema) -
     return digest.hexdigest()[:32]
 
 
+def trained_on(model_file: Path, workspace: Workspace, schema: DatasetSchema) -> str:
+    """What a candidate is, whatever the data version is called: its model file, its schema and the
+    bytes of the train and test rows it was fitted and scored on."""
+    digest = hashlib.sha256(model_file.read_bytes())
+    for rows in (workspace.train_file, workspace.test_file):
+        digest.update(hashlib.sha256(rows.read_bytes()).digest())
+    digest.update(schema.fingerprint().encode())
+    return digest.hexdigest()[:32]
+
+
 def pip_requirements() -> list[str]:
     """Pinned requirements of a served model, without slow environment inference."""
     return [f"{name}=={package_version(name)}" for name in REQUIREMENTS]
@@ -149,10 +159,30 @@ def register(params: Params, workspace: Workspace, settings: PipelineSettings) -
     entries: dict[str, RegisteredCandidate] = {}
     for name in params.train.candidates:
         metrics = evaluation["candidates"][name]
+        same = trained_on(workspace.candidate_file(name), workspace, schema)
+        earlier = client.search_model_versions(
+            f"name = '{model_name}' and tags.`{Tags.TRAINED_ON}` = '{same}'"
+        )
+        if earlier:  # the same model on the same rows, under an earlier data label: nothing new
+            found_version = max(earlier, key=lambda v: int(v.version))
+            since = found_version.tags.get(Tags.DATA_VERSION, "an earlier version")
+            log.info(
+                "unchanged since an earlier registration: nothing new registered",
+                extra={"candidate": name, "version": found_version.version, "data_version": since},
+            )
+            entries[name] = RegisteredCandidate(
+                run_id=str(found_version.run_id),
+                version=str(found_version.version),
+                metrics=metrics,
+                floor_failures=[],
+                unchanged_since=since,
+            )
+            continue
         fp = fingerprint(workspace.candidate_file(name), data, schema)
         tags = {
             Tags.CANDIDATE: name,
             Tags.FINGERPRINT: fp,
+            Tags.TRAINED_ON: same,
             Tags.DATA_VERSION: data.label,
             Tags.DATA_MD5: data.md5,
             Tags.TASK: schema.task,

@@ -52,6 +52,9 @@ class Tags:
 
     CANDIDATE = TAG + "candidate"
     FINGERPRINT = TAG + "fingerprint"
+    TRAINED_ON = TAG + "trained_on"
+    """The model file, schema and exact train/test rows a version was fitted and scored on: a run whose
+    data version changed (a withdrawal, say) but whose rows did not registers nothing new."""
     DATA_VERSION = TAG + "data_version"
     DATA_MD5 = TAG + "data_md5"
     TASK = TAG + "task"

@@ -35,6 +35,9 @@ class RegisteredCandidate(_Report):
     """The registry version; None when the candidate missed the floors and was not registered."""
     metrics: dict[str, float]
     floor_failures: list[str]
+    unchanged_since: str | None = None
+    """The data version of an earlier registration of this very model on these very rows: nothing
+    new was registered, that version stands for it."""
 
 
 class Registration(_Report):

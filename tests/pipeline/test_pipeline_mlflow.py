@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
@@ -14,6 +15,7 @@ from pipeline.promote import SchemaMismatch, aliases, rollback
 from pipeline.run import run_all, run_stage
 from pipeline.settings import PipelineSettings
 from pipeline.sources.bundled import load_bundled
+from pipeline.store import withdraw_batch
 from pipeline.validate import ValidationFailed
 from pipeline.workspace import read_json
 from tests.factories import DIABETES, light_params, make_workspace, messy_churn_csv, project_params
@@ -193,3 +195,35 @@ def test_changed_schema_is_never_compared_with_the_champion(tmp_path: Path, mlfl
         "benign",
         "malignant",
     }
+
+
+def test_a_new_data_label_on_the_same_rows_registers_nothing(tmp_path: Path, mlflow_uri: str) -> None:
+    """A refused batch withdrawn makes a new data version, but the rows trained on are the same: the
+    run registers no duplicate versions, and its reports say which data version it repeats."""
+    workspace, params = make_workspace(tmp_path, light_params(model={"name": "relabelled-churn"}))
+    settings = PipelineSettings(mlflow_tracking_uri=mlflow_uri)
+    first = run_all(params, workspace, settings, seed=31)
+    assert first["promoted"]
+    versions = {
+        v.version for v in MlflowClient(mlflow_uri).search_model_versions("name = 'relabelled-churn'")
+    }
+    ingest(params, workspace, seed=32)
+    batch = sorted(workspace.raw_dir.glob("batch-*.parquet"))[-1]
+    broken = pd.read_parquet(batch)
+    broken["tenure_months"] = "unknown"  # a whole column that does not parse: the batch is refused
+    broken.to_parquet(batch, index=False)
+    with pytest.raises(ValidationFailed):
+        run_stage("validate", params, workspace, settings)
+    withdraw_batch(workspace, batch.name, "corrupt column")
+    for stage in ("validate", "split", "train", "evaluate", "register"):
+        run_stage(stage, params, workspace, settings)
+    again = run_stage("promote", params, workspace, settings)
+    after = {v.version for v in MlflowClient(mlflow_uri).search_model_versions("name = 'relabelled-churn'")}
+    assert after == versions  # nothing registered twice
+    registered = read_json(workspace.registered_file)
+    assert registered["data_version"]["version"] == "v3"  # a new label ...
+    assert {c["unchanged_since"] for c in registered["candidates"].values() if c["version"]} == {
+        "v1"
+    }  # ... old rows
+    assert again["promoted"] is False
+    assert again["reason"].startswith("nothing new: the rows and the model are those of data version v1")
