@@ -278,7 +278,10 @@ class Loop:
         if not decision.promote:
             self.result.events.append(f"step {step}: v{candidate.version} kept out: {decision.reason}")
             return
-        candidate.expected_psi = expected_shift(self.champion.model, candidate.model, rows, self.schema)
+        rollout = self.params.rollout
+        candidate.expected_psi = expected_shift(
+            self.champion.model, candidate.model, rows, self.schema, rollout.share, rollout.min_requests
+        )
         if self.params.rollout.share <= 0:
             self._replace(candidate, step, world)
             return

@@ -166,7 +166,8 @@ def judge(
             f"{evidence.psi_rows[1]} predictions"
         )
         detail = (
-            f"PSI {evidence.psi:.3f} against the stable version's (on the holdout {expected_psi:.3f}; "
+            f"PSI {evidence.psi:.3f} against the stable version's (the holdout's, at these sample sizes, "
+            f"{expected_psi:.3f}; "
             f"limit {limit:.3f}{sampled})"
         )
         checks.append(Check("predictions", "fail" if evidence.psi > limit + noise else "pass", detail))
