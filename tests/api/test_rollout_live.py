@@ -34,7 +34,8 @@ from sklearn.pipeline import Pipeline
 
 from pipeline.decider import decide
 from pipeline.params import Params, parse_params
-from pipeline.rollout import Terms, score_shift, shift_class, start
+from pipeline.promote import expected_shift
+from pipeline.rollout import Terms, start
 from pipeline.settings import PipelineSettings
 from pipeline.sources.simulated import churn_probability
 from tests.api.conftest import Trained, holdout_records, train_model
@@ -264,12 +265,8 @@ def test_a_candidate_worse_on_live_outcomes_is_rolled_back_for_its_quality(live:
     """The shift its predictions showed on the holdout is allowed (as promote would record it), so
     only the outcomes can tell: its live ROC AUC falls short of the stable version's."""
     model = wrong_world(live.trained)
-    test = pd.read_parquet(live.trained.workspace.test_file)[live.trained.schema.feature_names]
-    classes = [str(c) for c in model.classes_]
-    column = classes.index(shift_class(classes))
-    expected = score_shift(
-        linear(live.trained).predict_proba(test)[:, column], model.predict_proba(test)[:, column]
-    )
+    test = pd.read_parquet(live.trained.workspace.test_file)
+    expected = expected_shift(linear(live.trained), model, test, live.trained.schema, 0.5, 300)
     bad = live.register(model)
     verdict, load = roll_out(live, bad, expected_psi=expected, outcomes=True)
     assert verdict["action"] == "rollback", (verdict["reason"], verdict["checks"])
