@@ -52,7 +52,7 @@ def test_the_window_query_reads_the_index_newest_first_without_sorting(tmp_path:
     assert isinstance(store, SqliteStore)
     plan = " ".join(
         row[-1]
-        for row in store.conn.execute(f"EXPLAIN QUERY PLAN {WINDOW_QUERY}", ("m", 0.0, 1e18, "a", "b", 10))
+        for row in store.conn.execute(f"EXPLAIN QUERY PLAN {WINDOW_QUERY}", ("m", 0.0, 1e18, "shadow", 10))
     )
     store.close()
     assert "USING INDEX predictions_model_ts (model_name=? AND ts>? AND ts<?)" in plan, plan
