@@ -86,22 +86,12 @@ def chart(results: list[SeedResult], metric: str, path: Path) -> None:
         )
         ax.plot(steps, r.limit, color="tab:red", ls="--", alpha=alpha, label="limit" if strong else None)
         if strong:
-            ax.scatter(
-                r.retrains,
-                [r.live[s] for s in r.retrains],
-                marker="^",
-                color="black",
-                zorder=3,
-                label="retrain",
-            )
-            ax.scatter(
-                r.rollbacks,
-                [r.live[s] for s in r.rollbacks],
-                marker="x",
-                color="tab:red",
-                zorder=3,
-                label="rollback",
-            )
+            for steps_marked, marker, color, label in (
+                (r.retrains, "^", "black", "retrain"),
+                (r.rollbacks, "x", "tab:red", "rollback"),
+            ):
+                marks = [r.live[s] for s in steps_marked]
+                ax.scatter(steps_marked, marks, marker=marker, color=color, zorder=3, label=label)
     ax.axvline(CHANGE_AT - 0.5, color="grey", lw=0.8)
     ax.set(
         xlabel="step (one retraining cooldown each)",
