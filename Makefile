@@ -66,7 +66,7 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 repro: $(STAMP) ## run the DVC pipeline (needs MLflow: `make up`), pushing each new data version to the DVC remote
 	$(BIN)/python -m pipeline repro
 
-backtest: $(STAMP) ## replay 8 simulated histories x 20 seeds through the whole loop (about 25 minutes); writes docs/backtest.md
+backtest: $(STAMP) ## replay 8 simulated histories x 20 seeds through the whole loop (about 22 minutes); writes docs/backtest.md
 	$(BIN)/python -m pipeline backtest --scenario all --seeds 20 --first-seed 1
 
 bench: $(STAMP) ## benchmark the model server, with each runtime, against mlflow models serve (needs wrk); writes docs/benchmarks.md
