@@ -163,7 +163,9 @@ def register(params: Params, workspace: Workspace, settings: PipelineSettings) -
         earlier = client.search_model_versions(
             f"name = '{model_name}' and tags.`{Tags.TRAINED_ON}` = '{same}'"
         )
-        if earlier:  # the same model on the same rows, under an earlier data label: nothing new
+        # The same model on the same rows under an earlier data label is nothing new. Under this very
+        # label it is a forced re-run, which the normal path below reuses byte for byte.
+        if earlier and all(v.tags.get(Tags.DATA_VERSION) != data.label for v in earlier):
             found_version = max(earlier, key=lambda v: int(v.version))
             since = found_version.tags.get(Tags.DATA_VERSION, "an earlier version")
             log.info(
