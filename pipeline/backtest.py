@@ -43,8 +43,8 @@ STEPS = 12
 CHANGE_AT = 3
 """The step at which a scenario's world first moves (steps 0-2 show the loop at rest)."""
 LIVE_ROWS = 8000
-"""Customers answered per step. At 5,000 a step a 10% canary missed its 500 records within the
-60 minutes of `rollout.max_minutes` about half the time and was rolled back undecided."""
+"""Customers answered per step. At 5,000 a step a 10% canary reaches its 500 records only about
+half the time (binomial), and one that did not was rolled back undecided at `rollout.max_minutes`."""
 JUDGE_ROWS = 20_000
 """Fresh customers on which a promoted or rolled-back model is compared with the one it would
 replace (truth the loop never sees)."""
