@@ -388,11 +388,11 @@ def gather(
         )
     }
 
-    logged = {"canary": len(canary_rows), "champion": len(stable_rows)}
+    rows_of = {"canary": canary_rows, "champion": stable_rows}
 
     def side(variant: str, version: str) -> Side:
         # Without Prometheus the prediction log counts the answered records.
-        records, failures, p95 = figures.get(variant, (float(logged[variant]), 0.0, None))
+        records, failures, p95 = figures.get(variant, (float(len(rows_of[variant])), 0.0, None))
         found = quality.get((version, variant))
         return Side(
             records=records,
@@ -407,7 +407,6 @@ def gather(
             ),
         )
 
-    rows_of = {"canary": canary_rows, "champion": stable_rows}
     return Evidence(
         canary=side("canary", rollout.version),
         stable=side("champion", rollout.stable),

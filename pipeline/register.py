@@ -50,12 +50,18 @@ def fingerprint(model_file: Path, data: DatasetVersion, schema: DatasetSchema) -
     return digest.hexdigest()[:32]
 
 
-def trained_on(model_file: Path, workspace: Workspace, schema: DatasetSchema) -> str:
+def split_digests(workspace: Workspace) -> bytes:
+    """The train and test files' digests, read once for every candidate's `trained_on`."""
+    return b"".join(
+        hashlib.sha256(f.read_bytes()).digest() for f in (workspace.train_file, workspace.test_file)
+    )
+
+
+def trained_on(model_file: Path, split: bytes, schema: DatasetSchema) -> str:
     """What a candidate is, whatever the data version is called: its model file, its schema and the
-    bytes of the train and test rows it was fitted and scored on."""
+    train and test rows it was fitted and scored on (`split_digests`)."""
     digest = hashlib.sha256(model_file.read_bytes())
-    for rows in (workspace.train_file, workspace.test_file):
-        digest.update(hashlib.sha256(rows.read_bytes()).digest())
+    digest.update(split)
     digest.update(schema.fingerprint().encode())
     return digest.hexdigest()[:32]
 
@@ -157,9 +163,10 @@ def register(params: Params, workspace: Workspace, settings: PipelineSettings) -
     commit = git_commit(workspace.root)
 
     entries: dict[str, RegisteredCandidate] = {}
+    split = split_digests(workspace)
     for name in params.train.candidates:
         metrics = evaluation["candidates"][name]
-        same = trained_on(workspace.candidate_file(name), workspace, schema)
+        same = trained_on(workspace.candidate_file(name), split, schema)
         earlier = client.search_model_versions(
             f"name = '{model_name}' and tags.`{Tags.TRAINED_ON}` = '{same}'"
         )
