@@ -204,12 +204,13 @@ def _backtest(args: argparse.Namespace, ctx: Context) -> int:
     import time
 
     from pipeline.backtest import SCENARIOS, backtest, summarise
+    from pipeline.backtest_canary import summarise_trials, trial_table, trials
     from pipeline.backtest_report import chart, document, table
 
-    names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
-    if unknown := [n for n in names if n not in SCENARIOS]:
+    names = [*SCENARIOS, "canaries"] if args.scenario == "all" else [args.scenario]
+    if unknown := [n for n in names if n not in SCENARIOS and n != "canaries"]:
         print(
-            f"error: no scenario {unknown[0]!r}; the scenarios are all, {', '.join(SCENARIOS)}",
+            f"error: no scenario {unknown[0]!r}; the scenarios are all, {', '.join(SCENARIOS)}, canaries",
             file=sys.stderr,
         )
         return 2
@@ -217,23 +218,31 @@ def _backtest(args: argparse.Namespace, ctx: Context) -> int:
         print("error: --seeds and --workers must be at least 1", file=sys.stderr)
         return 2
     started = time.monotonic()
-    results = backtest(ctx.params, names, args.seeds, args.first_seed, args.workers)
-    summaries = [summarise(ctx.params, results[name]) for name in names]
+    worlds = [n for n in names if n != "canaries"]
+    results = backtest(ctx.params, worlds, args.seeds, args.first_seed, args.workers) if worlds else {}
+    summaries = [summarise(ctx.params, results[name]) for name in worlds]
+    canaries = None
+    if "canaries" in names:
+        canaries = summarise_trials(trials(ctx.params, args.seeds, args.first_seed, args.workers))
     if args.json:
-        for summary in summaries:
+        for summary in [*summaries, *([canaries] if canaries else [])]:
             print(json.dumps(summary))
         return 0
-    print(table(summaries))
+    if summaries:
+        print(table(summaries))
+    if canaries:
+        print(trial_table(canaries))
     metric = ctx.params.promote.primary_metric(ctx.params.data.task)
     docs = ctx.root / "docs"
-    for name in names:
+    for name in worlds:
         chart(results[name], metric, docs / "img" / f"backtest-{name}.png")
     command = (
         f"python -m pipeline backtest --scenario {args.scenario} --seeds {args.seeds} "
         f"--first-seed {args.first_seed}"
     )
-    (docs / "backtest.md").write_text(document(summaries, results, command, time.monotonic() - started))
-    print(f"wrote {docs / 'backtest.md'} and {len(names)} charts in {docs / 'img'}")
+    text = document(summaries, results, canaries, command, time.monotonic() - started)
+    (docs / "backtest.md").write_text(text)
+    print(f"wrote {docs / 'backtest.md'} and {len(worlds)} charts in {docs / 'img'}")
     return 0
 
 
@@ -335,7 +344,11 @@ def _parser() -> argparse.ArgumentParser:
     rollout.add_argument("--log", help="the prediction log (as for drift)")
     command("champion", _champion, "show the versions behind @champion, @challenger and @previous")
     backtest = command("backtest", _backtest, "replay simulated histories through the whole loop")
-    backtest.add_argument("--scenario", default="all", help="a scenario's name, or all (default)")
+    backtest.add_argument(
+        "--scenario",
+        default="all",
+        help="a scenario's name, canaries (good and bad canaries judged under noise), or all (default)",
+    )
     backtest.add_argument("--seeds", type=int, default=20, help="seeds per scenario (default 20)")
     backtest.add_argument("--first-seed", type=int, default=1, help="the first seed (default 1)")
     backtest.add_argument("--workers", type=int, default=2, help="seeds replayed at once (default 2)")

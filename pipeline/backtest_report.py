@@ -106,14 +106,19 @@ def chart(results: list[SeedResult], metric: str, path: Path) -> None:
 
 
 def document(
-    summaries: list[dict[str, Any]], results: dict[str, list[SeedResult]], command: str, seconds: float
+    summaries: list[dict[str, Any]],
+    results: dict[str, list[SeedResult]],
+    canaries: dict[str, Any] | None,
+    command: str,
+    seconds: float,
 ) -> str:
-    """docs/backtest.md: how it was made, the table, each scenario's chart and first seed's events."""
+    """docs/backtest.md: how it was made, the table, each scenario's chart and first seed's events,
+    and the canaries judged under noise."""
     cpu = next(
         (line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")),
         platform.machine(),
     )
-    steps = len(next(iter(results.values()))[0].live)
+    steps = len(next(iter(results.values()))[0].live) if results else 0
     lines = [
         "# The loop, backtested",
         "",
@@ -136,6 +141,8 @@ def document(
         "```",
         "",
     ]
+    if canaries:
+        lines += _canaries(canaries)
     for s in summaries:
         name = s["scenario"]
         first = results[name][0]
@@ -153,6 +160,30 @@ def document(
             "",
         ]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _canaries(summary: dict[str, Any]) -> list[str]:
+    from pipeline.backtest_canary import GOOD_ROLLOUTS, trial_table
+
+    minutes = summary["good_minutes"]
+    return [
+        "## canaries",
+        "",
+        "The scenarios judge no model-call times or failed records (they make none). Here each seed "
+        f"rolls out a good canary {GOOD_ROLLOUTS} times and each kind of bad one once, minute by minute "
+        "through the decider's judge, with traffic, failures and model-call times drawn from a loaded "
+        "machine (`pipeline/backtest_canary.py` states the model). Goals: at most 5% of good canaries "
+        "rolled back; every bad one caught. `quality-half` is measured, not held to the goal.",
+        "",
+        "```",
+        trial_table(summary),
+        "```",
+        "",
+        f"Good canaries promoted after a median of {minutes[len(minutes) // 2] if minutes else 0} minutes "
+        f"(the slowest {max(minutes, default=0)}); promotion's rule admitted the good candidate in "
+        f"{summary['admitted']} of {summary['seeds']} seeds.",
+        "",
+    ]
 
 
 def _cpuinfo() -> list[str]:

@@ -84,6 +84,9 @@ class Side:
     labelled: int = 0
     quality_spread: float = 0.0
     """Standard error of `quality` (bootstrap over its labelled predictions)."""
+    latency_buckets: tuple[tuple[float, float], ...] | None = None
+    """Its model calls' histogram: (upper bound in seconds, cumulative count) per bucket, the last
+    +Inf. With it the latency SLO judges confidence bounds on each side's p95, not the two points."""
 
     @property
     def error_ratio(self) -> float:
@@ -223,24 +226,72 @@ def _served_checks(evidence: Evidence, slo: RolloutSlo, min_requests: int, enoug
         return [Check("errors", "pending", waiting), Check("latency", "pending", waiting)]
     checks = []
     allowed = stable.error_ratio + slo.max_error_ratio_increase
-    errors = f"canary {canary.error_ratio:.2%} vs stable {stable.error_ratio:.2%} (limit {allowed:.2%})"
-    if canary.failures > allowed * max(min_requests, canary.records + canary.failures):
-        checks.append(Check("errors", "fail", errors))  # past the limit whatever the rest does
+    # Judged over at least min_requests attempts (past the limit whatever the rest does), and only
+    # beyond what that many attempts failing at the limit reach by chance (binomial, CONFIDENCE).
+    attempts = max(min_requests, canary.records + canary.failures)
+    chance = _binomial_quantile(attempts, allowed)
+    errors = (
+        f"canary {canary.error_ratio:.2%} vs stable {stable.error_ratio:.2%} (limit {allowed:.2%}; "
+        f"{canary.failures:.0f} failures where {attempts:.0f} records at the limit give up to {chance:.0f})"
+    )
+    if canary.failures > chance:
+        checks.append(Check("errors", "fail", errors))
     else:
         checks.append(Check("errors", "pass" if enough else "pending", errors))
     if canary.p95_seconds is None or stable.p95_seconds is None or not enough:
         checks.append(Check("latency", "pending", "too few model calls timed on either side"))
-    else:
-        ratio = canary.p95_seconds / stable.p95_seconds if stable.p95_seconds > 0 else math.inf
-        slower_ms = (canary.p95_seconds - stable.p95_seconds) * 1000
-        detail = (
-            f"p95 canary {canary.p95_seconds * 1000:.2f} ms vs stable {stable.p95_seconds * 1000:.2f} ms "
-            f"({ratio:.2f}x, limit {slo.max_latency_ratio:g}x once slower by "
-            f"{slo.min_latency_increase_ms:g} ms or more)"
+        return checks
+    ratio = canary.p95_seconds / stable.p95_seconds if stable.p95_seconds > 0 else math.inf
+    detail = (
+        f"p95 canary {canary.p95_seconds * 1000:.2f} ms vs stable {stable.p95_seconds * 1000:.2f} ms "
+        f"({ratio:.2f}x, limit {slo.max_latency_ratio:g}x once slower by "
+        f"{slo.min_latency_increase_ms:g} ms or more"
+    )
+    # Judged on bounds when the histograms are there: the canary's p95 at least its lower bound,
+    # the stable version's at most its upper one, so neither the sampling of a few hundred calls nor
+    # the width of a bucket can fail a canary that is not slower.
+    low = p95_bounds(canary.latency_buckets)[0] if canary.latency_buckets else canary.p95_seconds
+    high = p95_bounds(stable.latency_buckets)[1] if stable.latency_buckets else stable.p95_seconds
+    if canary.latency_buckets and stable.latency_buckets:
+        detail += (
+            f"; at {CONFIDENCE:.0%} confidence the canary's is at least {low * 1000:.2f} ms, "
+            f"the stable's at most {high * 1000:.2f} ms"
         )
-        slow = ratio > slo.max_latency_ratio and slower_ms >= slo.min_latency_increase_ms
-        checks.append(Check("latency", "fail" if slow else "pass", detail))
+    slowest = low / high if high > 0 else math.inf
+    slow = slowest > slo.max_latency_ratio and (low - high) * 1000 >= slo.min_latency_increase_ms
+    checks.append(Check("latency", "fail" if slow else "pass", detail + ")"))
     return checks
+
+
+def p95_bounds(buckets: tuple[tuple[float, float], ...]) -> tuple[float, float]:
+    """A distribution-free CONFIDENCE interval (two one-sided bounds) on the 95th percentile of the
+    calls a histogram counted: the order statistics at ranks 0.95 n -+ z sqrt(n 0.95 0.05) bracket
+    it (binomial), and each lies in a known bucket: the lower bound is that bucket's lower edge, the
+    upper its upper edge (infinite in +Inf). `buckets` are (upper bound, cumulative count) pairs in
+    order, as Prometheus's `sum by (le)` gives them.
+
+    Written here because the p95 Prometheus interpolates is a point: a 500-call sample and a
+    bucket's width both move it by more than the latency SLO allows, and no client library bounds a
+    quantile read from histogram buckets."""
+    edges = [b for b, _ in buckets]
+    cumulative = np.maximum.accumulate([c for _, c in buckets])  # counters may jitter between scrapes
+    n = float(cumulative[-1]) if len(cumulative) else 0.0
+    if n <= 0:
+        return 0.0, math.inf
+    spread = _one_sided_z() * math.sqrt(n * 0.95 * 0.05)
+    low_rank, high_rank = max(1.0, math.floor(0.95 * n - spread)), math.ceil(0.95 * n + spread)
+    low_bucket = int(np.searchsorted(cumulative, low_rank))  # first bucket holding that many calls
+    low = 0.0 if low_bucket == 0 else float(edges[low_bucket - 1])
+    if high_rank > n:
+        return low, math.inf
+    high = float(edges[int(np.searchsorted(cumulative, high_rank))])
+    return low, high
+
+
+def _binomial_quantile(attempts: float, ratio: float) -> float:
+    from scipy.stats import binom
+
+    return float(binom.ppf(CONFIDENCE, math.ceil(attempts), min(1.0, ratio)))
 
 
 def _one_sided_z() -> float:
@@ -317,20 +368,27 @@ def prediction_shift(
 # --- gathering the evidence -------------------------------------------------------------------
 
 
-def _query(prometheus: str, query: str) -> float | None:
-    """One PromQL instant query summed over its series; None when it has no (finite) value."""
+def _series(prometheus: str, query: str) -> list[tuple[dict[str, str], float]]:
+    """One PromQL instant query: each series' labels and finite value."""
     answer = httpx.get(f"{prometheus.rstrip('/')}/api/v1/query", params={"query": query}, timeout=10.0)
     answer.raise_for_status()
-    values = [float(r["value"][1]) for r in answer.json()["data"]["result"]]
-    finite = [v for v in values if math.isfinite(v)]
-    return sum(finite) if finite else None
+    found = [(r["metric"], float(r["value"][1])) for r in answer.json()["data"]["result"]]
+    return [(labels, value) for labels, value in found if math.isfinite(value)]
 
 
-def served_figures(
-    prometheus: str, model: str, version: str, variant: str, seconds: float
-) -> tuple[float, float, float | None]:
-    """Records answered, records it failed to score, and the p95 model-call time (s) of one side
-    over the last `seconds`, summed over every replica Prometheus scrapes."""
+def _query(prometheus: str, query: str) -> float | None:
+    """One PromQL instant query summed over its series; None when it has no (finite) value."""
+    values = [value for _, value in _series(prometheus, query)]
+    return sum(values) if values else None
+
+
+Figures = tuple[float, float, float | None, tuple[tuple[float, float], ...] | None]
+"""Records, failures, p95 model-call time and its histogram, of one side (`served_figures`)."""
+
+
+def served_figures(prometheus: str, model: str, version: str, variant: str, seconds: float) -> Figures:
+    """Records answered, records it failed to score, the p95 model-call time (s) and the calls'
+    histogram of one side over the last `seconds`, summed over every replica Prometheus scrapes."""
     # The window is the rollout's own age, so that an earlier rollout's calls never count; a window
     # shorter than two scrapes has no value yet, and the decider waits.
     window = f"[{max(1, math.ceil(seconds))}s]"
@@ -345,7 +403,9 @@ def served_figures(
         f"histogram_quantile(0.95, sum by (le) "
         f"(increase(bitloop_inference_duration_seconds_bucket{{{side}}}{window})))",
     )
-    return records or 0.0, failures or 0.0, p95
+    histogram = f"sum by (le) (increase(bitloop_inference_duration_seconds_bucket{{{side}}}{window}))"
+    buckets = sorted((float(labels["le"]), value) for labels, value in _series(prometheus, histogram))
+    return records or 0.0, failures or 0.0, p95, tuple(buckets) or None
 
 
 def gather(
@@ -365,7 +425,7 @@ def gather(
     elapsed = rollout.elapsed_seconds(now)
     metric = params.promote.primary_metric(params.data.task)
     problems: list[str] = []
-    figures: dict[str, tuple[float, float, float | None]] = {}
+    figures: dict[str, Figures] = {}
     timed: Literal["yes", "unconfigured", "unreachable"] = "yes" if prometheus else "unconfigured"
     if prometheus:
         try:
@@ -392,12 +452,15 @@ def gather(
 
     def side(variant: str, version: str) -> Side:
         # Without Prometheus the prediction log counts the answered records.
-        records, failures, p95 = figures.get(variant, (float(len(rows_of[variant])), 0.0, None))
+        records, failures, p95, buckets = figures.get(
+            variant, (float(len(rows_of[variant])), 0.0, None, None)
+        )
         found = quality.get((version, variant))
         return Side(
             records=records,
             failures=failures,
             p95_seconds=p95,
+            latency_buckets=buckets,
             quality=None if found is None else found.realized.get(metric),
             labelled=0 if found is None else found.labelled,
             quality_spread=(

@@ -1,6 +1,7 @@
 """The backtest replays the loop through the real stages: in a stable world it never retrains, after
 a concept change it recovers within the training window without promoting a worse model, a corrupt
-batch is refused and the loop goes on; the command's JSON carries the figures it promises."""
+batch is refused and the loop goes on; under noisy traffic and latency good canaries are promoted
+and bad ones caught; the command's JSON carries the figures it promises."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import yaml
 
 from pipeline.__main__ import main
 from pipeline.backtest import CHANGE_AT, SCENARIOS, last_change, run_seed, summarise
+from pipeline.backtest_canary import BAD_KINDS, GOOD_ROLLOUTS, run_trial, summarise_trials, trial_verdicts
 from pipeline.params import parse_params
 from tests.factories import light_params
 
@@ -69,3 +71,21 @@ def test_the_command_prints_one_json_object_per_scenario(
     assert not (tmp_path / "docs").exists()  # --json writes nothing
     assert main(["--root", str(tmp_path), "backtest", "--scenario", "nowhere"]) == 2
     assert "no scenario 'nowhere'" in capsys.readouterr().err
+
+
+def test_canaries_under_noise_good_ones_are_promoted_and_each_bad_one_is_caught_for_its_fault() -> None:
+    """One seed of the canary trial: the good canary's rollouts (each with its own bursty traffic and
+    busy-machine latency) are all promoted; each bad kind is rolled back, naming its own SLO."""
+    found = run_trial(parse_params(params()), 6)
+    by_kind = {r.kind: r for r in found.rollouts if r.kind != "good"}
+    good = [r for r in found.rollouts if r.kind == "good"]
+    assert found.admitted
+    assert len(good) == GOOD_ROLLOUTS
+    assert [r.action for r in good] == ["promote"] * GOOD_ROLLOUTS, [r.reason for r in good]
+    for kind in BAD_KINDS:
+        assert by_kind[kind].action == "rollback", (kind, by_kind[kind].reason)
+        assert by_kind[kind].failed_slos == [kind], (kind, by_kind[kind].reason)
+    summary = summarise_trials([found])
+    assert (summary["false_rollbacks"], summary["good_rollouts"]) == (0, GOOD_ROLLOUTS)
+    assert all(summary[f"{kind}_caught"] == 1 for kind in BAD_KINDS)
+    assert trial_verdicts(summary) == []
