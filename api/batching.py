@@ -4,7 +4,8 @@ Batches form while the previous batch is being computed, so an idle server score
 once and a busy one answers many per call. With several requests already waiting, the batcher
 waits at most `max_wait_ms` for more, up to `max_size` rows. Inference runs in worker threads,
 never on the event loop. A record the model cannot score fails alone: `ServedModel.score` finds it
-by bisection and the others in its batch are answered.
+by bisection and the others in its batch are answered. Records holding a category value unseen in
+training are scored after the others, in a call of their own.
 """
 
 from __future__ import annotations
@@ -103,10 +104,13 @@ class MicroBatcher:
     async def _score(self, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
         try:
-            groups: dict[int, list[_Item]] = {}
+            # Per model, the records with values seen in training first, then the others: a record
+            # its model may refuse never delays, nor costs a bisection of, the familiar ones.
+            groups: dict[tuple[int, bool], list[_Item]] = {}
             for item in batch:
-                groups.setdefault(id(item.model), []).append(item)
-            for items in groups.values():
+                key = (id(item.model), not item.model.familiar(item.record))
+                groups.setdefault(key, []).append(item)
+            for _, items in sorted(groups.items(), key=lambda group: group[0][1]):
                 model, variant = items[0].model, items[0].variant
                 started = time.perf_counter()
                 try:

@@ -19,9 +19,10 @@ from datetime import datetime
 from typing import Any
 
 from api import metrics
-from api.model import ModelLoadError, ServedModel, load_version
+from api.model import TRAFFIC_CHECK_RECORDS, ModelLoadError, ServedModel, check_traffic, load_version
 from api.periodic import Periodic
 from api.settings import ApiSettings
+from pipeline.predictions import answered_records, scrubbed
 from pipeline.registry import CANARY, CHALLENGER, CHAMPION, SERVED_ALIASES, alias_version, fail_fast_client
 from pipeline.rollout import Rollout, in_canary, last_outcome, read_rollout
 
@@ -57,6 +58,8 @@ class ModelManager:
         self.registry_down_since: float | None = None
         self.refusals: dict[str, Refusal] = {}
         """The version each variant's alias points at that was refused, while it still points there."""
+        self.clock = time.monotonic
+        """When refusals happened and when they are retried (a test moves it on)."""
         self._lock = asyncio.Lock()
         self._watcher = Periodic("registry check", settings.reload_interval_seconds, self.refresh)
         self.on_swap: list[Any] = []
@@ -143,7 +146,7 @@ class ModelManager:
                     reason = (
                         "it carries no rollout terms (share, stable version, start): promote starts canaries"
                     )
-                    self.refusals[CANARY] = Refusal(wanted_version, reason, time.monotonic())
+                    self.refusals[CANARY] = Refusal(wanted_version, reason, self.clock())
                     notes.append(f"canary version {wanted_version} refused: {reason}")
                     if current is not None:
                         self._install(variant, None)
@@ -153,7 +156,7 @@ class ModelManager:
             if current is not None and current.version == wanted_version:
                 continue
             refusal = self.refusals.get(variant)
-            if refusal is not None and time.monotonic() - refusal.at < REFUSAL_RETRY_SECONDS:
+            if refusal is not None and self.clock() - refusal.at < REFUSAL_RETRY_SECONDS:
                 notes.append(f"version {wanted_version} stays refused: {refusal.reason}")
                 continue
             try:
@@ -172,9 +175,11 @@ class ModelManager:
                         f"version {reference.version}; not swapped in"
                     )
                     raise ModelLoadError(difference, public=difference)
+                if reference is not None:
+                    model.traffic_check = self._check_traffic(model, reference)
             except ModelLoadError as err:
                 metrics.RELOADS.labels(variant, "failure").inc()
-                self.refusals[variant] = Refusal(wanted_version, err.public, time.monotonic())
+                self.refusals[variant] = Refusal(wanted_version, err.public, self.clock())
                 log.error(
                     "model swap refused; still serving the loaded version",
                     extra={"variant": variant, "version": wanted_version, "error": str(err)[:500]},
@@ -196,6 +201,20 @@ class ModelManager:
                 },
             )
         return RefreshResult(changed, "; ".join(notes) or "already serving the registry's versions")
+
+    def _check_traffic(self, model: ServedModel, reference: ServedModel) -> str:
+        """Before it serves, a version scores what the one it joins or replaces answered lately (the
+        prediction log's newest records of that version): its own sample holds only values seen in
+        training, the traffic may not."""
+        try:
+            answered = answered_records(
+                self.settings.prediction_log_url, self.name, reference.version, TRAFFIC_CHECK_RECORDS
+            )
+        except Exception as err:  # the log unreadable: the swap is not held up by it
+            error = scrubbed(str(err), self.settings.prediction_log_url)[:300]
+            log.warning("cannot read the prediction log to check a version", extra={"error": error})
+            return "not checked: the prediction log could not be read"
+        return check_traffic(model, answered, reference.version)
 
     def _install(self, variant: str, model: ServedModel | None) -> None:
         old: ServedModel | None = getattr(self, variant)

@@ -15,6 +15,8 @@ from prometheus_client import (
 )
 from prometheus_client.registry import REGISTRY
 
+from pipeline.rollout import INFERENCE_BUCKETS
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -55,7 +57,7 @@ INFERENCE = Histogram(
     "bitloop_inference_duration_seconds",
     "Time of one model call (a micro-batch)",
     ["model", "version", "variant"],
-    buckets=LATENCY_BUCKETS,
+    buckets=INFERENCE_BUCKETS,
 )
 BATCH_ROWS = Histogram(
     "bitloop_inference_batch_rows", "Rows per model call", ["variant"], buckets=BATCH_BUCKETS
@@ -119,6 +121,10 @@ LOG_SPILLED = Gauge(
 LOG_DROPPED = Counter(
     "bitloop_prediction_log_dropped_rows_total",
     "Answered predictions never written to the log (its memory budget was full, or shutdown timed out)",
+)
+LOG_QUARANTINED = Counter(
+    "bitloop_prediction_log_quarantined_rows_total",
+    "Answered predictions the log's store refused for what they hold, kept in its quarantine table",
 )
 LOG_WRITE_FAILURES = Counter(
     "bitloop_prediction_log_write_failures_total", "Failed prediction log writes (each one is retried)"

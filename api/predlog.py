@@ -8,6 +8,11 @@ disk) segments wait and the write is retried with back-off: up to `max_pending` 
 beyond that on disk only (up to the spill budget), beyond both dropped and counted, never lost in
 silence. Shutdown waits a bounded time, then leaves what it could not write on disk for the next
 writer to adopt; only rows that had no room on disk are lost, and they are reported.
+
+A row the store refuses for what it holds (a value it cannot keep) never blocks the others: the
+writer bisects the segment to find it, as the micro-batcher does with a poison record, keeps it in
+the store's quarantine table with the reason (`bitloop_quarantine`, the row as escaped JSON text),
+counts it and writes the rest. Only faults of the store itself keep rows pending.
 """
 
 from __future__ import annotations
@@ -49,6 +54,10 @@ class LogStatus:
     dropped_rows: int
     error: str | None
     """Why the last write failed, while writes are failing; None when the log is healthy."""
+    quarantined_rows: int = 0
+    """Rows the store refused for what they hold, kept in its quarantine table, since start-up."""
+    catching_up: bool = False
+    """Writes succeed again after failing, and the rows that waited meanwhile are still pending."""
 
 
 @dataclass
@@ -95,6 +104,8 @@ class PredictionLog:
         self._stopping = False
         self._abandoned = False
         self._dropped = 0
+        self._quarantined = 0
+        self._catching_up = False
         self._error: str | None = None
         # Opening migrates the table, which takes the write lock: an unwritable log fails here.
         self._store: PredictionStore | None = open_store(self.url)
@@ -142,7 +153,12 @@ class PredictionLog:
 
     def status(self) -> LogStatus:
         with self._cond:
-            return LogStatus(self._pending, self._spilled, self._dropped, self._error)
+            return self._status()
+
+    def _status(self) -> LogStatus:
+        return LogStatus(
+            self._pending, self._spilled, self._dropped, self._error, self._quarantined, self._catching_up
+        )
 
     def close(self, timeout: float = 10.0) -> LogStatus:
         """Write what is pending, waiting at most `timeout` seconds. What is still unwritten stays on
@@ -169,7 +185,7 @@ class PredictionLog:
                         "prediction log not flushed in time: rows kept on disk for the next start",
                         extra={"kept": self._pending, "seconds": timeout, "error": self._error},
                     )
-            status = LogStatus(self._pending, self._spilled, self._dropped, self._error)
+            status = self._status()
             if self._spill is not None:
                 for writer, fd in self._adopted.items():
                     self._spill.release(writer, fd)
@@ -268,14 +284,18 @@ class PredictionLog:
                     self._publish()
                 return True
         rows = rows or []
+        refused: list[tuple[Row, str]] = []
         try:
             store = self._connected()
-            # Waits for the write lock, up to the store's timeout. Only a segment with a file is marked:
-            # a mark is what keeps a replayed file from being written twice.
-            if segment.on_disk:
-                store.stage_segment(rows, segment.writer, segment.seq)
-            else:
-                store.stage(rows)
+            try:
+                self._stage(store, segment, rows)
+            except Exception as err:
+                if not store.refuses_row(err):
+                    raise
+                store.rollback()
+                rows, refused = self._isolate(store, rows)
+                self._stage(store, segment, rows)
+                store.quarantine(refused)
             with self._cond:
                 # Commit and dequeue under the lock close() takes to give up: a segment it left on
                 # disk or counted as lost is never written after all, and a written one is neither.
@@ -286,6 +306,8 @@ class PredictionLog:
                 self._sealed.popleft()
                 self._forget(segment)
                 recovered, self._error = self._error is not None, None
+                self._catching_up = (self._catching_up or recovered) and self._pending > self._flush_rows
+                self._quarantined += len(refused)
                 if self._spill is not None and segment.on_disk:  # a failed first append left no file
                     self._spill.remove(segment.seq, segment.writer)
                     self._release_if_done(segment.writer)
@@ -304,6 +326,12 @@ class PredictionLog:
                     extra={"error": self._error, "log": redacted(self.url)},
                 )
             return False
+        if refused:
+            metrics.LOG_QUARANTINED.inc(len(refused))
+            log.error(
+                "prediction log refused rows for what they hold: quarantined, the rest written",
+                extra={"quarantined": len(refused), "reason": refused[0][1], "table": "bitloop_quarantine"},
+            )
         now = time.time()
         if recovered:
             log.info("prediction log writes succeed again", extra={"log": redacted(self.url)})
@@ -312,6 +340,40 @@ class PredictionLog:
         for row in rows:
             metrics.LOG_LAG.observe(now - row.ts)
         return True
+
+    @staticmethod
+    def _stage(store: PredictionStore, segment: Segment, rows: list[Row]) -> None:
+        # Only a segment with a file is marked: a mark is what keeps a replayed file from being
+        # written twice. Waits for the write lock, up to the store's timeout.
+        if segment.on_disk:
+            store.stage_segment(rows, segment.writer, segment.seq)
+        else:
+            store.stage(rows)
+
+    def _isolate(self, store: PredictionStore, rows: list[Row]) -> tuple[list[Row], list[tuple[Row, str]]]:
+        """The rows the store takes, in order, and those it refuses with the reason: halves staged
+        and rolled back until each refusal is one row (a few dozen trial inserts for one poison row in
+        a 512-row segment). A fault of the store itself on the way is raised: nothing is decided."""
+        taken: list[Row] = []
+        refused: list[tuple[Row, str]] = []
+        parts = [rows]
+        while parts:
+            part = parts.pop()
+            try:
+                store.stage(part)
+            except Exception as err:
+                store.rollback()
+                if not store.refuses_row(err):
+                    raise
+                if len(part) == 1:
+                    refused.append((part[0], scrubbed(f"{type(err).__name__}: {err}", self.url)))
+                else:
+                    middle = len(part) // 2
+                    parts += [part[middle:], part[:middle]]  # the first half is tried first
+                continue
+            store.rollback()
+            taken += part
+        return taken, refused
 
     def _adopt(self) -> None:
         """Queue the segments of spill writers that are gone, skipping those the log already holds."""

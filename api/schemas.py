@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -19,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline.predictions import unstorable
 from pipeline.schema import DatasetSchema, FeatureSpec
 
 Prediction = float | int | str
@@ -35,7 +37,17 @@ def datatype(values: list[Any]) -> str:
     return "BYTES"
 
 
-EntityId = Annotated[str, Field(min_length=1, max_length=200)]
+def storable(text: str) -> str:
+    """A string the prediction log keeps exactly on every store; a 422 naming the field otherwise
+    (`pipeline.predictions.unstorable` says which strings and why)."""
+    if (reason := unstorable(text)) is not None:
+        raise ValueError(f"{reason}: send it without that character")
+    return text
+
+
+StoredText = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(storable)]
+"""A client's string that is logged: 1 to 200 characters the log keeps exactly."""
+EntityId = StoredText
 """The client's id for what a record describes (a customer, say): logged with its prediction, it
 addresses the prediction's true outcome in `POST /feedback`."""
 EntityIds = list[EntityId]
@@ -75,12 +87,20 @@ class Health(BaseModel):
 
 
 class PredictionLogOut(BaseModel):
-    status: Literal["ok", "degraded"]
+    status: Literal["ok", "degraded", "catching_up"] = Field(
+        description="degraded: writes fail and rows wait; catching_up: writes succeed again and the rows "
+        "that waited are being written"
+    )
+    detail: str = Field(description="the status in words, with the pending rows or the write's error")
     pending_rows: int = Field(description="rows answered and not yet written, in memory or on disk")
     spilled_rows: int = Field(
         description="of the pending rows, those held on disk only (past the memory budget)"
     )
     dropped_rows: int = Field(description="rows answered and never written, since start-up")
+    quarantined_rows: int = Field(
+        description="rows the log's store refused for a value they hold, kept in its bitloop_quarantine "
+        "table with the reason, since start-up"
+    )
 
 
 class Readiness(BaseModel):
@@ -144,6 +164,10 @@ class ModelInfo(BaseModel):
     refused: list[RefusalOut] = Field(
         default_factory=list, description="versions the aliases point at that this server refused to serve"
     )
+    traffic_check: str | None = Field(
+        None,
+        description="how the champion scored the records the version it replaced answered, before it served",
+    )
     rollout: RolloutOut | None = Field(None, description="the canary rollout under way, if any")
     last_rollout: LastRolloutOut | None = Field(None, description="how the last rollout ended")
 
@@ -157,14 +181,14 @@ class OutcomeIn(BaseModel):
     """One true outcome, addressed by `request_id` (and `row`, for a batch) or by `id`."""
 
     model_config = ConfigDict(extra="forbid")
-    request_id: Annotated[str, Field(min_length=1, max_length=64)] | None = Field(
+    request_id: Annotated[str, Field(min_length=1, max_length=64), AfterValidator(storable)] | None = Field(
         None, description="the request_id the prediction was answered with"
     )
     row: Annotated[int, Field(ge=0, le=MAX_ROW_INDEX)] | None = Field(
         None, description="the record's position in its batch"
     )
     id: EntityId | None = Field(None, description="the entity id sent with the prediction (its newest)")
-    outcome: StrictBool | StrictInt | StrictFloat | StrictStr = Field(
+    outcome: StrictBool | StrictInt | StrictFloat | Annotated[StrictStr, AfterValidator(storable)] = Field(
         description="one of the model's classes, or the true value (regression)"
     )
 
@@ -254,7 +278,7 @@ def _annotation(spec: FeatureSpec, closed_categories: bool) -> Any:
     elif closed_categories and spec.categories:
         value = Literal[tuple(spec.categories)]
     else:
-        value = Annotated[str, Field(min_length=1, max_length=200)]
+        value = StoredText
     return value | None if spec.nullable else value
 
 

@@ -223,7 +223,15 @@ class ScoringService:
         if champion is None:
             problems.insert(0, "no champion loaded yet")
         else:
-            share, records = champion.faults.ratio()
+            share, refused, records = champion.faults.ratios()
+            if records >= ERROR_WINDOW_MIN_OUTCOMES and refused > self.settings.max_error_ratio:
+                # Said, not acted on: these are the senders' records (a 422 each), and a client must
+                # not be able to take a replica out of rotation by sending them.
+                problems.append(
+                    f"version {champion.version} refused {refused:.0%} of the {records} records it scored in "
+                    f"the last {ERROR_WINDOW_SECONDS:g} s as values it cannot score (answered 422, "
+                    'counted as cause="input")'
+                )
             if records >= ERROR_WINDOW_MIN_OUTCOMES and share > self.settings.max_error_ratio:
                 ready = False
                 problems.insert(
@@ -238,8 +246,18 @@ class ScoringService:
                 f"({status.spilled_rows} of them on disk only), {status.dropped_rows} dropped"
             )
             ready = ready and self.settings.log_failure == "degrade"
-        elif status.dropped_rows:
+        elif status.catching_up:
+            problems.append(
+                f"the prediction log is degraded, catching up: writes succeed again, {status.pending_rows} "
+                "rows that waited are still to be written"
+            )
+        if status.error is None and status.dropped_rows:
             problems.append(f"the prediction log dropped {status.dropped_rows} rows since start-up")
+        if status.quarantined_rows:
+            problems.append(
+                f"the prediction log refused {status.quarantined_rows} rows for a value they hold since "
+                "start-up (kept in its bitloop_quarantine table)"
+            )
         return ready, problems
 
     async def drain(self) -> None:

@@ -9,7 +9,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.params import DriftParams, ParamsError, PromoteParams, QualityParams, load_params
-from pipeline.settings import PREDICTION_LOG_DEFAULT, PREDICTION_LOG_SETTING
+from pipeline.settings import PREDICTION_LOG_DEFAULT, PREDICTION_LOG_SETTING, local_mlflow
 
 
 class ApiSettings(BaseSettings):
@@ -20,7 +20,7 @@ class ApiSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
     workers: Annotated[int, Field(ge=1)] = 1
-    mlflow_tracking_uri: str = Field("http://127.0.0.1:5000", validation_alias="MLFLOW_TRACKING_URI")
+    mlflow_tracking_uri: str = Field(default_factory=local_mlflow, validation_alias="MLFLOW_TRACKING_URI")
     model_name: str | None = None
     """Registered model to serve; defaults to model.name in params_file."""
     params_file: Path = Path("params.yaml")

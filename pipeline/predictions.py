@@ -118,6 +118,18 @@ MIGRATIONS = (
             "signal TEXT NOT NULL, claimed_at DOUBLE PRECISION NOT NULL)",
         ),
     ),
+    Migration(
+        5,
+        "rows the store refused, kept as escaped JSON text with the reason, so one never blocks the log",
+        sqlite=(
+            "CREATE TABLE IF NOT EXISTS bitloop_quarantine (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "quarantined_at REAL NOT NULL, reason TEXT NOT NULL, row_json TEXT NOT NULL)",
+        ),
+        postgres=(
+            "CREATE TABLE IF NOT EXISTS bitloop_quarantine (id BIGSERIAL PRIMARY KEY, "
+            "quarantined_at DOUBLE PRECISION NOT NULL, reason TEXT NOT NULL, row_json TEXT NOT NULL)",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -134,6 +146,11 @@ LABELLED_QUERY = (
     "FROM predictions p LEFT JOIN outcomes o ON o.request_id = p.request_id AND o.row_index = p.row_index "
     "WHERE p.model_name = ? AND p.ts >= ? AND p.ts < ? ORDER BY p.ts DESC LIMIT ?"
 )
+
+
+ROW_REFUSALS: tuple[type[Exception], ...] = (ValueError, TypeError, OverflowError)
+"""What a driver raises for a value it cannot send (a NUL, a lone surrogate, an integer too large):
+row-specific on every store, beside each store's own data and integrity errors."""
 
 
 class PredictionLogUnavailable(RuntimeError):
@@ -196,6 +213,29 @@ def scrubbed(text: str, url: str) -> str:
     password = urlsplit(url).password if is_postgres(url) else None
     text = text.replace(url, redacted(url))
     return text.replace(password, "***") if password else text
+
+
+def unstorable(text: str) -> str | None:
+    """Why the log cannot keep `text` exactly on every store, or None when it can.
+
+    Two kinds of string are refused at the door wherever a client sends one: a NUL character
+    (PostgreSQL's text and JSONB refuse it, so one such row used to stop the log for good) and a
+    lone surrogate (U+D800 to U+DFFF: not text at all in UTF-8, which both stores keep). Every other
+    string is stored and read back exactly."""
+    if "\x00" in text:
+        return "holds a NUL character (U+0000), which the prediction log cannot store"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "holds a lone surrogate (U+D800 to U+DFFF), which is not UTF-8 text"
+    return None
+
+
+def quarantine_text(row: Row) -> str:
+    """A row as JSON text of ASCII only: every character any store refuses (NUL, a lone surrogate)
+    escaped, so the row can be kept, read and replayed by hand."""
+    return json.dumps(row._asdict(), ensure_ascii=True, default=repr)
 
 
 def _json(value: Any) -> str:
@@ -292,6 +332,29 @@ class PredictionStore(ABC):
             "updated_at = excluded.updated_at",
             (writer, seq, time.time()),
         )
+
+    def quarantine(self, refused: Iterable[tuple[Row, str]]) -> None:
+        """Keep rows the store refused, with the reason, in the open transaction."""
+        now = time.time()
+        for row, reason in refused:
+            self._execute(
+                "INSERT INTO bitloop_quarantine (quarantined_at, reason, row_json) VALUES (?, ?, ?)",
+                (now, reason[:2000], quarantine_text(row)),
+            )
+
+    def quarantined(self, limit: int = 1000) -> list[tuple[float, str, dict[str, Any]]]:
+        """The newest quarantined rows: (when, why, the row as a dict), oldest first."""
+        found = self._execute(
+            "SELECT quarantined_at, reason, row_json FROM bitloop_quarantine ORDER BY id DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        self.rollback()
+        return [(float(at), str(reason), json.loads(text)) for at, reason, text in reversed(found)]
+
+    @abstractmethod
+    def refuses_row(self, err: Exception) -> bool:
+        """Whether `err` came from what a row holds (a value the store cannot keep), not from the
+        store itself (a connection lost, a disk full, a lock held too long)."""
 
     def committed_seq(self, writer: str) -> int:
         """The last segment `writer` committed; -1 when it committed none."""
@@ -501,6 +564,11 @@ class SqliteStore(PredictionStore):
     def table_missing(self, err: Exception) -> bool:
         return isinstance(err, sqlite3.OperationalError) and "no such table" in str(err)
 
+    def refuses_row(self, err: Exception) -> bool:
+        # OperationalError (locked, disk full, read-only, I/O) and DatabaseError are the store's.
+        refusals = (*ROW_REFUSALS, sqlite3.DataError, sqlite3.IntegrityError, sqlite3.ProgrammingError)
+        return isinstance(err, refusals)
+
     def stage(self, rows: Iterable[Row]) -> None:
         self.conn.executemany(
             INSERT + "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -539,6 +607,13 @@ class PostgresStore(PredictionStore):
         from psycopg2 import errors
 
         return isinstance(err, errors.UndefinedTable)
+
+    def refuses_row(self, err: Exception) -> bool:
+        # A NUL in a text parameter is a ValueError before it leaves psycopg2, one escaped in JSONB
+        # a DataError from the server; OperationalError and InterfaceError are the store's.
+        import psycopg2
+
+        return isinstance(err, (*ROW_REFUSALS, psycopg2.DataError, psycopg2.IntegrityError))
 
     def stage(self, rows: Iterable[Row]) -> None:
         from psycopg2.extras import execute_values
@@ -586,6 +661,23 @@ def insert_rows(url: str | Path, rows: Iterable[Row]) -> None:
 
 def _exists(url: str | Path) -> bool:
     return is_postgres(str(url)) or Path(str(url).removeprefix("sqlite:///")).exists()
+
+
+def answered_records(url: str | Path, model_name: str, version: str, limit: int) -> list[dict[str, Any]]:
+    """The inputs of the newest `limit` records `version` answered (shadow rows left out), newest
+    first: what a version about to replace it must also answer."""
+    if not _exists(url):
+        return []
+    store = open_store(url, read_only=True)
+    try:
+        found = store._execute(
+            "SELECT features FROM predictions WHERE model_name = ? AND model_version = ? AND variant <> ? "
+            "ORDER BY ts DESC LIMIT ?",
+            (model_name, version, SHADOW, limit),
+        ).fetchall()
+        return [store._decode(r[0]) for r in found]
+    finally:
+        store.close()
 
 
 def read_features(

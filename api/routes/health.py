@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, HTTPException, Response, status
 
 from api import metrics
+from api.predlog import LogStatus
 from api.schemas import (
     FeatureOut,
     Health,
@@ -49,12 +50,24 @@ async def ready(state: StateDep, response: Response) -> Readiness:
         model_name=state.manager.name,
         model_version=None if model is None else model.version,
         detail="; ".join(problems) if not ready else "; ".join(["serving", *problems]),
-        prediction_log=PredictionLogOut(
-            status="ok" if log.error is None else "degraded",
-            pending_rows=log.pending_rows,
-            spilled_rows=log.spilled_rows,
-            dropped_rows=log.dropped_rows,
-        ),
+        prediction_log=log_out(log),
+    )
+
+
+def log_out(log: LogStatus) -> PredictionLogOut:
+    if log.error is not None:
+        status, detail = "degraded", f"writes fail, {log.pending_rows} rows wait: {log.error[:200]}"
+    elif log.catching_up:
+        status, detail = "catching_up", f"degraded, catching up: {log.pending_rows} rows still to write"
+    else:
+        status, detail = "ok", "writing"
+    return PredictionLogOut(
+        status=status,
+        detail=detail,
+        pending_rows=log.pending_rows,
+        spilled_rows=log.spilled_rows,
+        dropped_rows=log.dropped_rows,
+        quarantined_rows=log.quarantined_rows,
     )
 
 
@@ -91,6 +104,7 @@ async def model_info(state: StateDep) -> ModelInfo:
         runtime=model.runtime,
         runtime_detail=model.runtime_detail,
         challenger_runtime=None if challenger is None else challenger.runtime,
+        traffic_check=model.traffic_check,
         refused=[
             RefusalOut(variant=variant, version=r.version, reason=r.reason)
             for variant, r in state.manager.refusals.items()

@@ -38,6 +38,7 @@ from api.scoring import Unavailable, UnscorableInput
 from api.state import ServerState, StateDep, require_api_key
 from api.validation import read_body
 from pipeline.compiled import ONNX_RUNTIME
+from pipeline.predictions import unstorable
 from pipeline.schema import DatasetSchema
 
 NUMBERS = frozenset(
@@ -260,6 +261,9 @@ def _ids(ids: Any, rows: int) -> list[str] | None:
         raise ProtocolError(f"parameter 'ids' must be a list of {rows} ids, one per row")
     if bad := [i for i, v in enumerate(ids) if not isinstance(v, str) or not 1 <= len(v) <= 200]:
         raise ProtocolError(f"parameter 'ids', row {bad[0]}: an id is a string of 1 to 200 characters")
+    for i, v in enumerate(ids):
+        if reason := unstorable(v):
+            raise ProtocolError(f"parameter 'ids', row {i}: an id {reason}")
     return ids
 
 

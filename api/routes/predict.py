@@ -9,12 +9,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel
 
 from api.arrow import ARROW_STREAM, read_columns, wants_arrow, write_predictions
-from api.schemas import BatchPredictionOut, PredictionOut, error_responses
+from api.schemas import BatchPredictionOut, PredictionOut, error_responses, storable
 from api.state import StateDep, require_api_key
 from api.validation import media_type, parse, parse_batch, read_body, records_from_columns
+from pipeline.predictions import unstorable
 
 router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key)])
 ERRORS = error_responses(401, 408, 415, 422, 503)
@@ -35,7 +36,7 @@ names the field and row: `["body", "records", row, field]` or `["body", "columns
 
 
 EntityIdQuery = Annotated[
-    str | None,
+    Annotated[str, AfterValidator(storable)] | None,
     Query(
         alias="id",
         min_length=1,
@@ -65,15 +66,13 @@ def _id_column(columns: dict[str, list[Any]], name: str, features: list[str]) ->
     if name not in columns:
         raise RequestValidationError([_query_error("id_column", f"the stream has no column {name!r}")])
     values = columns[name]
-    bad = [
-        {
-            "type": "string_type",
-            "loc": ("body", "columns", name, i),
-            "msg": "an id is a string of 1 to 200 characters",
-        }
-        for i, v in enumerate(values)
-        if not isinstance(v, str) or not 1 <= len(v) <= 200
-    ]
+    bad = []
+    for i, v in enumerate(values):
+        loc = ("body", "columns", name, i)
+        if not isinstance(v, str) or not 1 <= len(v) <= 200:
+            bad.append({"type": "string_type", "loc": loc, "msg": "an id is a string of 1 to 200 characters"})
+        elif reason := unstorable(v):
+            bad.append({"type": "value_error", "loc": loc, "msg": f"an id {reason}"})
     if bad:
         raise RequestValidationError(bad)
     if name not in features:

@@ -23,8 +23,15 @@ class FakeModel:
         self.started = threading.Event()
         self.batches: list[int] = []
         self.fail_on = fail_on
+        self.entered = 0
+        """Calls begun (each waits at the gate)."""
+
+    def familiar(self, record: dict[str, Any]) -> bool:
+        """Values of 100 and above stand for a category unseen in training."""
+        return bool(record["x"] < 100)
 
     def score(self, records: list[dict[str, Any]]) -> list[Any]:
+        self.entered += 1
         self.started.set()
         self.gate.wait(10)
         self.batches.append(len(records))
@@ -115,23 +122,34 @@ def test_a_cancelled_request_leaves_the_others_answered_and_the_batcher_working(
 
 
 def test_a_model_that_raises_fails_its_own_batch_only() -> None:
+    """Two batches in the model at once, on two threads: the one holding the record the model breaks
+    on fails, the other is answered, and so is the next request."""
     model = FakeModel(fail_on=13.0)
+    model.gate.clear()
 
-    async def scenario() -> tuple[Any, Any]:
-        batcher = MicroBatcher(threads=1, max_size=8, max_wait_ms=10)
+    async def scenario() -> tuple[list[Any], int, Any]:
+        batcher = MicroBatcher(threads=2, max_size=8, max_wait_ms=10)
         batcher.start()
         try:
-            broken = await asyncio.gather(
-                submit(batcher, model, 13.0),
-                return_exceptions=True,
-            )
-            return broken[0], await submit(batcher, model, 5.0)
+            broken = asyncio.ensure_future(submit(batcher, model, 13.0))
+            await started(model)  # the first batch, [13.0], is held in the model
+            company = [asyncio.ensure_future(submit(batcher, model, x)) for x in (2.0, 3.0)]
+            deadline = time.monotonic() + 10
+            while model.entered < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)  # the second batch reaches the model on the other thread
+            in_flight = model.entered
+            model.gate.set()
+            outcomes = await asyncio.gather(broken, *company, return_exceptions=True)
+            return outcomes, in_flight, await submit(batcher, model, 5.0)
         finally:
             await batcher.stop()
 
-    broken, after = run(scenario())
+    (broken, two, three), in_flight, after = run(scenario())
+    assert in_flight == 2  # both batches were in the model together
     assert isinstance(broken, RuntimeError)
+    assert (two, three) == ((2.0, None), (3.0, None))
     assert after == (5.0, None)
+    assert sorted(model.batches[:2]) == [1, 2]
 
 
 def test_stop_waits_for_the_batch_in_flight_then_refuses_work() -> None:
@@ -155,3 +173,27 @@ def test_stop_waits_for_the_batch_in_flight_then_refuses_work() -> None:
     answer, finished_early = run(scenario())
     assert answer == (7.0, None)
     assert not finished_early
+
+
+def test_records_with_unseen_values_are_scored_after_the_others_in_their_own_call() -> None:
+    """A batch formed while the model was busy holds familiar records and one with a value unseen in
+    training: the familiar ones share a call and are answered first; the other gets its own."""
+    model = FakeModel()
+    model.gate.clear()
+
+    async def scenario() -> list[Any]:
+        batcher = MicroBatcher(threads=1, max_size=8, max_wait_ms=50)
+        batcher.start()
+        try:
+            first = asyncio.ensure_future(submit(batcher, model, 0.0))
+            await started(model)  # the model is busy: the next three wait together
+            rest = [asyncio.ensure_future(submit(batcher, model, x)) for x in (1.0, 500.0, 2.0)]
+            await asyncio.sleep(0.1)
+            model.gate.set()
+            return list(await asyncio.gather(first, *rest))
+        finally:
+            await batcher.stop()
+
+    answers = run(scenario())
+    assert answers == [(0.0, None), (1.0, None), (500.0, None), (2.0, None)]
+    assert model.batches == [1, 2, 1]  # the familiar pair first, then the unseen value alone

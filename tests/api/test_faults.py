@@ -64,11 +64,15 @@ def fitted(trained: Trained, **encoder: Any) -> Pipeline:
     return model.fit(frame[trained.schema.feature_names], frame[trained.schema.target])
 
 
-def metric(base: str, line_start: str) -> float:
-    for line in httpx.get(f"{base}/metrics").text.splitlines():
+def metric_of(text: str, line_start: str) -> float:
+    for line in text.splitlines():
         if line.startswith(line_start):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def metric(base: str, line_start: str) -> float:
+    return metric_of(httpx.get(f"{base}/metrics").text, line_start)
 
 
 def test_poison_records_under_load_fail_alone_with_a_422_naming_the_field(
@@ -349,7 +353,14 @@ def test_a_full_disk_degrades_the_log_counts_every_lost_row_and_never_blocks_shu
                 wait_for(
                     lambda: (
                         readiness(base)["prediction_log"]
-                        == {"status": "ok", "pending_rows": 0, "spilled_rows": 0, "dropped_rows": dropped}
+                        == {
+                            "status": "ok",
+                            "detail": "writing",
+                            "pending_rows": 0,
+                            "spilled_rows": 0,
+                            "dropped_rows": dropped,
+                            "quarantined_rows": 0,
+                        }
                     )
                 )
                 assert count_rows(disk / "predictions.sqlite") + dropped == answered
@@ -559,3 +570,60 @@ def test_a_schema_fuzzer_finds_no_server_error(tmp_path: Path, mlflow_uri: str, 
     assert {"/predict", "/predict/batch"} <= set(calls)
     assert len(calls) > 200
     assert errors == []
+
+
+def test_a_version_that_refuses_what_its_predecessor_answered_never_serves(
+    make_client: Any, mlflow_uri: str, churn_model: Trained, tmp_path: Path
+) -> None:
+    """Its own sample holds only values seen in training, so it passes that check; the traffic the
+    champion answered holds a region it has never seen, which its encoder refuses. It is refused
+    with the share in /model and /ready, and the champion keeps serving; a version that answers that
+    traffic replaces it, its figures in /model."""
+    name = "strict-successor"
+    registry = MlflowClient(mlflow_uri)
+    first = register_version(mlflow_uri, name, fitted(churn_model), churn_model)
+    registry.set_registered_model_alias(name, "champion", first)
+    log = tmp_path / "successor.sqlite"
+    client = make_client(
+        name, closed_categories=False, prediction_log_url=str(log), prediction_log_flush_ms=5.0
+    )
+    record = sample_record(churn_model.schema)
+    for i in range(100):
+        answer = client.post("/predict", json=record | ({"region": "atlantis"} if i % 4 == 0 else {}))
+        assert answer.status_code == 200, answer.text
+    wait_for(lambda: count_rows(log) == 100, 10)
+
+    strict = register_version(mlflow_uri, name, fitted(churn_model, handle_unknown="error"), churn_model)
+    registry.set_registered_model_alias(name, "champion", strict)
+    assert client.post("/admin/reload").json()["changed"] is False
+    info = client.get("/model").json()
+    assert info["version"] == first
+    (refusal,) = info["refused"]
+    assert refusal["version"] == strict
+    assert f"refuses 25 of the 100 records version {first} answered most recently (25.0%" in refusal["reason"]
+    assert (
+        f"@champion version {strict} was refused: it refuses 25 of the 100"
+        in client.get("/ready").json()["detail"]
+    )
+
+    # A refused version is tried again after 5 minutes (the README's figure), not before.
+    manager = client.app.state.bitloop.manager
+    refused_at = manager.refusals["champion"].at
+    failures = 'bitloop_model_reloads_total{result="failure",variant="champion"}'
+
+    def attempts_after(seconds: float) -> float:
+        manager.clock = lambda: refused_at + seconds
+        client.portal.call(manager.refresh)
+        return metric_of(client.get("/metrics").text, failures)
+
+    before = metric_of(client.get("/metrics").text, failures)
+    assert attempts_after(299) == before  # still refused, not loaded again
+    assert attempts_after(301) == before + 1  # tried again, and refused again
+    assert client.get("/model").json()["version"] == first
+
+    tolerant = register_version(mlflow_uri, name, fitted(churn_model), churn_model)
+    registry.set_registered_model_alias(name, "champion", tolerant)
+    assert client.post("/admin/reload").json()["changed"] is True
+    info = client.get("/model").json()
+    assert (info["version"], info["refused"]) == (tolerant, [])
+    assert info["traffic_check"].startswith(f"refuses 0 of the 100 records version {first} answered")

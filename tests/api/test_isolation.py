@@ -143,3 +143,29 @@ def test_the_micro_batcher_shares_one_call_and_isolates_the_poison() -> None:
     assert results[17].field == "x"
     assert estimator.calls[0] == 40  # all forty shared one model call
     assert len(estimator.calls) < 20  # bisection costs a few calls, not one per record
+
+
+def test_a_refused_record_sent_again_is_answered_without_a_model_call() -> None:
+    """The first time its batch is bisected and it is diagnosed (a dozen calls); for a minute after,
+    the same record is refused at once and its batch takes one call, while another value is still
+    diagnosed afresh, and a new version forgets."""
+    estimator = Estimator()
+    model = served(estimator)
+    batch = [good(i) for i in range(31)] + [good(1e6)]
+    first = model.score(batch)
+    first_calls = len(estimator.calls)
+    assert first_calls > 5
+    estimator.calls.clear()
+    again = model.score(batch)
+    assert estimator.calls == [31]  # one call for the valid records, none for the poison
+    assert isinstance(again[-1], UnscorableRecord)
+    assert again[-1].field == "x"
+    assert again[-1] is not first[-1]  # each answer its own exception
+    assert [o[0] for o in again[:31]] == [o[0] for o in first[:31]]  # type: ignore[index]
+    assert model.faults.ratios()[1] == 2 / 64  # still counted as refused, each time
+    estimator.calls.clear()
+    model.score([good(1e7)])
+    assert len(estimator.calls) > 1  # another value: diagnosed
+    estimator.calls.clear()
+    served(estimator).score([good(1e6)])
+    assert len(estimator.calls) > 1  # another version: no memory of it

@@ -191,3 +191,32 @@ def test_a_live_writers_segments_are_never_adopted_by_another(tmp_path: Path) ->
     holder.close()
     assert request_ids(other) == list(range(7))
     assert count_rows(stuck) == 0
+
+
+def test_after_the_log_returns_the_backlog_reads_catching_up_until_it_is_written(tmp_path: Path) -> None:
+    """While the rows that waited are written, the status says so (/ready: "degraded, catching up"),
+    never a plain ok with thousands of rows pending; once they are written it is ok again."""
+    path = tmp_path / "p.sqlite"
+    log = PredictionLog(path, flush_rows=64, flush_ms=10, max_pending=150_000)
+    holder = hold_write_lock(path)
+    for start in range(0, 100_000, 64):  # one segment each, as requests append them
+        log.append(rows(64, start))
+    wait_for(lambda: log.status().error is not None, 30)
+    holder.rollback()
+    holder.close()
+    seen = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status = log.status()
+        seen.append(status)
+        if status.pending_rows == 0:
+            break
+        time.sleep(0.001)
+    log.close()
+    healthy = [s for s in seen if s.error is None]
+    assert healthy, "the log never came back"
+    behind = [s for s in healthy if s.pending_rows > 64]
+    assert behind, "no look while the backlog was written"
+    assert all(s.catching_up for s in behind)  # every look at the backlog says so
+    assert (seen[-1].pending_rows, seen[-1].catching_up) == (0, False)
+    assert count_rows(path) == 100_032
