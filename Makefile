@@ -15,7 +15,7 @@ export DO_NOT_TRACK := true
 export UV_LINK_MODE := copy
 export STACK
 
-.PHONY: help setup test test-e2e test-rollout test-stack test-compose test-scale images repro-check lint format repro backtest bench bench-scale up down secrets status logs drift-demo concept-demo screenshots clean
+.PHONY: help setup test test-e2e test-rollout test-stack test-compose test-scale images repro-check lint format repro backtest bench bench-scale bench-poison up down secrets status logs drift-demo concept-demo screenshots clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "; printf "bitloop: make <target>\n\n"} \
@@ -66,11 +66,14 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 repro: $(STAMP) ## run the DVC pipeline (needs MLflow: `make up`), pushing each new data version to the DVC remote
 	$(BIN)/python -m pipeline repro
 
-backtest: $(STAMP) ## replay 8 simulated histories x 20 seeds through the whole loop (about 22 minutes); writes docs/backtest.md
+backtest: $(STAMP) ## replay 8 simulated histories and the canary trial x 20 seeds through the whole loop (about 22 minutes); writes docs/backtest.md
 	$(BIN)/python -m pipeline backtest --scenario all --seeds 20 --first-seed 1
 
 bench: $(STAMP) ## benchmark the model server, with each runtime, against mlflow models serve (needs wrk); writes docs/benchmarks.md
 	$(BIN)/python bench/serving.py
+
+bench-poison: $(STAMP) ## valid throughput alone and beside a stream of records the model refuses (about a minute); writes docs/poison.md
+	$(BIN)/python bench/poison.py
 
 bench-scale: $(STAMP) ## how cost grows with data: training at 10k-1M rows, drift, log writes, 30 min of load (about 45 min); writes docs/scale.md
 	$(BIN)/python -m bench.scale

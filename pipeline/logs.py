@@ -114,6 +114,15 @@ class _RedactExtras(logging.Filter):
         return True
 
 
+class _NoPipVersionWarning(logging.Filter):
+    """MLflow warns, once per model it logs, that it cannot find pip's version: a uv-made environment
+    has no pip. Each model's requirements are pinned from this environment explicitly
+    (`pipeline.register.pip_requirements`), so the warning says nothing a user can act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to resolve installed pip version")
+
+
 def configure_logging(level: str | None = None) -> None:
     """Log to stderr; BITLOOP_LOG_FORMAT=json switches to JSON lines, BITLOOP_LOG_LEVEL sets the level."""
     handler = logging.StreamHandler(sys.stderr)
@@ -126,3 +135,6 @@ def configure_logging(level: str | None = None) -> None:
     root.setLevel(level or os.environ.get("BITLOOP_LOG_LEVEL", "INFO").upper())
     for noisy in ("urllib3", "httpx", "httpcore", "alembic", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    environment = logging.getLogger("mlflow.utils.environment")
+    if not any(isinstance(f, _NoPipVersionWarning) for f in environment.filters):
+        environment.addFilter(_NoPipVersionWarning())

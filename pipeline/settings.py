@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import Field, SecretStr
@@ -13,13 +14,25 @@ HANDOFF_SETTING = "BITLOOP_STAGE_HANDOFF"
 Handoff = Literal["workspace", "remote"]
 
 
+def local_mlflow() -> str:
+    """The local stack's MLflow, at its port setting (BITLOOP_MLFLOW_PORT, 5000 by default): a stack
+    moved to another port (`BITLOOP_MLFLOW_PORT=5100 make up`) is the one every command finds."""
+    return f"http://127.0.0.1:{os.environ.get('BITLOOP_MLFLOW_PORT', '5000')}"
+
+
+def local_api() -> str:
+    """The local stack's model server, at its port setting (BITLOOP_API_PORT, 8000 by default)."""
+    return f"http://127.0.0.1:{os.environ.get('BITLOOP_API_PORT', '8000')}"
+
+
 class PipelineSettings(BaseSettings):
     """Where the pipeline talks to; experiment parameters live in params.yaml instead."""
 
     model_config = SettingsConfigDict(extra="ignore", validate_by_name=True)
 
-    mlflow_tracking_uri: str = "http://127.0.0.1:5000"
-    """The MLflow tracking server and model registry (env MLFLOW_TRACKING_URI)."""
+    mlflow_tracking_uri: str = Field(default_factory=local_mlflow)
+    """The MLflow tracking server and model registry (env MLFLOW_TRACKING_URI; unset: the local
+    stack's, at BITLOOP_MLFLOW_PORT)."""
     prediction_log_url: str = Field(PREDICTION_LOG_DEFAULT, validation_alias=PREDICTION_LOG_SETTING)
     """The model server's prediction log, which the drift monitor reads (SQLite path or postgresql:// URL)."""
     stage_handoff: Handoff = Field("workspace", validation_alias=HANDOFF_SETTING)
@@ -28,7 +41,7 @@ class PipelineSettings(BaseSettings):
     dvc_remote_url: str = Field("", validation_alias="BITLOOP_DVC_REMOTE_URL")
     """The DVC remote every data version and stage output is pushed to, instead of .dvc/config's
     (e.g. `s3://bucket/bitloop`); empty: .dvc/config's."""
-    api_url: str = Field("http://127.0.0.1:8000", validation_alias="BITLOOP_API_URL")
+    api_url: str = Field(default_factory=local_api, validation_alias="BITLOOP_API_URL")
     """The model server the ground_truth DAG sends outcomes to (`POST /feedback`)."""
     api_key: SecretStr | None = Field(None, validation_alias="BITLOOP_API_API_KEY")
     """The model server's API key, when it has one."""

@@ -1,6 +1,8 @@
 """Airflow's REST API as the local stack uses it: log in, trigger a DAG run once, follow it to the end.
 
 `make up` runs the training DAG through it; the drift demo and `make screenshots` use it too.
+Written by hand: three calls (a token, a run, its state), where Airflow's generated client
+(`apache-airflow-client`) is another package pinned to the server's exact version.
 """
 
 from __future__ import annotations

@@ -6,12 +6,14 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from pipeline.predictions import count_rows, read_features, read_rows
 from tests.api.conftest import Trained, sample_record
+from tests.factories import PROJECT
 from tests.servers import free_port
 
 pytestmark = pytest.mark.integration
@@ -148,16 +150,50 @@ def test_no_champion_means_not_ready_and_503(make_client: Client) -> None:
     assert client.get("/model").status_code == 503
 
 
-def test_api_key_protects_predict_and_admin_only(make_client: Client, churn_model: Trained) -> None:
+def guarded_routes(client: TestClient) -> set[str]:
+    """The app's own routes that depend on the API key check."""
+    from fastapi.routing import APIRoute
+
+    from api.state import require_api_key
+
+    def guarded(dependant: Any) -> bool:
+        return any(d.call is require_api_key or guarded(d) for d in dependant.dependencies)
+
+    return {r.path for r in client.app.routes if isinstance(r, APIRoute) and guarded(r.dependant)}  # type: ignore[attr-defined]
+
+
+def test_api_key_guards_the_routes_the_readme_names_and_no_others(
+    make_client: Client, churn_model: Trained
+) -> None:
+    """The README's list (and its settings table) against the app's routes; then each kind sent for
+    real: without the key 401, with it answered, and the open routes open."""
     client = make_client(churn_model.name, api_key="s3cret")
+    readme = (PROJECT / "README.md").read_text()
+    listed = "`/predict*`, `/feedback`, `/v2/models/*/infer`, `/drift`, `/performance`"
+    assert f"With an API key set, {listed}\n  and `/admin/*` require it." in readme
+    assert f"when set, {listed} and `/admin/*` require the `X-API-Key` header |" in readme
+    assert guarded_routes(client) == {
+        "/predict",
+        "/predict/batch",
+        "/feedback",
+        "/v2/models/{name}/infer",
+        "/v2/models/{name}/versions/{model_version}/infer",
+        "/drift",
+        "/performance",
+        "/admin/reload",
+    }
     record = sample_record(churn_model.schema)
+    key = {"X-API-Key": "s3cret"}
     assert client.post("/predict", json=record).status_code == 401
     assert client.post("/predict", json=record, headers={"X-API-Key": "wrong"}).status_code == 401
-    assert client.post("/predict", json=record, headers={"X-API-Key": "s3cret"}).status_code == 200
+    assert client.post("/predict", json=record, headers=key).status_code == 200
     assert client.post("/admin/reload").status_code == 401
-    assert client.post("/admin/reload", headers={"X-API-Key": "s3cret"}).json()["changed"] is False
-    assert client.get("/ready").status_code == 200
-    assert client.get("/metrics").status_code == 200
+    assert client.post("/admin/reload", headers=key).json()["changed"] is False
+    for path in ("/drift", "/performance"):
+        assert client.get(path).status_code == 401, path
+        assert client.get(path, headers=key).status_code == 200, path
+    for path in ("/ready", "/metrics", "/model", "/health"):
+        assert client.get(path).status_code == 200, path
 
 
 def test_model_endpoint_describes_the_champion(make_client: Client, churn_model: Trained) -> None:

@@ -37,7 +37,11 @@ def test_promotion_under_load_drops_nothing_and_logs_every_answer(
         seen = [v for _, v in answers]
         switch = seen.index(target)
         assert set(seen[:switch]) == {trained.version}
-        assert set(seen[switch + 200 :]) <= {target}  # requests queued before the swap may finish on the old
+        after = seen[switch:]
+        assert len(after) > 150
+        assert set(after) == {trained.version, target} or set(after) == {target}
+        # Each of the other three clients may have had one request in flight when the swap came.
+        assert after.count(trained.version) <= 3, after[:20]
         metrics = httpx.get(f"{base}/metrics").text
         assert 'bitloop_model_reloads_total{result="success",variant="champion"} 2.0' in metrics
     assert count_rows(tmp_path / "predictions.sqlite") == len(answers)

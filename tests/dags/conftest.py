@@ -54,3 +54,22 @@ def asset_events(dag_id: str, run_id: str) -> list[Any]:
                 )
             )
         )
+
+
+def starts_training(event: Any) -> bool:
+    """Whether the training DAG's schedule fires on this asset event: its asset is one the training
+    DAG is scheduled on, so the scheduler queues a training run for it (`dag.test()` runs no
+    scheduler, so the tests check the link the scheduler follows)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    training = DagBag(dag_folder=str(DAGS / "training.py")).get_dag("training")
+    assert training is not None, "the training DAG did not load"
+    from airflow.models.asset import AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        asset = session.get(AssetModel, event.asset_id)
+        assert asset is not None, f"no asset {event.asset_id}"
+        name = asset.name
+    condition = training.timetable.asset_condition
+    return name in {asset.name for asset in getattr(condition, "objects", (condition,))}

@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from pipeline.run import run_all
 from pipeline.settings import PipelineSettings
 from pipeline.sources.simulated import TARGET, simulate_churn
-from tests.dags.conftest import DAGS, asset_events
+from tests.dags.conftest import DAGS, asset_events, starts_training
 from tests.factories import light_params, log_predictions, make_workspace
 
 MODEL = "drift-dag-churn"
@@ -95,6 +95,7 @@ def test_drifted_traffic_emits_the_asset_and_calm_traffic_does_not(
     [event] = asset_events("drift_monitor", drifted.run_id)
     assert event.extra["drift_share"] >= 0.5
     assert "monthly_charges" in event.extra["drifted_features"]
+    assert starts_training(event)  # the training DAG is scheduled on this asset
     latest = max(reports(), key=lambda r: r.info.start_time)
     assert latest.data.tags["bitloop.dataset_drift"] == "true"
     assert latest.data.metrics["drift_share"] == event.extra["drift_share"]

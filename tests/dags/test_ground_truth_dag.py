@@ -21,7 +21,7 @@ import pytest
 from pipeline.predictions import count_rows, open_store
 from pipeline.sources.simulated import ID_COLUMN
 from tests.api.conftest import Trained, train_model
-from tests.dags.conftest import DAGS, asset_events
+from tests.dags.conftest import DAGS, asset_events, starts_training
 from tests.factories import PROJECT
 from tests.servers import free_port, serve
 
@@ -171,6 +171,7 @@ def test_concept_drift_breaks_live_quality_and_the_quality_asset_starts_training
     [event] = asset_events("ground_truth", run.run_id)
     assert event.extra["labelled"] == 600
     assert any(b.startswith("roc_auc=") and "holdout" in b for b in event.extra["breaches"])
+    assert starts_training(event)  # the training DAG is scheduled on this asset
     # Within the cooldown, the next breach starts nothing.
     again = load_dag().test()
     assert {ti.task_id: ti.state for ti in again.get_task_instances()}["emit"] == "skipped"

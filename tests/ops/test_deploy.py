@@ -311,12 +311,35 @@ def test_every_action_is_pinned_by_commit_and_every_suite_runs() -> None:
     for use in uses:
         assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", use), f"{use} is not pinned by commit"
     runs = "\n".join(step.get("run", "") for job in workflow["jobs"].values() for step in job["steps"])
-    for target in ("lint", "test", "test-stack", "test-compose", "test-scale", "repro-check"):
+    for target in (t for t in suites() if t != "setup"):  # every suite .ci/run runs (setup: in each)
         assert re.search(rf"make {target}$", runs, flags=re.MULTILINE), target
+    test = workflow["jobs"]["test"]["steps"]
+    installed = " ".join(step.get("run", "") for step in test)
+    assert "postgresql" in installed  # the prediction log's tests start a real server
+    assert all(
+        step["run"].startswith("sudo ") for step in test if re.search(r"make test", step.get("run", ""))
+    )
+    stack = next(
+        job
+        for job in workflow["jobs"].values()
+        if any("make test-stack" in s.get("run", "") for s in job["steps"])
+    )
+    assert (
+        any(step.get("env", {}).get("STACK") == "local" for step in stack["steps"])
+        or stack.get("env", {}).get("STACK") == "local"
+    )
     assert "actionlint" in runs  # upstream, where its binary can be fetched
     assert "pip-audit" in runs
     assert workflow["env"]["CI"] == "true"
     assert set(workflow["jobs"]["images"]["needs"]) == {"lint", "test", "stack", "compose"}
+
+
+def suites() -> list[str]:
+    """The make targets .ci/run runs (its `timed NAME make TARGET` lines)."""
+    text = (PROJECT / ".ci" / "run").read_text()
+    found = re.findall(r"^timed ([a-z0-9-]+)", text, flags=re.MULTILINE)
+    assert found, "no suites found in .ci/run"
+    return found
 
 
 def test_the_flake_parses() -> None:

@@ -218,6 +218,9 @@ def test_a_duration_over_the_readmes_figure_is_reported() -> None:
     assert "took 9.1 minutes, but the README says about 6" in str(within_stated("make test", 9.1 * 60, text))
     assert within_stated("make drift-demo", 90, text) is None
     assert within_stated("make drift-demo", 91, text) is not None
+    # A figure twice too high is as stale as one too low.
+    assert within_stated("make test", 3 * 60, text) is None
+    assert "took 2.9 minutes, but the README says about 6" in str(within_stated("make test", 2.9 * 60, text))
     with pytest.raises(LookupError, match="make up"):
         stated_minutes("make up", text)
 

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from api.settings import ApiSettings
 from pipeline.__main__ import _parser, main
+from pipeline.settings import PipelineSettings
 from tests.factories import light_params
 from tests.servers import free_port
 
@@ -66,3 +68,42 @@ def test_no_subcommand_prints_the_tracking_password(
             assert f"MLflow is not reachable at http://bitloop:***@127.0.0.1:{port}" in shown[name], shown[
                 name
             ]
+
+
+def test_one_port_setting_reaches_every_command(
+    mlflow_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`BITLOOP_MLFLOW_PORT=5100 make up` moves the stack's MLflow; every `python -m pipeline` command
+    without MLFLOW_TRACKING_URI then talks to that port, not :5000 (where another registry may be);
+    an explicit MLFLOW_TRACKING_URI still wins."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(light_params(model={"name": "moved-churn"})))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("BITLOOP_MLFLOW_PORT", mlflow_uri.rsplit(":", 1)[1])
+    main(["--root", str(tmp_path), "champion"])
+    shown = capsys.readouterr()
+    assert "not reachable" not in shown.out + shown.err, shown.err
+    assert PipelineSettings().mlflow_tracking_uri == mlflow_uri
+    assert ApiSettings().mlflow_tracking_uri == mlflow_uri
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    assert PipelineSettings().mlflow_tracking_uri == "http://mlflow:5000"
+    assert ApiSettings().mlflow_tracking_uri == "http://mlflow:5000"
+
+
+def test_mlflows_pip_version_warning_is_not_printed_and_its_other_warnings_are(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """MLflow's "Failed to resolve installed pip version", once per candidate in every `make repro`,
+    says nothing about the pinned requirements; any other warning of that module still shows."""
+    import logging
+
+    from pipeline.logs import configure_logging
+
+    configure_logging()
+    environment = logging.getLogger("mlflow.utils.environment")
+    environment.addHandler(caplog.handler)  # MLflow's loggers may not propagate to the root
+    try:
+        environment.warning("Failed to resolve installed pip version. ``pip`` will be added to conda.yaml")
+        environment.warning("Encountered an unexpected error while inferring pip requirements")
+    finally:
+        environment.removeHandler(caplog.handler)
+    assert {r.getMessage()[:22] for r in caplog.records} == {"Encountered an unexpec"}

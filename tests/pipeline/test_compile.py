@@ -153,6 +153,26 @@ def test_the_parity_check_fails_a_graph_of_another_model(
     assert figures["label_mismatches"] > 0
 
 
+def test_a_graph_that_fails_parity_is_said_as_a_warning_where_make_repro_shows_it(
+    fitted: dict[tuple[str, str], tuple[Pipeline, DatasetSchema]],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A graph that converts but answers otherwise (here: another model's, as a converter bug would
+    give) is recorded as failed and said at WARNING, not only INFO."""
+    import pipeline.compile
+
+    linear, schema = fitted["binary", "linear"]
+    forest, _ = fitted["binary", "random_forest"]
+    monkeypatch.setattr(pipeline.compile, "to_onnx", lambda model, schema: to_onnx(linear, schema))
+    with caplog.at_level("WARNING", logger="pipeline.compile"):
+        _, compilation = compile_candidate(forest, schema, HOLDOUT)
+    assert compilation.status == "failed"
+    assert any(
+        "served with scikit-learn" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records
+    )
+
+
 def test_a_step_without_a_converter_is_recorded_and_nothing_compiled(
     fitted: dict[tuple[str, str], tuple[Pipeline, DatasetSchema]],
 ) -> None:
