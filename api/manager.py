@@ -175,8 +175,11 @@ class ModelManager:
                         f"version {reference.version}; not swapped in"
                     )
                     raise ModelLoadError(difference, public=difference)
-                if reference is not None:
-                    model.traffic_check = self._check_traffic(model, reference)
+                # A new champion takes all the traffic at once: it must answer what the old one did.
+                # A canary is judged on the traffic itself by its rollout, its failures answered by
+                # the stable version (rollout.slo.max_error_ratio_increase).
+                if variant == CHAMPION and current is not None:
+                    model.traffic_check = self._check_traffic(model, current)
             except ModelLoadError as err:
                 metrics.RELOADS.labels(variant, "failure").inc()
                 self.refusals[variant] = Refusal(wanted_version, err.public, self.clock())
@@ -203,7 +206,7 @@ class ModelManager:
         return RefreshResult(changed, "; ".join(notes) or "already serving the registry's versions")
 
     def _check_traffic(self, model: ServedModel, reference: ServedModel) -> str:
-        """Before it serves, a version scores what the one it joins or replaces answered lately (the
+        """Before it serves, a new champion scores what the one it replaces answered lately (the
         prediction log's newest records of that version): its own sample holds only values seen in
         training, the traffic may not."""
         try:

@@ -247,9 +247,10 @@ def _served_checks(evidence: Evidence, slo: RolloutSlo, min_requests: int, enoug
         f"({ratio:.2f}x, limit {slo.max_latency_ratio:g}x once slower by "
         f"{slo.min_latency_increase_ms:g} ms or more"
     )
-    # Judged on bounds when the histograms are there: the canary's p95 at least its lower bound,
-    # the stable version's at most its upper one, so neither the sampling of a few hundred calls nor
-    # the width of a bucket can fail a canary that is not slower.
+    # The ratio is judged on bounds when the histograms are there: the canary's p95 at least its
+    # lower bound, the stable version's at most its upper one, so neither the sampling of a few
+    # hundred calls nor the width of a bucket can fail a canary that is not slower. The smallest
+    # increase that counts is a matter of size, not of chance: it is read on the two p95s.
     low = p95_bounds(canary.latency_buckets)[0] if canary.latency_buckets else canary.p95_seconds
     high = p95_bounds(stable.latency_buckets)[1] if stable.latency_buckets else stable.p95_seconds
     if canary.latency_buckets and stable.latency_buckets:
@@ -258,34 +259,42 @@ def _served_checks(evidence: Evidence, slo: RolloutSlo, min_requests: int, enoug
             f"the stable's at most {high * 1000:.2f} ms"
         )
     slowest = low / high if high > 0 else math.inf
-    slow = slowest > slo.max_latency_ratio and (low - high) * 1000 >= slo.min_latency_increase_ms
+    slower_ms = (canary.p95_seconds - stable.p95_seconds) * 1000
+    slow = slowest > slo.max_latency_ratio and slower_ms >= slo.min_latency_increase_ms
     checks.append(Check("latency", "fail" if slow else "pass", detail + ")"))
     return checks
 
 
 def p95_bounds(buckets: tuple[tuple[float, float], ...]) -> tuple[float, float]:
     """A distribution-free CONFIDENCE interval (two one-sided bounds) on the 95th percentile of the
-    calls a histogram counted: the order statistics at ranks 0.95 n -+ z sqrt(n 0.95 0.05) bracket
-    it (binomial), and each lies in a known bucket: the lower bound is that bucket's lower edge, the
-    upper its upper edge (infinite in +Inf). `buckets` are (upper bound, cumulative count) pairs in
-    order, as Prometheus's `sum by (le)` gives them.
+    calls a histogram counted: the order statistics at ranks 0.95 n -+ z sqrt(n 0.95 0.05) bracket it
+    (binomial), each read from its bucket by linear interpolation, as Prometheus's
+    histogram_quantile reads a quantile (a rank in +Inf: the highest finite bound below, no bound
+    above). `buckets` are (upper bound, cumulative count) pairs in order, as `sum by (le)` gives them.
 
-    Written here because the p95 Prometheus interpolates is a point: a 500-call sample and a
-    bucket's width both move it by more than the latency SLO allows, and no client library bounds a
-    quantile read from histogram buckets."""
+    Written here because the p95 Prometheus interpolates is a point: a 500-call sample moves it by
+    more than the latency SLO allows, and no client library bounds a quantile read from buckets."""
     edges = [b for b, _ in buckets]
     cumulative = np.maximum.accumulate([c for _, c in buckets])  # counters may jitter between scrapes
     n = float(cumulative[-1]) if len(cumulative) else 0.0
     if n <= 0:
         return 0.0, math.inf
     spread = _one_sided_z() * math.sqrt(n * 0.95 * 0.05)
-    low_rank, high_rank = max(1.0, math.floor(0.95 * n - spread)), math.ceil(0.95 * n + spread)
-    low_bucket = int(np.searchsorted(cumulative, low_rank))  # first bucket holding that many calls
-    low = 0.0 if low_bucket == 0 else float(edges[low_bucket - 1])
-    if high_rank > n:
-        return low, math.inf
-    high = float(edges[int(np.searchsorted(cumulative, high_rank))])
-    return low, high
+    low_rank, high_rank = max(1.0, 0.95 * n - spread), 0.95 * n + spread
+    high = math.inf if high_rank > n else _at_rank(edges, cumulative, high_rank)
+    return _at_rank(edges, cumulative, low_rank), high
+
+
+def _at_rank(edges: list[float], cumulative: np.ndarray, rank: float) -> float:
+    """The value of the call at `rank`, interpolated in the bucket that holds it."""
+    index = int(np.searchsorted(cumulative, rank))  # the first bucket holding that many calls
+    lower = 0.0 if index == 0 else float(edges[index - 1])
+    if not math.isfinite(edges[index]):
+        return lower
+    below = 0.0 if index == 0 else float(cumulative[index - 1])
+    inside = float(cumulative[index]) - below
+    share = (rank - below) / inside if inside > 0 else 1.0
+    return lower + (float(edges[index]) - lower) * share
 
 
 def _binomial_quantile(attempts: float, ratio: float) -> float:

@@ -37,13 +37,13 @@ STABLE_TAG = TAG + "rollout.stable"
 STARTED_TAG = TAG + "rollout.started_at"
 PSI_BINS = 10
 INFERENCE_BUCKETS = (
-    0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05,
-    0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0005, 0.0006, 0.00075, 0.001, 0.00125, 0.0015, 0.002, 0.0025, 0.003, 0.004, 0.005, 0.006,
+    0.0075, 0.01, 0.0125, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.06, 0.075, 0.1, 0.125, 0.15, 0.2,
+    0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 """Upper bounds (s) of the model servers' bitloop_inference_duration_seconds buckets. The decider
-bounds each side's p95 model call by the edges of the buckets it falls in (`decider.p95_bounds`):
-steps of a third to a half keep that bound within the latency SLO's 2x in the milliseconds a model
-call takes."""
+bounds each side's p95 model call by interpolating in the buckets (`decider.p95_bounds`): steps of
+a quarter to a third from 0.5 ms to 0.5 s keep that reading close to the calls' own quantiles."""
 LAST_TAG = TAG + "rollout.last"
 """On the registered model: the last rollout's outcome, reason and time (JSON)."""
 
