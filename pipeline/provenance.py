@@ -14,13 +14,25 @@ from pipeline.registry import RECORD_DIR
 
 
 def git_commit(root: Path) -> str:
-    """The commit the code ran at, with '-dirty' when the work tree has changes."""
+    """The commit the code ran at, with '-dirty' when the work tree's code has changes. params.yaml
+    is left out: a run records its parameters itself, and `reproduce` retrains with those, so the
+    edit the README asks for (params.yaml) leaves the code's commit exact."""
     try:
         commit = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            [
+                "git",
+                "-C",
+                str(root),
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":(exclude)params.yaml",
+            ],
             capture_output=True,
             text=True,
             check=True,

@@ -100,3 +100,25 @@ def test_a_version_without_a_record_is_refused_with_a_reason(project: Path, mlfl
     assert done.stdout == ""
     assert "no-such-model" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_params_edit_leaves_the_commit_exact_and_a_code_edit_marks_it(tmp_path: Path) -> None:
+    """The README asks users to edit params.yaml; a run records its parameters itself, so only code
+    changes make the commit '-dirty' (and `reproduce` fall back to the current code)."""
+    from pipeline.provenance import git_commit
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "params.yaml").write_text("a: 1\n")
+    (tmp_path / "pipeline").mkdir()
+    (tmp_path / "pipeline" / "x.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    head = git_commit(tmp_path)
+    assert len(head) == 40
+    (tmp_path / "params.yaml").write_text("a: 2\n")
+    assert git_commit(tmp_path) == head
+    (tmp_path / "pipeline" / "x.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == head + "-dirty"
