@@ -118,6 +118,9 @@ class PoisonMemory:
     def key(record: dict[str, Any]) -> bytes:
         return hashlib.blake2b(orjson.dumps(record, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
 
+    def __len__(self) -> int:
+        return len(self._known)
+
     def get(self, key: bytes) -> UnscorableRecord | None:
         with self._lock:
             found = self._known.get(key)
@@ -244,15 +247,20 @@ class ServedModel:
     def score(self, records: list[dict[str, Any]]) -> list[Outcome | Exception]:
         """Each record's outcome: one model call when all succeed; otherwise the failing records are
         found by bisection, so a record the model cannot score never fails the others beside it."""
-        keys = [PoisonMemory.key(r) for r in records]
-        known = {i: refusal for i, key in enumerate(keys) if (refusal := self.poisons.get(key)) is not None}
+        # Records are hashed only while the memory holds something: a version that refused nothing
+        # costs its batches no hashing.
+        known: dict[int, Outcome | Exception] = {}
+        if self.poisons:
+            for i, record in enumerate(records):
+                if (refusal := self.poisons.get(PoisonMemory.key(record))) is not None:
+                    known[i] = refusal
         rest = [i for i in range(len(records)) if i not in known]
         scored = self._score_isolating([records[i] for i in rest]) if rest else []
-        found: dict[int, Outcome | Exception] = dict(known)
+        found = dict(known)
         for i, outcome in zip(rest, scored, strict=True):
             found[i] = outcome
             if isinstance(outcome, UnscorableRecord):
-                self.poisons.put(keys[i], outcome)
+                self.poisons.put(PoisonMemory.key(records[i]), outcome)
         outcomes = [found[i] for i in range(len(records))]
         refused = sum(isinstance(o, UnscorableRecord) for o in outcomes)
         faults = sum(isinstance(o, Exception) for o in outcomes) - refused

@@ -97,21 +97,14 @@ class SeedTrials:
 
 
 def histogram_p95(counts: np.ndarray) -> float | None:
-    """The 95th percentile Prometheus's histogram_quantile reads from cumulative-free bucket counts
-    (one per LATENCY_BUCKETS upper bound, then +Inf): linear within the bucket it falls in, the
-    highest finite bound when it falls in +Inf; None without observations."""
-    total = float(counts.sum())
-    if total <= 0:
-        return None
-    rank = 0.95 * total
+    """The 95th percentile Prometheus's histogram_quantile reads from bucket counts (one per
+    LATENCY_BUCKETS upper bound, then +Inf); None without observations."""
+    from pipeline.decider import at_rank
+
     cumulative = np.cumsum(counts)
-    index = int(np.searchsorted(cumulative, rank))
-    if index >= len(LATENCY_BUCKETS):
-        return LATENCY_BUCKETS[-1]
-    lower = 0.0 if index == 0 else LATENCY_BUCKETS[index - 1]
-    below = 0.0 if index == 0 else float(cumulative[index - 1])
-    inside = float(counts[index])
-    return lower + (LATENCY_BUCKETS[index] - lower) * ((rank - below) / inside if inside else 0.0)
+    if cumulative[-1] <= 0:
+        return None
+    return at_rank([*LATENCY_BUCKETS, math.inf], cumulative, 0.95 * float(cumulative[-1]))
 
 
 def _bucket_counts(seconds: np.ndarray) -> np.ndarray:

@@ -281,12 +281,13 @@ def p95_bounds(buckets: tuple[tuple[float, float], ...]) -> tuple[float, float]:
         return 0.0, math.inf
     spread = _one_sided_z() * math.sqrt(n * 0.95 * 0.05)
     low_rank, high_rank = max(1.0, 0.95 * n - spread), 0.95 * n + spread
-    high = math.inf if high_rank > n else _at_rank(edges, cumulative, high_rank)
-    return _at_rank(edges, cumulative, low_rank), high
+    high = math.inf if high_rank > n else at_rank(edges, cumulative, high_rank)
+    return at_rank(edges, cumulative, low_rank), high
 
 
-def _at_rank(edges: list[float], cumulative: np.ndarray, rank: float) -> float:
-    """The value of the call at `rank`, interpolated in the bucket that holds it."""
+def at_rank(edges: list[float], cumulative: np.ndarray, rank: float) -> float:
+    """The value of the call at `rank`, interpolated in the bucket that holds it, as Prometheus's
+    histogram_quantile reads a quantile (in +Inf: the highest finite bound)."""
     index = int(np.searchsorted(cumulative, rank))  # the first bucket holding that many calls
     lower = 0.0 if index == 0 else float(edges[index - 1])
     if not math.isfinite(edges[index]):

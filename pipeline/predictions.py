@@ -389,6 +389,16 @@ class PredictionStore(ABC):
         self.rollback()  # a read leaves no transaction open (PostgreSQL would hold its snapshot)
         return rows[::-1]
 
+    def answered(self, model_name: str, version: str, limit: int) -> list[dict[str, Any]]:
+        """The inputs of the newest `limit` records `version` answered (shadow rows left out)."""
+        found = self._execute(
+            "SELECT features FROM predictions WHERE model_name = ? AND model_version = ? AND variant <> ? "
+            "ORDER BY ts DESC LIMIT ?",
+            (model_name, version, SHADOW, limit),
+        ).fetchall()
+        self.rollback()  # a read leaves no transaction open
+        return [self._decode(r[0]) for r in found]
+
     def rows(self) -> list[Row]:
         found = self._execute(SELECT_ALL).fetchall()
         self.rollback()
@@ -670,12 +680,7 @@ def answered_records(url: str | Path, model_name: str, version: str, limit: int)
         return []
     store = open_store(url, read_only=True)
     try:
-        found = store._execute(
-            "SELECT features FROM predictions WHERE model_name = ? AND model_version = ? AND variant <> ? "
-            "ORDER BY ts DESC LIMIT ?",
-            (model_name, version, SHADOW, limit),
-        ).fetchall()
-        return [store._decode(r[0]) for r in found]
+        return store.answered(model_name, version, limit)
     finally:
         store.close()
 
