@@ -15,7 +15,7 @@ export DO_NOT_TRACK := true
 export UV_LINK_MODE := copy
 export STACK
 
-.PHONY: help setup test test-e2e test-rollout test-stack test-compose test-scale images repro-check lint format repro backtest bench bench-scale bench-poison up down secrets status logs drift-demo concept-demo screenshots clean
+.PHONY: help setup test test-e2e test-rollout test-stack test-compose test-scale images repro-check lint format repro backtest bench bench-smoke bench-scale bench-poison up down secrets status logs drift-demo concept-demo screenshots clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "; printf "bitloop: make <target>\n\n"} \
@@ -71,6 +71,9 @@ backtest: $(STAMP) ## replay 8 simulated histories and the canary trial x 20 see
 
 bench: $(STAMP) ## benchmark the model server, with each runtime, against mlflow models serve (needs wrk); writes docs/benchmarks.md
 	$(BIN)/python bench/serving.py
+
+bench-smoke: $(STAMP) ## bitloop vs mlflow models serve vs the no-model ceilings, three short passes (about 2 minutes, needs wrk): fails when a figure of docs/benchmarks.md falls to half
+	$(BIN)/python bench/smoke.py
 
 bench-poison: $(STAMP) ## valid throughput alone and beside a stream of records the model refuses (about a minute); writes docs/poison.md
 	$(BIN)/python bench/poison.py

@@ -144,8 +144,8 @@ PREDICTION_FAILURES = Counter(
 )
 FEEDBACK = Counter(
     "bitloop_feedback_outcomes_total",
-    "True outcomes received by POST /feedback: recorded, duplicate, conflict (another outcome is stored) "
-    "or unknown (no answered prediction found)",
+    "True outcomes received by POST /feedback: recorded, invalid (refused, the others in its request "
+    "recorded), duplicate, conflict (another outcome is stored) or unknown (no answered prediction found)",
     ["status"],
 )
 BODY_TIMEOUTS = Counter("bitloop_request_body_timeouts_total", "Requests whose body did not arrive in time")

@@ -202,18 +202,31 @@ class OutcomeIn(BaseModel):
 
 
 class FeedbackIn(BaseModel):
+    """The body as documented: every item an `OutcomeIn`."""
+
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [FEEDBACK_EXAMPLE]})
     outcomes: list[OutcomeIn] = Field(min_length=1)
 
 
+class FeedbackBody(BaseModel):
+    """The body as read: its items are checked one by one, so a bad one leaves the others recorded."""
+
+    model_config = ConfigDict(extra="forbid")
+    outcomes: list[Any] = Field(min_length=1)
+
+
 class FeedbackItemOut(BaseModel):
     index: int = Field(description="the item's position in `outcomes`")
-    status: Literal["duplicate", "conflict", "unknown"]
+    status: Literal["invalid", "duplicate", "conflict", "unknown"]
     detail: str
+    loc: list[str | int] | None = Field(
+        None, description='for an invalid item, the offending field (`["body", "outcomes", 1, "outcome"]`)'
+    )
 
 
 class FeedbackOut(BaseModel):
     recorded: int
+    invalid: int = Field(description="items refused, each listed in `items` with its field")
     duplicate: int
     conflict: int
     unknown: int

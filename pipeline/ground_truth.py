@@ -70,7 +70,7 @@ def collect(
             answer = _post(
                 client, f"{api_url}/feedback", {"outcomes": outcomes}, "model server", "BITLOOP_API_URL"
             )
-            for status in ("recorded", "duplicate", "conflict", "unknown"):
-                counts[status] += int(answer[status])
+            for status in ("recorded", "invalid", "duplicate", "conflict", "unknown"):
+                counts[status] += int(answer.get(status, 0))  # `invalid`: the server refused an outcome
             log.info("outcomes sent", extra={"sent": len(outcomes), "recorded": counts["recorded"]})
     return {"status": "collected", **counts}

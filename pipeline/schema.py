@@ -42,6 +42,10 @@ class DatasetSchema(BaseModel):
     id_column: str | None
     features: tuple[FeatureSpec, ...]
     classes: tuple[Label, ...] = ()
+    constant: tuple[str, ...] = ()
+    """Columns with a single value (or none) in the batch the contract was learned from: left out
+    of the features, since they cannot tell rows apart and a model keeping one as a category
+    would refuse every other value."""
 
     @property
     def feature_names(self) -> list[str]:
@@ -135,12 +139,16 @@ def infer_schema(frame: pd.DataFrame, data: DataParams) -> DatasetSchema:
         raise KeyError(f"target column {data.target!r} is not in the data; columns are {list(frame.columns)}")
     id_column = data.id_column if data.id_column in frame.columns else None
     features = []
+    constant: list[str] = []
     for column in frame.columns:
         if column in (data.target, id_column):
             continue
         series = frame[column]
         if id_column is None and data.id_column is None and _looks_like_id(series):
             id_column = column
+            continue
+        if series.dropna().astype(str).nunique() <= 1:
+            constant.append(column)
             continue
         numeric = not _is_text(series) or _parse_share(series) >= NUMERIC_PARSE_SHARE
         if numeric:
@@ -153,7 +161,12 @@ def infer_schema(frame: pd.DataFrame, data: DataParams) -> DatasetSchema:
         labels = normalise_labels(frame[data.target], data.task).dropna()
         classes = tuple(sorted(v.item() if isinstance(v, np.generic) else v for v in labels.unique()))
     return DatasetSchema(
-        task=data.task, target=data.target, id_column=id_column, features=tuple(features), classes=classes
+        task=data.task,
+        target=data.target,
+        id_column=id_column,
+        features=tuple(features),
+        classes=classes,
+        constant=tuple(constant),
     )
 
 

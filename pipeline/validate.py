@@ -56,6 +56,11 @@ class BatchReport:
     errors: list[Problem] = field(default_factory=list)
     dropped: dict[str, dict[str, int]] = field(default_factory=dict)
     """Rows left out by a `drop` policy: policy name -> column -> rows."""
+    dropped_rows: int = 0
+    """Rows left out by the `drop` policies, each counted once (a row may have several problems)."""
+    missing: dict[str, int] = field(default_factory=dict)
+    """Missing values per feature in the rows kept (empty cells and spellings such as "NA" or "?"):
+    kept, for the model's imputer to fill."""
     withdrawn: str | None = None
     """Why the batch was withdrawn (`python -m pipeline batches withdraw`); None when it is in use."""
 
@@ -78,11 +83,19 @@ class ValidationReport:
     dataset_errors: list[Problem]
     notes: list[str]
     rows: int
+    repeated: int = 0
+    """Rows left out because a row kept has the same row id (the same cells, without an id column)."""
+
+    @property
+    def left_out(self) -> int:
+        """Rows of the batches in use that are not in the dataset: dropped by a policy or repeated."""
+        return sum(b.dropped_rows for b in self.batches if b.ok and b.withdrawn is None) + self.repeated
 
     def as_dict(self) -> dict[str, object]:
         return {
             "passed": self.passed,
             "rows": self.rows,
+            "repeated_rows": self.repeated,
             "notes": self.notes,
             "dataset_errors": [asdict(p) for p in self.dataset_errors],
             "batches": [
@@ -93,6 +106,8 @@ class ValidationReport:
                     "status": b.status,
                     "errors": [asdict(p) for p in b.errors],
                     "dropped_rows": b.dropped,
+                    "rows_dropped": b.dropped_rows,
+                    "missing_values": b.missing,
                     **({"withdrawn": b.withdrawn} if b.withdrawn is not None else {}),
                 }
                 for b in self.batches
@@ -101,13 +116,20 @@ class ValidationReport:
 
     def render(self) -> str:
         """The report as plain text for a terminal or a log."""
-        lines = [f"validation {'passed' if self.passed else 'FAILED'}: {self.rows} rows accepted"]
+        left_out = f", {self.left_out} left out (below)" if self.left_out else ""
+        lines = [f"validation {'passed' if self.passed else 'FAILED'}: {self.rows} rows accepted{left_out}"]
         for b in self.batches:
             lines.append(f"  {b.batch}: {b.rows} rows, {b.status}")
             lines.extend(f"    - [{p.check}] {p.column or '(batch)'}: {p.message}" for p in b.errors)
             for policy, columns in b.dropped.items():
                 counts = ", ".join(f"{c}: {n}" for c, n in columns.items())
-                lines.append(f"    - dropped ({policy}): {counts}")
+                meaning = ROW_PROBLEMS[policy][1]
+                lines.append(f"    - rows dropped, they {meaning} (validate.{policy}=drop): {counts}")
+            if b.missing and b.ok:
+                counts = ", ".join(f"{c}: {n}" for c, n in b.missing.items())
+                lines.append(f"    - missing values kept, for the model's imputer: {counts}")
+        if self.repeated:
+            lines.append(f"  {self.repeated} rows left out: the same cells (or id) as a row kept")
         lines.extend(f"  dataset [{p.check}] {p.column or ''}: {p.message}" for p in self.dataset_errors)
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
@@ -170,13 +192,20 @@ def check_batch(
     that are kept (the row policies leave out, and count, rows with problems)."""
     schema = contract.dataset
     report = BatchReport(batch=name, rows=len(raw))
-    expected = {*schema.feature_names, schema.target, *([schema.id_column] if schema.id_column else [])}
+    expected = {
+        *schema.feature_names,
+        *schema.constant,
+        schema.target,
+        *([schema.id_column] if schema.id_column else []),
+    }
     for column in sorted(expected - set(raw.columns)):
         report.fail("columns", column, "expected column is missing")
     for column in sorted(set(raw.columns) - expected):
         report.fail("columns", column, "unexpected column (not in the reference schema)")
     if required_id and required_id not in raw.columns and required_id not in expected:
         report.fail("columns", required_id, "data.id_column is not in the data")
+    if not schema.features:
+        report.fail("columns", None, f"no feature varies: {list(schema.constant)} each have one value")
 
     typed, _ = coerce(raw, schema)
     if schema.id_column and schema.id_column in raw.columns:
@@ -200,6 +229,12 @@ def check_batch(
                 report.dropped.setdefault(policy, {})[column] = count
                 left_out |= mask
     kept_raw, typed = raw[~left_out], typed[~left_out]
+    report.dropped_rows = int(left_out.sum())
+    report.missing = {
+        spec.name: int(typed[spec.name].isna().sum())
+        for spec in schema.features
+        if spec.name in typed.columns and typed[spec.name].isna().any()
+    }
 
     if len(kept_raw) < rules.min_rows:
         report.fail("rows", None, f"{len(kept_raw)} rows, fewer than validate.min_rows={rules.min_rows}")
@@ -288,6 +323,8 @@ def validate(params: Params, workspace: Workspace) -> ValidationReport:
                 f"column {first.id_column!r} has a unique value per row: "
                 "used as the row id, not as a feature (set data.id_column to silence)"
             )
+        if contract is None:
+            notes.extend(_constant_note(column, raw[column]) for column in first.constant)
         if "row_id" not in typed.columns:  # the hash of the cells as stored, as ingest computes it
             typed["row_id"] = row_ids(raw_batch, None).loc[typed.index]
         contract = candidate.learn(name, typed)
@@ -337,7 +374,10 @@ def validate(params: Params, workspace: Workspace) -> ValidationReport:
     if not passed or contract is None or schema is None:
         raise ValidationFailed(report.render())
 
-    dataset = dataset.drop_duplicates("row_id", keep="first").reset_index(drop=True)
+    unique = dataset.drop_duplicates("row_id", keep="first").reset_index(drop=True)
+    report.repeated = len(dataset) - len(unique)
+    report.rows, dataset = len(unique), unique
+    write_json(workspace.validation_report, report.as_dict())
     schema = with_categories(schema, dataset)
     workspace.prepared_dir.mkdir(parents=True, exist_ok=True)
     dataset.to_parquet(workspace.dataset_file, index=False)
@@ -347,6 +387,15 @@ def validate(params: Params, workspace: Workspace) -> ValidationReport:
     )
     log.info("validation passed", extra={"rows": len(dataset), "batches": len(reports)})
     return report
+
+
+def _constant_note(column: str, values: pd.Series) -> str:
+    seen = values.dropna()
+    value = f"a single value ({seen.iloc[0]!r})" if len(seen) else "no value"
+    return (
+        f"column {column!r} has {value} in the batch the contract was learned from: left out of the "
+        "features (it cannot tell rows apart); a later value is ignored, and the server takes no such field"
+    )
 
 
 def _infer(raw: pd.DataFrame, data: DataParams) -> DatasetSchema:

@@ -7,6 +7,10 @@ batch a DAG run draws with its seed, drift and service): ingest always asks it f
 commits the result as the ingest stage's new state.
 Every new state of the raw store is committed to the DVC cache and pushed to the remote
 before anything reads it, so any version's data can be restored (`pipeline.reproduce`).
+
+One `dvc.lock` describes the last run of whichever `model.name` ran last. Each model's workspace
+keeps a copy of its own (`model_lock`), put back before that model runs again, so switching
+`model.name` back does not rerun the stages of a model whose outputs are all still in place.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,6 +127,37 @@ def _failed_command(err: BaseException) -> StageFailed | None:
     return None
 
 
+def _lock_model(lock: Path) -> str | None:
+    """The model.name whose run `lock` describes: the workspace folder its outputs lie in."""
+    import yaml
+
+    if not lock.is_file():
+        return None
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    for entry in stages.values():
+        for out in entry.get("outs", []):
+            parts = Path(out["path"]).parts
+            if len(parts) > 1 and parts[0] in ("data", "models", "reports"):
+                return parts[1]
+    return None
+
+
+@contextlib.contextmanager
+def model_lock(workspace: Workspace) -> Iterator[None]:
+    """Run with `dvc.lock` as this model's last run left it, and keep a copy of it afterwards."""
+    lock = workspace.root / "dvc.lock"
+    current = _lock_model(lock)
+    if current not in (None, workspace.model) and workspace.lock_file.is_file():
+        shutil.copyfile(workspace.lock_file, lock)
+        log.info("put back this model's dvc.lock", extra={"model": workspace.model, "replaced": current})
+    try:
+        yield
+    finally:
+        if _lock_model(lock) == workspace.model:
+            workspace.data_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(lock, workspace.lock_file)
+
+
 def _reproduce(repo: Any, stage: str | None) -> list[str]:
     with _stage_environment():
         done = repo.reproduce(stage, single_item=stage is not None)
@@ -149,7 +185,7 @@ def reproduce_stages(params: Params, workspace: Workspace, stage: str | None = N
         pushed += drawn["pushed_files"]
         ran += ["ingest"] if drawn["recorded"] else []
     if stage != "ingest":
-        with open_repo(workspace.root) as repo:
+        with model_lock(workspace), open_repo(workspace.root) as repo:
             ran += _reproduce(repo, stage)
             pushed += _push(repo, stage)
     log.info("reproduced", extra={"stages": ran, "pushed_files": pushed})
@@ -177,7 +213,8 @@ def ingest_batch(
     """
     from pipeline.ingest import ingest
 
-    before = _lock_entry(workspace.root, "ingest")
+    with model_lock(workspace):
+        before = _lock_entry(workspace.root, "ingest")
     result = ingest(params, workspace, seed=seed, drift=drift, source_url=source_url)
     pushed = commit_store(workspace)
     recorded = _lock_entry(workspace.root, "ingest") != before
@@ -192,6 +229,6 @@ def ingest_batch(
 
 def commit_store(workspace: Workspace) -> int:
     """Commit the raw store as the ingest stage's state (after an ingest or a withdrawal) and push it."""
-    with open_repo(workspace.root) as repo:
+    with model_lock(workspace), open_repo(workspace.root) as repo:
         repo.commit("ingest", force=True)
         return _push(repo, "ingest")

@@ -41,6 +41,11 @@ class Workspace:
         return self.data_dir / "raw"
 
     @property
+    def lock_file(self) -> Path:
+        """This model's copy of `dvc.lock` as its own last run left it (pipeline/versioning.py)."""
+        return self.data_dir / "dvc.lock"
+
+    @property
     def version_file(self) -> Path:
         return self.data_dir / "version.json"
 

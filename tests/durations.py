@@ -19,6 +19,7 @@ FLOOR = 0.5  # a run this much faster than the README says: the README's figure 
 # Where the README states each duration ("about 6 minutes", "about a minute").
 STATED = {
     "make test": r"make test .*?\(about (?P<minutes>a|[\d.]+) minutes?\b",
+    "make bench-smoke": r"make bench-smoke .*?\(about (?P<minutes>a|[\d.]+) minutes?\b",
     "make up": r"first serving champion takes about (?P<minutes>a|[\d.]+) minutes?",
     "make drift-demo": r"timing each step \(about (?P<minutes>a|[\d.]+) minutes? here",
     "make concept-demo": r"concept-demo\b.*?each step timed \(about (?P<minutes>a|[\d.]+) minutes? here",

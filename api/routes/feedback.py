@@ -7,10 +7,11 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
-from api.outcomes import Outcome, canonical
-from api.routes.predict import json_response
-from api.schemas import FeedbackIn, FeedbackItemOut, FeedbackOut, error_responses
+from api import metrics
+from api.outcomes import STATUSES, Outcome, canonical
+from api.schemas import FeedbackBody, FeedbackItemOut, FeedbackOut, OutcomeIn, error_responses
 from api.state import StateDep, require_api_key
 from api.validation import parse, read_body
 
@@ -36,10 +37,12 @@ DETAILS = {
     },
 )
 async def feedback(request: Request, state: StateDep) -> Response:
+    """Every valid item is recorded; each invalid one is listed with its field. A request with no
+    valid item at all is a 422 naming each."""
     model = state.scoring.champion()
     settings = state.settings
     body = await read_body(request, settings.max_body_bytes, settings.body_timeout_seconds)
-    items = parse(FeedbackIn, body).outcomes  # type: ignore[attr-defined]
+    items = parse(FeedbackBody, body).outcomes  # type: ignore[attr-defined]
     if len(items) > settings.max_batch_rows:
         raise RequestValidationError(
             [
@@ -50,25 +53,42 @@ async def feedback(request: Request, state: StateDep) -> Response:
                 }
             ]
         )
-    outcomes, errors = [], []
-    for i, item in enumerate(items):
+    outcomes: list[Outcome] = []
+    positions: list[int] = []
+    errors: dict[
+        int, list[dict[str, Any]]
+    ] = {}  # an invalid item's position: its problems, as a 422 names them
+    for i, raw in enumerate(items):
+        where = ("body", "outcomes", i)
         try:
+            item = OutcomeIn.model_validate(raw)
             value = canonical(item.outcome, model.schema.task, list(model.classes))
+        except ValidationError as err:
+            errors[i] = [
+                {**e, "loc": (*where, *e["loc"])}
+                for e in err.errors(include_url=False, include_context=False)
+            ]
+            continue
         except ValueError as err:
-            errors.append({"type": "outcome", "loc": ("body", "outcomes", i, "outcome"), "msg": str(err)})
+            errors[i] = [{"type": "outcome", "loc": (*where, "outcome"), "msg": str(err)}]
             continue
         outcomes.append(Outcome(item.request_id, item.row or 0, item.id, value))
-    if errors:
-        raise RequestValidationError(errors)
+        positions.append(i)
+    if not outcomes:
+        raise RequestValidationError([e for found in errors.values() for e in found])
+    metrics.FEEDBACK.labels("invalid").inc(len(errors))
     statuses = await asyncio.to_thread(state.outcomes.record, outcomes)
-    counts: dict[str, Any] = {s: statuses.count(s) for s in ("recorded", "duplicate", "conflict", "unknown")}
-    return json_response(
-        FeedbackOut(
-            **counts,
-            items=[
-                FeedbackItemOut(index=i, status=s, detail=DETAILS[s])
-                for i, s in enumerate(statuses)
-                if s != "recorded"
-            ],
+    listed = [
+        FeedbackItemOut(
+            index=i, status="invalid", detail="; ".join(e["msg"] for e in found), loc=list(found[0]["loc"])
         )
-    )
+        for i, found in errors.items()
+    ] + [
+        FeedbackItemOut(index=i, status=s, detail=DETAILS[s])
+        for i, s in zip(positions, statuses, strict=True)
+        if s != "recorded"
+    ]
+    counts: dict[str, Any] = {s: statuses.count(s) for s in STATUSES}
+    answer = FeedbackOut(**counts, invalid=len(errors), items=sorted(listed, key=lambda item: item.index))
+    # Without nulls: only an invalid item has a `loc`.
+    return Response(answer.model_dump_json(exclude_none=True), media_type="application/json")

@@ -238,7 +238,7 @@ def shoot_everything(camera: Camera, settings: StackSettings, run_id: str, grafa
     )
     camera.shoot(
         "mlflow-model",
-        f"{mlflow}/#/models/{model}/versions/{champion.version}",
+        f"{mlflow}/#/models/{model}/versions/{champion.version}?workflowType=machine_learning",
         mlflow_shows("candidate_"),
     )
     with airflow_client(settings) as client:

@@ -143,6 +143,7 @@ def test_outcomes_are_recorded_once_and_unknown_ones_reported(
     assert answer.status_code == 200, answer.text
     assert answer.json() == {
         "recorded": 2,
+        "invalid": 0,
         "duplicate": 1,
         "conflict": 0,
         "unknown": 2,
@@ -194,13 +195,33 @@ def test_outcomes_are_recorded_once_and_unknown_ones_reported(
         ({"id": "", "outcome": "yes"}, ["body", "outcomes", 1, "id"]),
     ],
 )
-def test_a_bad_outcome_is_a_422_naming_the_item(
-    client: TestClient, churn_model: Trained, item: dict[str, Any], loc: list[Any]
+def test_a_bad_outcome_is_listed_by_field_and_the_good_ones_recorded(
+    client: TestClient, churn_model: Trained, log_path: Path, item: dict[str, Any], loc: list[Any]
 ) -> None:
-    good = {"id": "c", "outcome": str(churn_model.schema.classes[0])}
-    answer = client.post("/feedback", json={"outcomes": [good, item]})
-    assert answer.status_code == 422, answer.text
-    assert any(e["loc"][: len(loc)] == loc for e in answer.json()["detail"]), answer.json()
+    records = holdout_records(churn_model, 2)
+    batch = client.post("/predict/batch", json={"records": records, "ids": ["g0", "g1"]}).json()
+    logged(log_path, 2)
+    first = str(churn_model.schema.classes[0])
+    good = [{"id": "g0", "outcome": first}, {"id": "g1", "outcome": first}]
+    answer = client.post("/feedback", json={"outcomes": [good[0], item, good[1]]})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert (body["recorded"], body["invalid"]) == (2, 1), body
+    (listed,) = body["items"]
+    assert (listed["index"], listed["status"]) == (1, "invalid")
+    assert listed["loc"][: len(loc)] == loc, listed
+    assert listed["detail"]
+    assert sorted((r, i) for r, i, _ in stored(log_path)) == [
+        (batch["request_id"], 0),
+        (batch["request_id"], 1),
+    ]
+    assert 'bitloop_feedback_outcomes_total{status="invalid"}' in client.get("/metrics").text
+
+    # Alone, the same item is a 422 naming it: nothing in the request could be recorded.
+    alone = client.post("/feedback", json={"outcomes": [item]})
+    assert alone.status_code == 422, alone.text
+    first_loc = [0 if part == 1 and at == 2 else part for at, part in enumerate(loc)]
+    assert any(e["loc"][: len(first_loc)] == first_loc for e in alone.json()["detail"]), alone.json()
 
 
 def test_feedback_checks_the_whole_body(client: TestClient, churn_model: Trained) -> None:

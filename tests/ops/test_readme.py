@@ -240,7 +240,7 @@ def test_the_throughput_ratio_the_readme_states_is_the_last_benchmarks() -> None
         r"concurrency 64, ONNX runtime / scikit-learn runtime \| ([\d.]+)x",
         (PROJECT / "docs" / "benchmarks.md").read_text(),
     )
-    stated_runtimes = re.search(r"\(([\d.]+) times the scikit-learn\s+runtime's\)", README)
+    stated_runtimes = re.search(r"\(([\d.]+)\s+times the scikit-learn\s+runtime's\)", README)
     assert runtimes, "docs/benchmarks.md (make bench) has no runtime ratio"
     assert stated_runtimes, "the README states no runtime ratio"
     assert float(stated_runtimes[1]) == round(float(runtimes[1]), 1)
@@ -310,3 +310,45 @@ def test_the_readme_counts_the_alert_rules() -> None:
     words = ("ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen")
     (stated,) = re.findall(r"lists the (\w+) rules of `ops/prometheus/rules/`", README)
     assert words.index(stated) + 10 == rules
+
+
+def heading_anchors(text: str) -> set[str]:
+    """The anchors GitHub gives a Markdown file's headings: lower case, punctuation dropped, spaces
+    as hyphens."""
+    return {
+        re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        for heading in re.findall(r"^#+ (.+)$", text, flags=re.MULTILINE)
+    }
+
+
+def test_every_link_to_a_section_finds_its_heading() -> None:
+    documents = [PROJECT / "README.md", *sorted((PROJECT / "docs").glob("*.md"))]
+    links = 0
+    for document in documents:
+        text = document.read_text()
+        for target, anchor in re.findall(r"\]\(([\w./-]*\.md)?#([\w-]+)\)", text):
+            linked = (document.parent / target) if target else document
+            assert linked.is_file(), f"{document.name} links to {target}, which does not exist"
+            assert anchor in heading_anchors(linked.read_text()), (
+                f"{document.name}: no heading for {target}#{anchor}"
+            )
+            links += 1
+    assert links >= 10  # the README's next steps alone link ten sections
+
+
+def test_the_runbooks_scale_figures_are_the_last_bench_scale_runs() -> None:
+    """docs/operations.md quotes docs/scale.md: the PostgreSQL log's batched rows a second (to the
+    thousand) and a million rows' training time (to the minute)."""
+    runbook = (PROJECT / "docs" / "operations.md").read_text().replace("\n", " ")
+    scale = (PROJECT / "docs" / "scale.md").read_text()
+    writes = scale.partition("## Prediction-log writes")[2]
+    written = re.search(r"^\| PostgreSQL \| ([\d,]+) \|", writes, flags=re.MULTILINE)
+    trained = re.search(r"^\| 1,000,000 \| (\d+) \|", scale, flags=re.MULTILINE)
+    assert written, "docs/scale.md (make bench-scale) has no PostgreSQL write rate"
+    assert trained, "docs/scale.md (make bench-scale) has no million-row training time"
+    stated_rows = re.search(r"([\d,]+) rows a second measured", runbook)
+    stated_minutes = re.search(r"a million rows train in about (\d+) minutes", runbook)
+    assert stated_rows, "docs/operations.md no longer quotes docs/scale.md's write rate"
+    assert stated_minutes, "docs/operations.md no longer quotes docs/scale.md's training time"
+    assert int(stated_rows[1].replace(",", "")) == round(int(written[1].replace(",", "")), -3)
+    assert int(stated_minutes[1]) == round(int(trained[1]) / 60)

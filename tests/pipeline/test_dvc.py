@@ -37,6 +37,26 @@ def out_hashes(project: Path) -> dict[str, str]:
     }
 
 
+def repro(project: Path, uri: str) -> dict[str, Any]:
+    """`make repro`: `python -m pipeline repro` in the project; its JSON answer."""
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "PYTHONPATH": str(project),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--root", str(project), "repro"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    answer: dict[str, Any] = json.loads(done.stdout)
+    return answer
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     root = copy_project(tmp_path / "project")
@@ -93,22 +113,24 @@ def test_a_new_seed_appends_a_version_and_reruns_downstream(project: Path, mlflo
 
 @pytest.mark.repro
 def test_switching_datasets_keeps_each_workspace_intact(project: Path, mlflow_uri: str) -> None:
-    """A (simulated churn) -> B (scikit-learn's diabetes) -> A: neither store mixes with the other."""
+    """A (simulated churn) -> B (scikit-learn's diabetes) -> A with `make repro`: neither store
+    mixes with the other, and back on A with nothing new nothing runs again."""
     original = yaml.safe_load((project / "params.yaml").read_text())
     first = original["model"]["name"]
-    dvc(project, mlflow_uri, "repro")
+    assert "promote" in repro(project, mlflow_uri)["ran"]
     churn_raw = {p.name: p.read_bytes() for p in (project / "data" / first / "raw").iterdir()}
     churn_version = json.loads((project / "data" / first / "version.json").read_text())
 
     other = {**original, "data": {**DIABETES}, "model": {"name": f"{first}-diabetes"}}
     (project / "params.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
-    dvc(project, mlflow_uri, "repro")
+    assert "promote" in repro(project, mlflow_uri)["ran"]
     diabetes_version = json.loads((project / "data" / f"{first}-diabetes" / "version.json").read_text())
     assert diabetes_version["version"] == "v1"
     assert {p.name: p.read_bytes() for p in (project / "data" / first / "raw").iterdir()} == churn_raw
 
     (project / "params.yaml").write_text(yaml.safe_dump(original, sort_keys=False))
-    dvc(project, mlflow_uri, "repro")
+    assert repro(project, mlflow_uri) == {"ran": [], "pushed_files": 0, "up_to_date": True}
+    assert "Running stage" not in dvc(project, mlflow_uri, "repro")  # and the lock is A's own again
     assert json.loads((project / "data" / first / "version.json").read_text()) == churn_version
     assert {p.name: p.read_bytes() for p in (project / "data" / first / "raw").iterdir()} == churn_raw
     listed = subprocess.run(

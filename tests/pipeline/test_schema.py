@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.pandas import column, data_frames
 
@@ -31,6 +31,7 @@ def test_normalise_missing_is_idempotent(frame: pd.DataFrame) -> None:
     blank=st.sampled_from(["", " ", "NA", "null", "?"]),
 )
 def test_numbers_written_as_text_with_blanks_become_numeric(values: list[float], blank: str) -> None:
+    assume(len(set(values)) > 1)  # a column of one value is left out of the features
     text = [f" {v!r} " for v in values] + [blank]
     frame = normalise_missing(
         pd.DataFrame({"x": text, "y": ["a", "b"] * (len(text) // 2) + ["a"] * (len(text) % 2)})

@@ -220,3 +220,76 @@ def test_the_training_window_keeps_the_newest_accepted_batches(tmp_path: Path, w
         if window is None
         else [f"training window: the newest {window} of the 3 accepted batches (retrain.window_batches)"]
     )
+
+
+def test_what_validation_leaves_out_or_finds_missing_is_counted_and_said(tmp_path: Path) -> None:
+    """A CSV as R writes one: "NA" in a numeric column, a column with one value, unlabelled rows,
+    a row that does not parse. The report says how many rows were left out and why, and how many
+    values are missing per column; the constant column is left out of the features, and a later
+    batch with another value in it is still accepted."""
+    batch = simulate_churn(400, 7).astype({"monthly_charges": object, "churned": object, "age": object})
+    batch["country"] = "US"
+    batch.loc[[3, 8, 21], "monthly_charges"] = "NA"
+    batch.loc[[5, 6], "churned"] = None
+    batch.loc[9, "age"] = "forty"
+    first = tmp_path / "first.csv"
+    batch.to_csv(first, index=False)
+    workspace, params = make_workspace(
+        tmp_path / "ws", light_params(data={"source": "csv", "path": str(first)})
+    )
+    ingest(params, workspace)
+    report = validate(params, workspace)
+
+    text = report.render()
+    assert text.splitlines()[0] == "validation passed: 397 rows accepted, 3 left out (below)"
+    assert "rows dropped, they have no label (validate.unlabelled=drop): churned: 2" in text
+    assert "rows dropped, they do not parse as the column's type (validate.unparseable=drop): age: 1" in text
+    # The simulated data has gaps of its own: three more where "NA" was written.
+    gaps = int(simulate_churn(400, 7).drop(index=[5, 6, 9])["monthly_charges"].isna().sum())
+    assert f"monthly_charges: {gaps + 3}" in text.split("missing values kept, for the model's imputer: ")[1]
+    assert "column 'country' has a single value ('US')" in text
+    saved = read_json(workspace.validation_report)
+    assert saved["rows"] == 397
+    assert saved["batches"][0]["missing_values"]["monthly_charges"] == gaps + 3
+    assert saved["batches"][0]["rows_dropped"] == 3
+    schema = DatasetSchema.read(workspace.schema_file)
+    assert schema.constant == ("country",)
+    assert "country" not in schema.feature_names
+    assert {"monthly_charges", "age"} <= set(schema.numeric)
+
+    later = simulate_churn(300, 8).assign(country="CA")
+    later.to_csv(first, index=False)
+    ingest(params, workspace)
+    again = validate(params, workspace)
+    assert [b.status for b in again.batches] == ["ok", "ok"]
+    assert again.rows == 697
+    assert "country" not in pd.read_parquet(workspace.dataset_file).columns
+
+
+def test_rows_repeated_without_an_id_are_kept_once_counted_and_said(tmp_path: Path) -> None:
+    """Without an id column a row is known by its cells: four exact repeats are one row each."""
+    rows = simulate_churn(300, 4).drop(columns="customer_id")
+    source = tmp_path / "rows.csv"
+    pd.concat([rows, rows.iloc[:4]]).to_csv(source, index=False)
+    workspace, params = make_workspace(
+        tmp_path / "ws", light_params(data={"source": "csv", "path": str(source), "id_column": None})
+    )
+    ingest(params, workspace)
+    report = validate(params, workspace)
+    assert (report.rows, report.repeated) == (300, 4)
+    assert report.render().splitlines()[0] == "validation passed: 300 rows accepted, 4 left out (below)"
+    assert "4 rows left out: the same cells (or id) as a row kept" in report.render()
+    assert len(pd.read_parquet(workspace.dataset_file)) == 300
+
+
+def test_no_feature_that_varies_refuses_the_batch_by_name(tmp_path: Path) -> None:
+    source = tmp_path / "flat.csv"
+    pd.DataFrame({"colour": ["red"] * 60, "size": [1.0] * 60, "y": [0, 1] * 30}).to_csv(source, index=False)
+    workspace, params = make_workspace(
+        tmp_path / "ws", light_params(data={"source": "csv", "path": str(source), "target": "y"})
+    )
+    ingest(params, workspace)
+    with pytest.raises(
+        ValidationFailed, match=r"no feature varies: \['colour', 'size'\] each have one value"
+    ):
+        validate(params, workspace)
