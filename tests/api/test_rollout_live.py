@@ -275,7 +275,9 @@ def test_a_candidate_worse_on_live_outcomes_is_rolled_back_for_its_quality(live:
     assert MlflowClient(live.uri).get_model_version_by_alias(NAME, "champion").version == live.stable
 
 
+@pytest.fixture(scope="module")
 def candidates(live: Stack) -> dict[str, Pipeline]:
+    """One bad candidate per SLO, fitted once for the module (the forest takes most of a minute)."""
     train = pd.read_parquet(live.trained.workspace.train_file)
     slow = linear(live.trained)
     # 1,500 shallow trees: about ten times the linear model's call, a small artifact (~4 MB).
@@ -285,8 +287,10 @@ def candidates(live: Stack) -> dict[str, Pipeline]:
 
 
 @pytest.mark.parametrize("slo", ["errors", "latency", "predictions"])
-def test_a_bad_candidate_is_rolled_back_with_its_reason_and_no_failed_request(live: Stack, slo: str) -> None:
-    bad = live.register(candidates(live)[slo])
+def test_a_bad_candidate_is_rolled_back_with_its_reason_and_no_failed_request(
+    live: Stack, candidates: dict[str, Pipeline], slo: str
+) -> None:
+    bad = live.register(candidates[slo])
     verdict, load = roll_out(live, bad)
     assert verdict["action"] == "rollback", (verdict["reason"], verdict["checks"])
     assert verdict["reason"].startswith(f"{slo} SLO failed"), verdict["reason"]
