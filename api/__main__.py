@@ -7,9 +7,10 @@ import os
 import uvicorn
 
 from api.settings import ApiSettings
-from api.spill import SpillDirectory, SpillUnavailable
+from api.spill import SpillDirectory
+from pipeline.errors import ServiceUnavailable
 from pipeline.logs import configure_logging
-from pipeline.predictions import PredictionLogUnavailable, open_store
+from pipeline.predictions import open_store
 
 
 def main() -> None:
@@ -21,7 +22,7 @@ def main() -> None:
         open_store(settings.prediction_log_url).close()  # migrating takes the write lock
         if settings.prediction_log_spill_dir is not None:
             SpillDirectory(settings.prediction_log_spill_dir, 0).close()
-    except (PredictionLogUnavailable, SpillUnavailable) as err:
+    except ServiceUnavailable as err:  # the prediction log or the spill directory
         raise SystemExit(f"bitloop model server cannot start: {err}") from None
     for switch in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
         os.environ.setdefault(switch, "true")

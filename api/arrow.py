@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from flatbuffers.table import Table
 
 from api.schemas import datatype
+from pipeline.errors import BitloopError
 from pipeline.registry import TAG as METADATA_PREFIX  # one namespace for bitloop's keys
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
@@ -26,7 +27,7 @@ CONTINUATION = -1
 SCHEMA, DICTIONARY_BATCH, RECORD_BATCH = 1, 2, 3
 
 
-class ArrowInvalid(ValueError):
+class ArrowInvalid(BitloopError, ValueError):
     """The body is not an Arrow IPC stream bitloop can read within its limits."""
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from threadpoolctl import threadpool_limits
 
 from api import metrics
-from api.model import Outcome, ServedModel
+from api.model import Scored, ServedModel
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class _Item:
     model: ServedModel
     variant: str
     record: dict[str, Any]
-    future: asyncio.Future[Outcome]
+    future: asyncio.Future[Scored]
 
 
 class MicroBatcher:
@@ -65,8 +65,8 @@ class MicroBatcher:
             await asyncio.gather(*self._running, return_exceptions=True)
         self._executor.shutdown(wait=True)
 
-    async def submit(self, model: ServedModel, variant: str, record: dict[str, Any]) -> Outcome:
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+    async def submit(self, model: ServedModel, variant: str, record: dict[str, Any]) -> Scored:
+        future: asyncio.Future[Scored] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Item(model, variant, record, future))
         return await future
 

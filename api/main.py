@@ -21,15 +21,16 @@ from api.batching import MicroBatcher
 from api.drain import Drain
 from api.drift import DriftWatcher
 from api.manager import ModelManager
-from api.outcomes import OutcomeStore, OutcomesUnavailable
+from api.outcomes import OutcomeStore
 from api.predlog import PredictionLog
 from api.quality import QualityWatcher
 from api.routes import admin, feedback, health, inference, page, predict
 from api.schemas import FeedbackIn, V2InferenceRequest
-from api.scoring import ScoringService, Unavailable, UnscorableInput
+from api.scoring import ScoringService
 from api.settings import ApiSettings
 from api.state import ServerState
 from api.validation import render_errors
+from pipeline.errors import BitloopError
 
 log = logging.getLogger(__name__)
 PREDICT_PATHS = frozenset({"/predict", "/predict/batch"})
@@ -154,25 +155,17 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         drift_params, quality_params, promote_params = settings.monitoring_config()
         watcher = DriftWatcher(settings, manager, drift_params)
         quality = QualityWatcher(settings, manager, quality_params, promote_params)
-        prediction_log = PredictionLog(
-            settings.prediction_log_url,
-            settings.prediction_log_flush_rows,
-            settings.prediction_log_flush_ms,
-            settings.prediction_log_max_pending_rows,
-            settings.prediction_log_retention_days,
-            settings.prediction_log_spill_dir,
-            settings.prediction_log_spill_max_bytes,
-        )
+        prediction_log = PredictionLog.from_settings(settings)
         state = ServerState(
-            settings,
-            manager,
-            batcher,
-            prediction_log,
-            watcher,
-            ScoringService(settings, manager, batcher, prediction_log),
-            Drain(settings.drain_seconds),
-            OutcomeStore(settings.prediction_log_url),
-            quality,
+            settings=settings,
+            manager=manager,
+            batcher=batcher,
+            log=prediction_log,
+            drift=watcher,
+            scoring=ScoringService(settings, manager, batcher, prediction_log),
+            drain=Drain(settings.drain_seconds),
+            outcomes=OutcomeStore(settings.prediction_log_url),
+            quality=quality,
         )
         app.state.bitloop = state
         manager.on_swap.append(lambda: setattr(app, "openapi_schema", None))
@@ -232,13 +225,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": render_errors(exc.errors())}, status_code=422)
 
-    @app.exception_handler(UnscorableInput)
-    async def unscorable(_: Request, exc: UnscorableInput) -> JSONResponse:
-        return JSONResponse({"detail": render_errors(exc.errors)}, status_code=422)
-
-    @app.exception_handler(Unavailable)
-    @app.exception_handler(OutcomesUnavailable)
-    async def unavailable(_: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=503)
+    @app.exception_handler(BitloopError)
+    async def reported(_: Request, exc: BitloopError) -> JSONResponse:
+        if exc.http_status is None:  # never meant to reach a client: a bug, InternalErrorMiddleware's 500
+            raise exc
+        return JSONResponse({"detail": exc.detail()}, status_code=exc.http_status)
 
     return app

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from api.schemas import build_batch_model, build_record_model
 from pipeline.calibration import Calibration
 from pipeline.compiled import ONNX_RUNTIME, SKLEARN_RUNTIME, Compilation, CompiledModel
+from pipeline.errors import BitloopError
 from pipeline.profile import ReferenceProfile
 from pipeline.registry import (
     COMPILED_ARTIFACT,
@@ -41,11 +42,12 @@ ERROR_WINDOW_SECONDS = 60.0
 ERROR_WINDOW_MIN_OUTCOMES = 20
 SERVER_PARITY_TOLERANCE = 1e-5
 """How far the compiled graph may stray from scikit-learn on a version's stored sample, in this server."""
-Outcome = tuple[Any, dict[str, float] | None]
+Scored = tuple[Any, dict[str, float] | None]
+"""What scoring one record gives: its label, and its class probabilities (None for regression)."""
 Runtime = Literal["auto", "compiled", "sklearn"]
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(BitloopError, RuntimeError):
     """A registry version could not be turned into a servable model.
 
     `public` says why in words fit for an unauthenticated answer; the message has the details.
@@ -56,7 +58,7 @@ class ModelLoadError(RuntimeError):
         self.public = public
 
 
-class UnscorableRecord(ValueError):
+class UnscorableRecord(BitloopError, ValueError):
     """A record the schema accepts but the model cannot score: the input's fault, answered with a 422."""
 
     def __init__(self, field: str | None, cause: Exception) -> None:
@@ -244,12 +246,12 @@ class ServedModel:
             return np.asarray(self.estimator.predict(x), dtype=float)
         return np.asarray(self.estimator.predict_proba(x), dtype=float)
 
-    def score(self, records: list[dict[str, Any]]) -> list[Outcome | Exception]:
+    def score(self, records: list[dict[str, Any]]) -> list[Scored | Exception]:
         """Each record's outcome: one model call when all succeed; otherwise the failing records are
         found by bisection, so a record the model cannot score never fails the others beside it."""
         # Records are hashed only while the memory holds something: a version that refused nothing
         # costs its batches no hashing.
-        known: dict[int, Outcome | Exception] = {}
+        known: dict[int, Scored | Exception] = {}
         if self.poisons:
             for i, record in enumerate(records):
                 if (refusal := self.poisons.get(PoisonMemory.key(record))) is not None:
@@ -267,7 +269,7 @@ class ServedModel:
         self.faults.add(len(records), faults, refused)
         return outcomes
 
-    def _score_isolating(self, records: list[dict[str, Any]]) -> list[Outcome | Exception]:
+    def _score_isolating(self, records: list[dict[str, Any]]) -> list[Scored | Exception]:
         try:
             labels, probabilities = self.predict(records)
         except Exception as err:
@@ -390,10 +392,10 @@ def check_traffic(model: ServedModel, answered: list[dict[str, Any]], predecesso
     return figures
 
 
-def split_outcomes(outcomes: list[Outcome], task: str) -> tuple[list[Any], list[dict[str, float]] | None]:
-    """Scored outcomes as the labels and (classification only) the class probabilities."""
-    labels = [label for label, _ in outcomes]
-    return labels, None if task == "regression" else [p or {} for _, p in outcomes]
+def split_scored(scored: list[Scored], task: str) -> tuple[list[Any], list[dict[str, float]] | None]:
+    """Scored records as the labels and (classification only) the class probabilities."""
+    labels = [label for label, _ in scored]
+    return labels, None if task == "regression" else [p or {} for _, p in scored]
 
 
 def load_version(

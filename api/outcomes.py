@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from api import metrics
+from pipeline.errors import ServiceUnavailable
 from pipeline.predictions import PredictionStore, open_store, scrubbed
 
 STATUSES = ("recorded", "duplicate", "conflict", "unknown")
 
 
-class OutcomesUnavailable(RuntimeError):
+class OutcomesUnavailable(ServiceUnavailable, RuntimeError):
     """The prediction log cannot be read or written; the message names no password."""
 
 

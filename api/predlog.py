@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from api import metrics
+from api.settings import ApiSettings
 from api.spill import SpillDirectory, encode
 from pipeline.predictions import (
     PredictionLogUnavailable,
@@ -114,6 +115,19 @@ class PredictionLog:
         self._adopted: dict[str, int] = {}
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
+
+    @classmethod
+    def from_settings(cls, settings: ApiSettings) -> PredictionLog:
+        """The log the server's settings describe (`BITLOOP_PREDICTION_LOG_*`)."""
+        return cls(
+            settings.prediction_log_url,
+            flush_rows=settings.prediction_log_flush_rows,
+            flush_ms=settings.prediction_log_flush_ms,
+            max_pending=settings.prediction_log_max_pending_rows,
+            retention_days=settings.prediction_log_retention_days,
+            spill_dir=settings.prediction_log_spill_dir,
+            spill_max_bytes=settings.prediction_log_spill_max_bytes,
+        )
 
     def append(self, rows: list[Row]) -> None:
         # Encoded outside the lock, unless the open segment lives in memory only (after a disk fault).

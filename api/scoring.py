@@ -22,29 +22,34 @@ from api.manager import ModelManager
 from api.model import (
     ERROR_WINDOW_MIN_OUTCOMES,
     ERROR_WINDOW_SECONDS,
-    Outcome,
+    Scored,
     ServedModel,
     UnscorableRecord,
-    split_outcomes,
+    split_scored,
 )
 from api.predlog import PredictionLog
 from api.settings import ApiSettings
+from api.validation import render_errors
+from pipeline.errors import InvalidInput, ServiceUnavailable
 from pipeline.predictions import SHADOW, Row
 from pipeline.rollout import in_canary
 
 log = logging.getLogger(__name__)
 
 
-class Unavailable(RuntimeError):
+class Unavailable(ServiceUnavailable, RuntimeError):
     """No model can answer now; the message says why, in words fit for the caller (a 503)."""
 
 
-class UnscorableInput(ValueError):
+class UnscorableInput(InvalidInput, ValueError):
     """Records the schema accepted but the model cannot score (a 422); `errors` name each field."""
 
     def __init__(self, errors: list[dict[str, Any]]) -> None:
         super().__init__(f"{len(errors)} records cannot be scored")
         self.errors = errors
+
+    def detail(self) -> Any:
+        return render_errors(self.errors)
 
 
 @dataclass(frozen=True)
@@ -119,7 +124,7 @@ class ScoringService:
         with it. During a rollout a batch with ids is split by entity, each on its side; the records
         the canary fails on are answered by the stable version."""
         sides = self._sides(model, variant, ids, len(records))
-        outcomes: list[Outcome | Exception | None] = [None] * len(records)
+        outcomes: list[Scored | Exception | None] = [None] * len(records)
         answered_by: list[tuple[ServedModel, str]] = [(model, variant)] * len(records)
         for served, side, rows in sides:
             scored = await self._score([records[i] for i in rows], served, side)
@@ -137,7 +142,7 @@ class ScoringService:
             first = answered_by[next(i for i, o in enumerate(outcomes) if isinstance(o, Exception))]
             raise self._failure(first[0], first[1], failures)
         scored_outcomes = [o for o in outcomes if o is not None and not isinstance(o, Exception)]
-        labels, probabilities = split_outcomes(scored_outcomes, model.schema.task)
+        labels, probabilities = split_scored(scored_outcomes, model.schema.task)
         request_id = uuid.uuid4().hex
         entities: list[str | None] = list(ids) if ids is not None else [None] * len(records)
         groups: dict[int, list[int]] = {}
@@ -186,10 +191,10 @@ class ScoringService:
 
     async def _score(
         self, records: list[dict[str, Any]], model: ServedModel, variant: str
-    ) -> list[Outcome | Exception]:
+    ) -> list[Scored | Exception]:
         """One model call on an inference thread, timed like the micro-batcher's."""
         started = time.perf_counter()
-        outcomes: list[Outcome | Exception] = await self.batcher.run_in_thread(model.score, records)
+        outcomes: list[Scored | Exception] = await self.batcher.run_in_thread(model.score, records)
         metrics.INFERENCE.labels(model.name, model.version, variant).observe(time.perf_counter() - started)
         return outcomes
 
@@ -325,7 +330,7 @@ class ScoringService:
             if len(scored) < len(records):
                 log.warning("shadow scoring failed on some records", extra={"version": challenger.version})
             if scored:
-                labels, probabilities = split_outcomes([outcomes[i] for i in scored], challenger.schema.task)
+                labels, probabilities = split_scored([outcomes[i] for i in scored], challenger.schema.task)
                 self._record(
                     challenger,
                     SHADOW,

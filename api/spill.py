@@ -25,6 +25,7 @@ from pathlib import Path
 
 import orjson
 
+from pipeline.errors import ServiceUnavailable
 from pipeline.predictions import Row
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class SegmentFile:
     path: Path
 
 
-class SpillUnavailable(RuntimeError):
+class SpillUnavailable(ServiceUnavailable, RuntimeError):
     """The spill directory cannot be used; the message names the setting."""
 
 

@@ -147,7 +147,7 @@ def batch_breakdown(
 
     from api.arrow import read_columns
     from api.main import create_app
-    from api.model import split_outcomes
+    from api.model import split_scored
     from api.schemas import BatchPredictionOut
     from api.settings import ApiSettings
     from api.validation import parse_batch, records_from_columns
@@ -165,7 +165,7 @@ def batch_breakdown(
         state = app.state.bitloop
         model = state.manager.champion
         parsed, _ = parse_batch(model.batch_model, body)
-        labels, probabilities = split_outcomes(model.score(parsed), model.schema.task)
+        labels, probabilities = split_scored(model.score(parsed), model.schema.task)
         compiled = model.compiled
         steps = {
             "parse_and_validate_ms": lambda: parse_batch(model.batch_model, body),

@@ -13,12 +13,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import EXIT_INVALID_DATA, BitloopError, InvalidData
 from pipeline.params import Params, ParamsError, load_params
 from pipeline.run import STAGES, run_all, run_stage
 from pipeline.settings import PipelineSettings
 from pipeline.workspace import Workspace, params_file
-
-EXIT_INVALID_DATA = 3  # a bad batch: retrying cannot help, so orchestrators should not retry
 
 
 @dataclass(frozen=True)
@@ -174,15 +173,15 @@ def _rollback(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _rollout(args: argparse.Namespace, ctx: Context) -> int:
-    from pipeline import decider as rollout
+    from pipeline import decider
 
     log = _log_location(args.log, ctx)
     if args.action == "status":
-        return _show(rollout.status(ctx.params, ctx.settings, log))
+        return _show(decider.status(ctx.params, ctx.settings, log))
     if args.action == "decide":
-        return _show(rollout.decide(ctx.params, ctx.settings, log))
-    outcome: rollout.Outcome = "promoted" if args.action == "promote" else "aborted"
-    return _show(rollout.act(ctx.params, ctx.settings, outcome, args.by or _login()))
+        return _show(decider.decide(ctx.params, ctx.settings, log))
+    outcome: decider.RolloutEnd = "promoted" if args.action == "promote" else "aborted"
+    return _show(decider.act(ctx.params, ctx.settings, outcome, args.by or _login()))
 
 
 def _login() -> str:
@@ -421,50 +420,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _reported(err: Exception, workspace: Workspace | None) -> int | None:
-    """Report a failure the user can act on in a line or two and return its exit code; None for a bug.
-
-    The error types are imported here, not at start: `repro` runs every stage in a fresh process
-    through DVC, and importing MLflow and scikit-learn for the types alone cost seconds per stage.
-    """
-    from pipeline.ground_truth import GroundTruthError
-    from pipeline.predictions import PredictionLogUnavailable
-    from pipeline.promote import RollbackError, SchemaMismatch
-    from pipeline.registry import TrackingUnavailable
-    from pipeline.reproduce import ReproduceError
-    from pipeline.rollout import RolloutError
-    from pipeline.serialization import UntrustedModel
-    from pipeline.sources import SourceError
-    from pipeline.store import UnknownBatch
-    from pipeline.validate import ValidationFailed
-    from pipeline.versioning import StageFailed, VersioningError
-
-    if isinstance(err, StageFailed):
-        refused = err.exit_code == EXIT_INVALID_DATA and workspace is not None
-        report = f"\n\nfull report: {workspace.validation_report}" if refused and workspace else ""
-        print(f"error: {err}{report}", file=sys.stderr)
-        return EXIT_INVALID_DATA if err.exit_code == EXIT_INVALID_DATA else 1
-    if isinstance(err, ValidationFailed):
-        report = "" if workspace is None else f"\n\nfull report: {workspace.validation_report}"
-        print(f"{err}{report}", file=sys.stderr)
-        return EXIT_INVALID_DATA
-    known = (
-        ParamsError,
-        SourceError,
-        RollbackError,
-        RolloutError,
-        SchemaMismatch,
-        TrackingUnavailable,
-        UnknownBatch,
-        VersioningError,
-        ReproduceError,
-        UntrustedModel,
-        GroundTruthError,
-        PredictionLogUnavailable,
-    )
-    if isinstance(err, known):
-        print(f"error: {err}", file=sys.stderr)
-        return 2 if isinstance(err, ParamsError | UnknownBatch) else 1
-    return None
+    """Report a failure the user can act on (a `BitloopError`) in a line or two and return its exit
+    code; None for a bug, which keeps its traceback."""
+    if not isinstance(err, BitloopError):
+        return None
+    refused = err.exit_code == EXIT_INVALID_DATA and workspace is not None
+    report = f"\n\nfull report: {workspace.validation_report}" if refused and workspace else ""
+    # A refused batch's message is the validation report itself, which says so in its first line.
+    prefix = "" if isinstance(err, InvalidData) else "error: "
+    print(f"{prefix}{err}{report}", file=sys.stderr)
+    return err.exit_code
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
+from pipeline.errors import BitloopError
 from pipeline.registry import COMPILED_TAG
 from pipeline.schema import MISSING_CATEGORY, DatasetSchema
 
@@ -27,7 +28,7 @@ PROBABILITIES = "probabilities"
 _DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(string)": np.object_}
 
 
-class UnsafeGraph(ValueError):
+class UnsafeGraph(BitloopError, ValueError):
     """An ONNX file this server will not run; the message says why."""
 
 

@@ -59,8 +59,8 @@ spread of 300 outcomes)."""
 QUALITY_DRAWS = 100
 """Bootstrap resamples behind the spread of a side's live quality."""
 
-Outcome = Literal["promoted", "rolled_back", "aborted"]
-ACTIONS: dict[Outcome, str] = {"promoted": "promote", "rolled_back": "rollback", "aborted": "abort"}
+RolloutEnd = Literal["promoted", "rolled_back", "aborted"]
+ACTIONS: dict[RolloutEnd, str] = {"promoted": "promote", "rolled_back": "rollback", "aborted": "abort"}
 FIGURES_TAG = TAG + "rollout.figures"
 Action = Literal["promote", "rollback", "wait"]
 
@@ -498,7 +498,7 @@ def gather(
 def conclude(
     client: MlflowClient,
     rollout: Rollout,
-    outcome: Outcome,
+    outcome: RolloutEnd,
     reason: str,
     figures: dict[str, str],
     now: datetime | None = None,
@@ -546,7 +546,7 @@ def conclude(
     return {"model": name, **last, "figures": figures}
 
 
-def recorded_decision(version: ModelVersion) -> tuple[Outcome, str, dict[str, str]] | None:
+def recorded_decision(version: ModelVersion) -> tuple[RolloutEnd, str, dict[str, str]] | None:
     """The outcome, reason and figures a decider wrote on the canary before it stopped; None when
     the rollout is undecided."""
     tags = version.tags or {}
@@ -557,7 +557,7 @@ def recorded_decision(version: ModelVersion) -> tuple[Outcome, str, dict[str, st
         figures = {str(k): str(v) for k, v in json.loads(tags.get(FIGURES_TAG, "{}")).items()}
     except (ValueError, AttributeError):
         figures = {}
-    return cast("Outcome", outcome), tags.get(Tags.DECISION_REASON, ""), figures
+    return cast("RolloutEnd", outcome), tags.get(Tags.DECISION_REASON, ""), figures
 
 
 def _record_in_summary(client: MlflowClient, name: str, version: str, outcome: str, reason: str) -> None:
@@ -666,7 +666,7 @@ def status(
     return shown
 
 
-def act(params: Params, settings: PipelineSettings, outcome: Outcome, who: str) -> dict[str, Any]:
+def act(params: Params, settings: PipelineSettings, outcome: RolloutEnd, who: str) -> dict[str, Any]:
     """A person ends the rollout under way: `promoted` or `aborted`; RolloutError with none."""
     client = connect(settings)
     rollout = _under_way(client, params.model.name)

@@ -98,17 +98,17 @@ def _categorical(
         score = 1.0 if table.shape[1] < 2 else float(stats.chi2_contingency(table).pvalue)
         method, threshold, drifted = "chi2", config.p_value, score < config.p_value
     return FeatureDrift(
-        name,
-        "categorical",
-        method,
-        score,
-        threshold,
-        drifted,
-        stability_index(r, c),
-        len(values),
-        0.0,
-        ref.missing_rate,
-        unseen,
+        name=name,
+        kind="categorical",
+        method=method,
+        score=score,
+        threshold=threshold,
+        drifted=drifted,
+        psi=stability_index(r, c),
+        sample_size=len(values),
+        missing_rate=0.0,
+        reference_missing_rate=ref.missing_rate,
+        unseen_categories=unseen,
     )
 
 
@@ -126,16 +126,16 @@ def feature_drift(
         size = len(strings)
     if size < config.min_samples or (ref.kind == "numeric" and not ref.sample):
         return FeatureDrift(
-            name,
-            ref.kind,
-            "insufficient",
-            None,
-            None,
-            False,
-            None,
-            size,
-            missing_rate,
-            ref.missing_rate,
+            name=name,
+            kind=ref.kind,
+            method="insufficient",
+            score=None,
+            threshold=None,
+            drifted=False,
+            psi=None,
+            sample_size=size,
+            missing_rate=missing_rate,
+            reference_missing_rate=ref.missing_rate,
         )
     if ref.kind == "numeric":
         result = _numeric(name, ref, values, config)

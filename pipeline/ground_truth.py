@@ -17,13 +17,14 @@ from typing import Any
 
 import httpx
 
+from pipeline.errors import BitloopError
 from pipeline.predictions import read_unlabelled
 
 log = logging.getLogger(__name__)
 CHUNK = 1000  # ids per request: the model server's default batch limit
 
 
-class GroundTruthError(RuntimeError):
+class GroundTruthError(BitloopError, RuntimeError):
     """A service could not be asked; the message names it and says what to check."""
 
 

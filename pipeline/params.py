@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pipeline.errors import InvalidInput
+
 Task = Literal["classification", "regression"]
 HIGHER_IS_BETTER = {
     "accuracy": True,
@@ -22,7 +24,7 @@ HIGHER_IS_BETTER = {
 }
 
 
-class ParamsError(ValueError):
+class ParamsError(InvalidInput, ValueError):
     """`params.yaml` is missing, malformed or inconsistent."""
 
 

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 import pandas as pd
 
+from pipeline.errors import ServiceUnavailable
 from pipeline.settings import PREDICTION_LOG_SETTING
 
 T = TypeVar("T")
@@ -153,7 +154,7 @@ ROW_REFUSALS: tuple[type[Exception], ...] = (ValueError, TypeError, OverflowErro
 row-specific on every store, beside each store's own data and integrity errors."""
 
 
-class PredictionLogUnavailable(RuntimeError):
+class PredictionLogUnavailable(ServiceUnavailable, RuntimeError):
     """The prediction log cannot be opened; the message names the setting and never a password."""
 
 

@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from pipeline.errors import BitloopError
 from pipeline.params import HIGHER_IS_BETTER, Params
 from pipeline.registry import (
     ALIASES,
@@ -43,11 +44,11 @@ from pipeline.workspace import Workspace
 log = logging.getLogger(__name__)
 
 
-class SchemaMismatch(RuntimeError):
+class SchemaMismatch(BitloopError, RuntimeError):
     """The candidate's task or features differ from the champion's: comparing them is meaningless."""
 
 
-class RollbackError(RuntimeError):
+class RollbackError(BitloopError, RuntimeError):
     """There is nothing to roll back to."""
 
 

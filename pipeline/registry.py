@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from pipeline.calibration import Calibration
+from pipeline.errors import ServiceUnavailable
 from pipeline.logs import redact
 from pipeline.profile import ReferenceProfile
 from pipeline.schema import DatasetSchema
@@ -78,7 +79,7 @@ class Tags:
 MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
 
 
-class TrackingUnavailable(RuntimeError):
+class TrackingUnavailable(ServiceUnavailable, RuntimeError):
     """The MLflow tracking server does not answer."""
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from pipeline.errors import BitloopError
 from pipeline.provenance import environment_lock
 from pipeline.registry import GIT_COMMIT_TAG, RECORD_DIR, Tags, connect, download_model
 from pipeline.serialization import load_sklearn_model
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 RETRAIN_STAGES = ("validate", "split", "train")
 
 
-class ReproduceError(RuntimeError):
+class ReproduceError(BitloopError, RuntimeError):
     """The version cannot be reproduced at all (no record, data missing from the remote, a stage failed)."""
 
 

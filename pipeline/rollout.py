@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.errors import BitloopError
 from pipeline.registry import CANARY, TAG, Tags, alias_version
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ class Terms:
     expected_psi: float = 0.0
 
 
-class RolloutError(RuntimeError):
+class RolloutError(BitloopError, RuntimeError):
     """Nothing to act on (no rollout under way, or the registry disagrees); the message says what."""
 
 

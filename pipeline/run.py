@@ -64,7 +64,9 @@ def _promote(
     return promote(params, workspace, settings, allow_schema_change=allow_schema_change)
 
 
-# Each stage's function, in order; heavy libraries are imported per stage so `ingest` never pays
+# Each stage's function, in order: the one list of the stages. dvc.yaml and the training DAG spell
+# it in their own terms and tests hold them to it (tests/pipeline/test_stage_declarations.py,
+# tests/dags/test_training_dag.py). Heavy libraries are imported per stage so `ingest` never pays
 # for MLflow. Keyword options go only to the stage that takes them.
 STAGE_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "ingest": _ingest,

@@ -16,12 +16,14 @@ from typing import Any
 
 import yaml
 
+from pipeline.errors import BitloopError
+
 SKOPS = "skops"
 TRUSTED_MODULES = ("numpy", "sklearn", "scipy")
 """Top-level packages whose types a model may hold."""
 
 
-class UntrustedModel(ValueError):
+class UntrustedModel(BitloopError, ValueError):
     """A model file this server will not deserialise; the message says why."""
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.errors import InvalidInput
 from pipeline.workspace import Workspace, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def withdrawn_batches(raw_dir: Path) -> dict[str, str]:
     return {b["file"]: b["withdrawn"]["reason"] for b in read_manifest(raw_dir) if b.get("withdrawn")}
 
 
-class UnknownBatch(ValueError):
+class UnknownBatch(InvalidInput, ValueError):
     """A batch name that is not in the raw store."""
 
 

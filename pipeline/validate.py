@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.contract import DataContract, parse_labels
+from pipeline.errors import InvalidData
 from pipeline.params import DataParams, Params, ValidateParams
 from pipeline.schema import (
     BATCH_COLUMN,
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 EXAMPLES = 3
 
 
-class ValidationFailed(RuntimeError):
+class ValidationFailed(InvalidData, RuntimeError):
     """The newest batch (or the dataset as a whole) is not fit for training."""
 
 

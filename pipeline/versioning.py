@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import EXIT_FAILED, EXIT_INVALID_DATA, BitloopError
 from pipeline.params import Params
 from pipeline.run import STAGES
 from pipeline.workspace import Workspace
@@ -32,16 +33,17 @@ from pipeline.workspace import Workspace
 log = logging.getLogger(__name__)
 
 
-class StageFailed(RuntimeError):
-    """A stage's command failed; `exit_code` is the command's own (3: the data was refused)."""
+class StageFailed(BitloopError, RuntimeError):
+    """A stage's command failed: refused data (its exit code 3) is passed on as such, anything else
+    is a failure of the run (1)."""
 
     def __init__(self, stage: str, exit_code: int, message: str) -> None:
         super().__init__(message)
         self.stage = stage
-        self.exit_code = exit_code
+        self.exit_code = EXIT_INVALID_DATA if exit_code == EXIT_INVALID_DATA else EXIT_FAILED
 
 
-class VersioningError(RuntimeError):
+class VersioningError(BitloopError, RuntimeError):
     """DVC could not run, commit or push (not a DVC repository, a held lock, an unreachable remote)."""
 
 

@@ -38,6 +38,7 @@ from api.scoring import Unavailable, UnscorableInput
 from api.state import ServerState, StateDep, require_api_key
 from api.validation import read_body
 from pipeline.compiled import ONNX_RUNTIME
+from pipeline.errors import BitloopError
 from pipeline.predictions import unstorable
 from pipeline.schema import DatasetSchema
 
@@ -47,8 +48,9 @@ NUMBERS = frozenset(
 SHOWN_ERRORS = 10
 
 
-class ProtocolError(ValueError):
-    """A request the protocol's terms refuse; `status` is the HTTP status."""
+class ProtocolError(BitloopError, ValueError):
+    """A request the protocol's terms refuse, answered in the protocol's own form (`{"error": ...}`)
+    by the route; `status` is the HTTP status."""
 
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)

@@ -8,10 +8,12 @@ from pathlib import Path
 import httpx
 import pandas as pd
 
+from pipeline.errors import BitloopError
+
 PARQUET_MAGIC = b"PAR1"
 
 
-class SourceError(RuntimeError):
+class SourceError(BitloopError, RuntimeError):
     """The configured data source could not be read."""
 
 

@@ -25,6 +25,7 @@ from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
+from pipeline.errors import BitloopError
 from pipeline.sources.live import MAX_ROWS, draw, release
 from pipeline.sources.simulated import simulate_churn
 
@@ -72,7 +73,7 @@ class OutcomesOut(BaseModel):
     unknown: list[str] = Field(description="ids this world never handed out")
 
 
-class WorldNotSaved(RuntimeError):
+class WorldNotSaved(BitloopError, RuntimeError):
     """The world's file cannot be written: the change is refused rather than forgotten at restart."""
 
 

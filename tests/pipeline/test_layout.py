@@ -8,21 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pipeline.run import STAGES as PIPELINE_STAGES
 from tests.factories import PROJECT
 
-# The pipeline's steps (each a DVC stage, an Airflow task or a CLI command of its own).
-STAGES = {
-    "ingest",
-    "validate",
-    "split",
-    "train",
-    "evaluate",
-    "register",
-    "promote",
-    "summary",
-    "monitor",
-    "reproduce",
-}
+# The pipeline's steps: each DVC stage (pipeline.run.STAGES), and the commands of their own that
+# run beside them (a training run's summary, the drift monitor, reproduce).
+STAGES = {*PIPELINE_STAGES, "summary", "monitor", "reproduce"}
 
 
 def imported_pipeline_modules(path: Path) -> set[str]:

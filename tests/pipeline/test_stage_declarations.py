@@ -67,6 +67,32 @@ def declared_code(stage: str) -> set[str]:
     return covered
 
 
+def test_dvc_yaml_runs_the_stages_pipeline_run_lists_in_its_order() -> None:
+    """pipeline.run.STAGES is the list; dvc.yaml, in DVC's own terms, must say the same, and each
+    stage's command is the CLI's for that stage."""
+    assert list(DVC) == list(STAGE_FUNCTIONS)
+    assert {name: stage["cmd"] for name, stage in DVC.items()} == {
+        name: f"python -m pipeline {name}" for name in STAGE_FUNCTIONS
+    }
+    # In that order each stage after the first reads what an earlier one wrote (no stage reads
+    # a later one's output), so DVC's order is the table's.
+    written: list[str] = []
+    for name in STAGE_FUNCTIONS:
+        reads = [dep for dep in DVC[name]["deps"] if not dep.startswith("pipeline")]
+        later = [
+            out for other in list(STAGE_FUNCTIONS)[list(STAGE_FUNCTIONS).index(name) :] for out in outs(other)
+        ]
+        assert not [dep for dep in reads if any(dep.startswith(out) for out in later)], name
+        if written:
+            assert [dep for dep in reads if any(dep.startswith(out) for out in written)], name
+        written += outs(name)
+
+
+def outs(stage: str) -> list[str]:
+    """The paths a stage of dvc.yaml writes."""
+    return [next(iter(out)) if isinstance(out, dict) else out for out in DVC[stage].get("outs", [])]
+
+
 @pytest.mark.parametrize("stage", list(STAGE_FUNCTIONS))
 def test_a_stage_declares_exactly_the_code_it_imports(stage: str) -> None:
     assert declared_code(stage) == code_of(stage)
