@@ -31,7 +31,6 @@ import numpy as np
 from pipeline.params import HIGHER_IS_BETTER, Params, RolloutSlo
 from pipeline.registry import CANARY, CHAMPION, PREVIOUS, TAG, Tags, alias_version, connect
 from pipeline.rollout import (
-    LAST_TAG,
     Rollout,
     RolloutError,
     current,
@@ -61,7 +60,6 @@ QUALITY_DRAWS = 100
 
 RolloutEnd = Literal["promoted", "rolled_back", "aborted"]
 ACTIONS: dict[RolloutEnd, str] = {"promoted": "promote", "rolled_back": "rollback", "aborted": "abort"}
-FIGURES_TAG = TAG + "rollout.figures"
 Action = Literal["promote", "rollback", "wait"]
 
 
@@ -515,7 +513,7 @@ def conclude(
     tags = {
         Tags.DECISION: outcome,
         Tags.DECISION_REASON: reason,
-        FIGURES_TAG: json.dumps(figures, sort_keys=True),
+        Tags.ROLLOUT_FIGURES: json.dumps(figures, sort_keys=True),
         Tags.ROLLOUT_OUTCOME: outcome,  # last: its presence means the three above are there
     }
     for key, value in tags.items():
@@ -533,7 +531,7 @@ def conclude(
         "reason": reason,
         "at": now.isoformat(),
     }
-    client.set_registered_model_tag(name, LAST_TAG, json.dumps(last))
+    client.set_registered_model_tag(name, Tags.ROLLOUT_LAST, json.dumps(last))
     canary = alias_version(client, name, CANARY)
     if canary is not None and canary.version == version:
         client.delete_registered_model_alias(name, CANARY)
@@ -554,7 +552,7 @@ def recorded_decision(version: ModelVersion) -> tuple[RolloutEnd, str, dict[str,
     if outcome not in ("promoted", "rolled_back", "aborted"):
         return None
     try:
-        figures = {str(k): str(v) for k, v in json.loads(tags.get(FIGURES_TAG, "{}")).items()}
+        figures = {str(k): str(v) for k, v in json.loads(tags.get(Tags.ROLLOUT_FIGURES, "{}")).items()}
     except (ValueError, AttributeError):
         figures = {}
     return cast("RolloutEnd", outcome), tags.get(Tags.DECISION_REASON, ""), figures

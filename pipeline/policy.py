@@ -17,17 +17,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pipeline.params import Params, RetrainParams, Signal
-from pipeline.registry import CHAMPION, TAG, alias_version, connect
+from pipeline.registry import CHAMPION, Tags, alias_version, connect
 from pipeline.settings import PipelineSettings
 
 log = logging.getLogger(__name__)
-LAST_TRIGGER_TAG = TAG + "retrain.last_trigger"
 COOLED = ("drift", "quality")  # the schedule is its own period
 
 
 def _last_trigger(tags: dict[str, str]) -> dict[str, Any] | None:
     try:
-        found: dict[str, Any] = json.loads(tags[LAST_TRIGGER_TAG])
+        found: dict[str, Any] = json.loads(tags[Tags.RETRAIN_LAST_TRIGGER])
         datetime.fromisoformat(found["at"])
         return found
     except (KeyError, ValueError, TypeError):
@@ -102,7 +101,7 @@ def gate(
             ),
         }
     client.set_registered_model_tag(
-        name, LAST_TRIGGER_TAG, json.dumps({"signal": signal, "at": now.isoformat()})
+        name, Tags.RETRAIN_LAST_TRIGGER, json.dumps({"signal": signal, "at": now.isoformat()})
     )
     log.info("retraining triggered", extra={"signal": signal, "model": name})
     return {"retrain": True, "signal": signal, "reason": f"{signal} starts training"}

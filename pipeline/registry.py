@@ -73,6 +73,19 @@ class Tags:
     """On a training summary run: the version its promotion started a rollout for."""
     ROLLOUT_OUTCOME = TAG + "rollout.outcome"
     ROLLOUT_REASON = TAG + "rollout.reason"
+    # A rollout's terms, on the canary's version (pipeline.rollout.Terms).
+    ROLLOUT_SHARE = TAG + "rollout.share"
+    ROLLOUT_MIN_REQUESTS = TAG + "rollout.min_requests"
+    ROLLOUT_MAX_MINUTES = TAG + "rollout.max_minutes"
+    ROLLOUT_EXPECTED_PSI = TAG + "rollout.expected_psi"
+    ROLLOUT_STABLE = TAG + "rollout.stable"
+    ROLLOUT_STARTED_AT = TAG + "rollout.started_at"
+    ROLLOUT_FIGURES = TAG + "rollout.figures"
+    """On the canary's version: the evidence its rollout was decided on (JSON)."""
+    ROLLOUT_LAST = TAG + "rollout.last"
+    """On the registered model: the last rollout's outcome, reason and time (JSON)."""
+    RETRAIN_LAST_TRIGGER = TAG + "retrain.last_trigger"
+    """On the registered model: when each retraining trigger last started a run (the cooldown)."""
 
 
 # What MLflow answers for a model or alias that does not exist (the code varies by server version).

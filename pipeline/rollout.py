@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.errors import BitloopError
-from pipeline.registry import CANARY, TAG, Tags, alias_version
+from pipeline.registry import CANARY, Tags, alias_version
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -30,12 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SHARE_TAG = TAG + "rollout.share"
-MIN_REQUESTS_TAG = TAG + "rollout.min_requests"
-MAX_MINUTES_TAG = TAG + "rollout.max_minutes"
-EXPECTED_PSI_TAG = TAG + "rollout.expected_psi"
-STABLE_TAG = TAG + "rollout.stable"
-STARTED_TAG = TAG + "rollout.started_at"
 PSI_BINS = 10
 INFERENCE_BUCKETS = (
     0.0005, 0.0006, 0.00075, 0.001, 0.00125, 0.0015, 0.002, 0.0025, 0.003, 0.004, 0.005, 0.006,
@@ -45,8 +39,6 @@ INFERENCE_BUCKETS = (
 """Upper bounds (s) of the model servers' bitloop_inference_duration_seconds buckets. The decider
 bounds each side's p95 model call by interpolating in the buckets (`decider.p95_bounds`): steps of
 a quarter to a third from 0.5 ms to 0.5 s keep that reading close to the calls' own quantiles."""
-LAST_TAG = TAG + "rollout.last"
-"""On the registered model: the last rollout's outcome, reason and time (JSON)."""
 
 
 @dataclass(frozen=True)
@@ -109,12 +101,12 @@ def read_rollout(version: ModelVersion | None) -> Rollout | None:
         return None
     tags = dict(version.tags)
     try:
-        share = float(tags[SHARE_TAG])
-        started = datetime.fromisoformat(tags[STARTED_TAG])
-        stable = tags[STABLE_TAG]
-        min_requests = int(tags[MIN_REQUESTS_TAG])
-        max_minutes = float(tags[MAX_MINUTES_TAG])
-        expected = float(tags.get(EXPECTED_PSI_TAG, "0"))
+        share = float(tags[Tags.ROLLOUT_SHARE])
+        started = datetime.fromisoformat(tags[Tags.ROLLOUT_STARTED_AT])
+        stable = tags[Tags.ROLLOUT_STABLE]
+        min_requests = int(tags[Tags.ROLLOUT_MIN_REQUESTS])
+        max_minutes = float(tags[Tags.ROLLOUT_MAX_MINUTES])
+        expected = float(tags.get(Tags.ROLLOUT_EXPECTED_PSI, "0"))
     except (KeyError, ValueError):
         return None
     if not 0.0 < share < 1.0 or started.tzinfo is None or min_requests < 1 or not max_minutes > 0:
@@ -140,12 +132,12 @@ def start(
         name, version, stable, terms.share, started, terms.min_requests, terms.max_minutes, terms.expected_psi
     )
     tags = {
-        SHARE_TAG: f"{rollout.share:g}",
-        STABLE_TAG: stable,
-        STARTED_TAG: rollout.started_at.isoformat(),
-        MIN_REQUESTS_TAG: str(rollout.min_requests),
-        MAX_MINUTES_TAG: f"{rollout.max_minutes:g}",
-        EXPECTED_PSI_TAG: f"{rollout.expected_psi:.6f}",
+        Tags.ROLLOUT_SHARE: f"{rollout.share:g}",
+        Tags.ROLLOUT_STABLE: stable,
+        Tags.ROLLOUT_STARTED_AT: rollout.started_at.isoformat(),
+        Tags.ROLLOUT_MIN_REQUESTS: str(rollout.min_requests),
+        Tags.ROLLOUT_MAX_MINUTES: f"{rollout.max_minutes:g}",
+        Tags.ROLLOUT_EXPECTED_PSI: f"{rollout.expected_psi:.6f}",
         Tags.DECISION: "canary",
     }
     for key, value in tags.items():
@@ -172,7 +164,7 @@ def current(client: MlflowClient, name: str) -> Rollout | None:
 def last_outcome(tags: dict[str, str]) -> dict[str, Any] | None:
     """The last rollout's outcome the registered model records; None before any or when unreadable."""
     try:
-        found: dict[str, Any] = json.loads(tags[LAST_TAG])
+        found: dict[str, Any] = json.loads(tags[Tags.ROLLOUT_LAST])
         datetime.fromisoformat(found["at"])
         return found
     except (KeyError, ValueError, TypeError):

@@ -4,6 +4,7 @@ the model server does not load the training stack."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -80,3 +81,15 @@ def test_running_a_stage_through_dvc_loads_neither_mlflow_nor_scikit_learn() -> 
         [sys.executable, "-c", probe], cwd=PROJECT, capture_output=True, text=True, check=True
     ).stdout.strip()
     assert loaded == "[]"
+
+
+def test_every_tag_name_is_spelled_in_the_registry_module() -> None:
+    """pipeline/registry.py is the one home of the MLflow contract: no other module names a tag."""
+    spelled = {
+        str(path.relative_to(PROJECT)): re.findall(
+            r"^\s*([A-Z_]+) = TAG \+", path.read_text(), flags=re.MULTILINE
+        )
+        for path in [*(PROJECT / "pipeline").rglob("*.py"), *(PROJECT / "api").rglob("*.py")]
+        if path.name != "registry.py"
+    }
+    assert {path: names for path, names in spelled.items() if names} == {}
