@@ -50,6 +50,7 @@
         cp ${./dvc.yaml} $out/opt/bitloop/dvc.yaml
         cp ${./.dvcignore} $out/opt/bitloop/.dvcignore
         cp ${./.dvc/config} $out/opt/bitloop/.dvc/config
+        cp -r ${./core} $out/opt/bitloop/core
         cp -r ${./pipeline} $out/opt/bitloop/pipeline
         cp -r ${./dags} $out/opt/bitloop/dags
         install -D -m 0755 ${./ops/docker/healthcheck.py} $out/usr/local/bin/healthcheck

@@ -8,9 +8,9 @@ import uvicorn
 
 from api.settings import ApiSettings
 from api.spill import SpillDirectory
-from pipeline.errors import ServiceUnavailable
-from pipeline.logs import configure_logging
-from pipeline.predictions import open_store
+from core.errors import ServiceUnavailable
+from core.logs import configure_logging
+from core.predictions import open_store
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
         raise SystemExit(f"bitloop model server cannot start: {err}") from None
     for switch in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
         os.environ.setdefault(switch, "true")
-    # Models are read by pipeline.serialization (skops, our trust list); MLflow itself never unpickles.
+    # Models are read by core.serialization (skops, our trust list); MLflow itself never unpickles.
     os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
     uvicorn.run(
         "api.main:create_app",

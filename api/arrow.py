@@ -19,8 +19,8 @@ from fastapi.exceptions import RequestValidationError
 from flatbuffers.table import Table
 
 from api.schemas import datatype
-from pipeline.errors import BitloopError
-from pipeline.registry import TAG as METADATA_PREFIX  # one namespace for bitloop's keys
+from core.errors import BitloopError
+from core.registry import TAG as METADATA_PREFIX  # one namespace for bitloop's keys
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 CONTINUATION = -1

@@ -2,7 +2,7 @@
 
 Every `drift_interval_seconds` the newest rows of the prediction log (at most `drift.max_rows`
 from the last `drift_window_seconds`) are compared with the champion's reference profile by
-`pipeline.drift`, the same code the drift monitor DAG runs.
+`core.drift`, the same code the drift monitor DAG runs.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from api import metrics
 from api.manager import ModelManager
 from api.periodic import Periodic, Shared
 from api.settings import ApiSettings
-from pipeline.drift import DriftReport, detect
-from pipeline.params import DriftParams
-from pipeline.predictions import read_features
-from pipeline.profile import ReferenceProfile
+from core.drift import DriftReport, detect
+from core.params import DriftParams
+from core.predictions import read_features
+from core.profile import ReferenceProfile
 
 
 class DriftWatcher:

@@ -30,7 +30,7 @@ from api.scoring import ScoringService
 from api.settings import ApiSettings
 from api.state import ServerState
 from api.validation import render_errors
-from pipeline.errors import BitloopError
+from core.errors import BitloopError
 
 log = logging.getLogger(__name__)
 PREDICT_PATHS = frozenset({"/predict", "/predict/batch"})

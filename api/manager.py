@@ -22,9 +22,9 @@ from api import metrics
 from api.model import TRAFFIC_CHECK_RECORDS, ModelLoadError, ServedModel, check_traffic, load_version
 from api.periodic import Periodic
 from api.settings import ApiSettings
-from pipeline.predictions import answered_records, scrubbed
-from pipeline.registry import CANARY, CHALLENGER, CHAMPION, SERVED_ALIASES, alias_version, fail_fast_client
-from pipeline.rollout import Rollout, in_canary, last_outcome, read_rollout
+from core.predictions import answered_records, scrubbed
+from core.registry import CANARY, CHALLENGER, CHAMPION, SERVED_ALIASES, alias_version, fail_fast_client
+from core.rollout import Rollout, in_canary, last_outcome, read_rollout
 
 log = logging.getLogger(__name__)
 REFUSAL_RETRY_SECONDS = 300.0

@@ -15,7 +15,7 @@ from prometheus_client import (
 )
 from prometheus_client.registry import REGISTRY
 
-from pipeline.rollout import INFERENCE_BUCKETS
+from core.rollout import INFERENCE_BUCKETS
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)

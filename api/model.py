@@ -19,11 +19,11 @@ import pandas as pd
 from pydantic import BaseModel
 
 from api.schemas import build_batch_model, build_record_model
-from pipeline.calibration import Calibration
-from pipeline.compiled import ONNX_RUNTIME, SKLEARN_RUNTIME, Compilation, CompiledModel
-from pipeline.errors import BitloopError
-from pipeline.profile import ReferenceProfile
-from pipeline.registry import (
+from core.calibration import Calibration
+from core.compiled import ONNX_RUNTIME, SKLEARN_RUNTIME, Compilation, CompiledModel
+from core.errors import BitloopError
+from core.profile import ReferenceProfile
+from core.registry import (
     COMPILED_ARTIFACT,
     Tags,
     download_model,
@@ -32,8 +32,8 @@ from pipeline.registry import (
     run_profile,
     run_schema,
 )
-from pipeline.schema import DatasetSchema
-from pipeline.serialization import UntrustedModel, load_sklearn_model
+from core.schema import DatasetSchema
+from core.serialization import UntrustedModel, load_sklearn_model
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from api import metrics
-from pipeline.errors import ServiceUnavailable
-from pipeline.predictions import PredictionStore, open_store, scrubbed
+from core.errors import ServiceUnavailable
+from core.predictions import PredictionStore, open_store, scrubbed
 
 STATUSES = ("recorded", "duplicate", "conflict", "unknown")
 

@@ -1,6 +1,6 @@
 """The prediction log's writer: every prediction's inputs and outputs, committed in segments.
 
-The table, its rows and its readers are `pipeline.predictions`. Requests only append rows to the
+The table, its rows and its readers are `core.predictions`. Requests only append rows to the
 open segment, in memory and, with a spill directory, in the segment's file (`api/spill.py`)
 before the answer leaves; one writer thread commits a segment per transaction off the request
 path and then deletes its file. While the log cannot be written (a database gone or slow, a full
@@ -27,7 +27,7 @@ from pathlib import Path
 from api import metrics
 from api.settings import ApiSettings
 from api.spill import SpillDirectory, encode
-from pipeline.predictions import (
+from core.predictions import (
     PredictionLogUnavailable,
     PredictionStore,
     Row,

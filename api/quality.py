@@ -2,7 +2,7 @@
 
 Every `quality_interval_seconds` the newest predictions of the last `quality_window_seconds` (at
 most `quality.max_rows` of params.yaml), joined with the true outcomes sent to `POST /feedback`,
-are scored per version and variant by `pipeline.quality`.
+are scored per version and variant by `core.quality`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from api.manager import ModelManager
 from api.model import ServedModel
 from api.periodic import Periodic, Shared
 from api.settings import ApiSettings
-from pipeline.params import PromoteParams, QualityParams
-from pipeline.predictions import read_labelled
-from pipeline.quality import QualityReport, evaluate, limits
+from core.params import PromoteParams, QualityParams
+from core.predictions import read_labelled
+from core.quality import QualityReport, evaluate, limits
 
 VERSION_GAUGES = (metrics.LABEL_COVERAGE, metrics.LABEL_LAG, metrics.LABELLED)
 METRIC_GAUGES = (

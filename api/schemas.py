@@ -20,8 +20,8 @@ from pydantic import (
     model_validator,
 )
 
-from pipeline.predictions import unstorable
-from pipeline.schema import DatasetSchema, FeatureSpec
+from core.predictions import unstorable
+from core.schema import DatasetSchema, FeatureSpec
 
 Prediction = float | int | str
 
@@ -39,7 +39,7 @@ def datatype(values: list[Any]) -> str:
 
 def storable(text: str) -> str:
     """A string the prediction log keeps exactly on every store; a 422 naming the field otherwise
-    (`pipeline.predictions.unstorable` says which strings and why)."""
+    (`core.predictions.unstorable` says which strings and why)."""
     if (reason := unstorable(text)) is not None:
         raise ValueError(f"{reason}: send it without that character")
     return text

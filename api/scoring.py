@@ -30,9 +30,9 @@ from api.model import (
 from api.predlog import PredictionLog
 from api.settings import ApiSettings
 from api.validation import render_errors
-from pipeline.errors import InvalidInput, ServiceUnavailable
-from pipeline.predictions import SHADOW, Row
-from pipeline.rollout import in_canary
+from core.errors import InvalidInput, ServiceUnavailable
+from core.predictions import SHADOW, Row
+from core.rollout import in_canary
 
 log = logging.getLogger(__name__)
 

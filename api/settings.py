@@ -8,8 +8,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pipeline.params import DriftParams, ParamsError, PromoteParams, QualityParams, load_params
-from pipeline.settings import PREDICTION_LOG_DEFAULT, PREDICTION_LOG_SETTING, local_mlflow
+from core.params import DriftParams, ParamsError, PromoteParams, QualityParams, load_params
+from core.settings import PREDICTION_LOG_DEFAULT, PREDICTION_LOG_SETTING, local_mlflow
 
 
 class ApiSettings(BaseSettings):

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import orjson
 
-from pipeline.errors import ServiceUnavailable
-from pipeline.predictions import Row
+from core.errors import ServiceUnavailable
+from core.predictions import Row
 
 log = logging.getLogger(__name__)
 

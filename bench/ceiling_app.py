@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 
 from api.schemas import build_record_model
-from pipeline.schema import DatasetSchema
+from core.schema import DatasetSchema
 
 
 def create_app() -> FastAPI:

@@ -27,7 +27,7 @@ QUALITY = Asset(name="bitloop_quality", uri="bitloop://monitoring/live-quality")
 """Updated by the ground_truth DAG when the champion's live quality is past its limits."""
 CHAMPION = Asset(name="bitloop_champion", uri="bitloop://registry/champion")
 """Updated whenever a training run finishes its promotion decision."""
-EXIT_INVALID_DATA = 3  # the pipeline CLI's exit code for a bad batch (pipeline.errors.EXIT_INVALID_DATA)
+EXIT_INVALID_DATA = 3  # the pipeline CLI's exit code for a bad batch (core.errors.EXIT_INVALID_DATA)
 
 
 def _push(dag_id: str, metric: str, description: str, labels: dict[str, str]) -> None:

@@ -13,10 +13,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import EXIT_INVALID_DATA, BitloopError, InvalidData
-from pipeline.params import Params, ParamsError, load_params
+from core.errors import EXIT_INVALID_DATA, BitloopError, InvalidData
+from core.params import Params, ParamsError, load_params
+from core.settings import PipelineSettings
 from pipeline.run import STAGES, run_all, run_stage
-from pipeline.settings import PipelineSettings
 from pipeline.workspace import Workspace, params_file
 
 
@@ -126,7 +126,7 @@ def _retrain_gate(args: argparse.Namespace, ctx: Context) -> int:
 
 def _log_location(given: str | None, ctx: Context) -> str:
     """--log, else the setting; a relative SQLite path is under --root."""
-    from pipeline.predictions import is_postgres
+    from core.predictions import is_postgres
 
     log = given or ctx.settings.prediction_log_url
     return log if is_postgres(log) or Path(log).is_absolute() else str(ctx.root / log)
@@ -385,7 +385,7 @@ def _timestamp(text: str) -> datetime:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pipeline.logs import configure_logging, redact_output
+    from core.logs import configure_logging, redact_output
 
     redact_output()  # whatever a command prints, a URL's password is masked
     configure_logging()

@@ -2,15 +2,15 @@
 
 Each step is one period of `retrain.cooldown_hours`. The world is where the scenario puts it; live
 customers drawn from it are answered by the champion (and, while a rollout runs, by the canary for
-its share of entities, `pipeline.rollout.in_canary`); their outcomes reach the loop `delay` steps
+its share of entities, `core.rollout.in_canary`); their outcomes reach the loop `delay` steps
 later. At the end of the step a canary is judged by the rollout decider's `judge` on what the step
 showed (its records, the shift of its predictions, live quality where outcomes arrived), then the
 monitors look at the champion: the drift of its live inputs against its reference profile
-(`pipeline.drift.detect`) and its live quality against its limits (`pipeline.quality.evaluate`).
+(`core.drift.detect`) and its live quality against its limits (`core.quality.evaluate`).
 A signal the retraining policy lets through (`pipeline.policy.held_back`, in simulated time) runs
 training as the DAG does: a batch of the world as it is now is ingested into a real workspace,
 validated against the data contract, split, cut to the training window and trained
-(`pipeline.ingest`, `validate`, `split`, `train`); each candidate is scored (`pipeline.scoring`),
+(`pipeline.ingest`, `validate`, `split`, `train`); each candidate is scored (`core.scoring`),
 the best is calibrated and compared with the champion by promotion's own rule on the newest rows
 (`pipeline.promote.decide`, `recent_holdout`), and a winner becomes the next step's canary.
 
@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.params import HIGHER_IS_BETTER, Params
+from core.params import HIGHER_IS_BETTER, Params
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def _frame(world: World, rows: int, seed: int) -> pd.DataFrame:
 
 
 def _primary(model: Any, frame: pd.DataFrame, schema: Any, metric: str) -> float:
-    from pipeline.scoring import score
+    from core.scoring import score
 
     return score(model, frame, schema)[metric]
 
@@ -206,12 +206,12 @@ class Loop:
     def train(self, step: int, world: World) -> Served | None:
         """Ingest a batch of `world`, validate, split, train, score; the best candidate, or None when
         validation refused the batch (withdrawn, as the runbook says, for the next run)."""
-        from pipeline.calibration import fit_calibration
+        from core.calibration import fit_calibration
+        from core.profile import ReferenceProfile
+        from core.schema import DatasetSchema
+        from core.scoring import best_candidate, floor_failures, score
         from pipeline.candidates import load_candidate
         from pipeline.ingest import ingest
-        from pipeline.profile import ReferenceProfile
-        from pipeline.schema import DatasetSchema
-        from pipeline.scoring import best_candidate, floor_failures, score
         from pipeline.split import split
         from pipeline.store import read_manifest, withdraw_batch
         from pipeline.train import train
@@ -260,8 +260,8 @@ class Loop:
     def promote(self, candidate: Served, step: int, world: World) -> None:
         """promote's rule: floors, then a gain of promote.margin over the champion on the newest rows;
         a winner over a serving champion becomes the canary (rollout.share > 0)."""
+        from core.scoring import score
         from pipeline.promote import decide, expected_shift, recent_holdout
-        from pipeline.scoring import score
 
         if self.champion is None:
             self.champion = candidate
@@ -307,9 +307,9 @@ class Loop:
     def serve(self, step: int, world: World) -> pd.DataFrame:
         """The step's customers answered, logged with their outcome's arrival step; the champion's
         true quality, estimate and limit recorded."""
-        from pipeline.predictions import LoggedPrediction
-        from pipeline.quality import estimate, limits
-        from pipeline.rollout import in_canary
+        from core.predictions import LoggedPrediction
+        from core.quality import estimate, limits
+        from core.rollout import in_canary
 
         champion = self.serving
         live = _frame(world, LIVE_ROWS, self.seed * 100_003 + step)
@@ -363,14 +363,14 @@ class Loop:
     def arrived(self, step: int, variant: str, version: int, since: int) -> list[Any]:
         """Rows of one side logged since `since` whose outcomes reached the loop by `step`; the rest
         are logged but unlabelled."""
-        from pipeline.predictions import LoggedPrediction
+        from core.predictions import LoggedPrediction
 
         rows = [r for r in self.log if r.variant == variant and r.version == str(version) and r.ts >= since]
         return [r if (r.received_at or 0) <= step else LoggedPrediction(*r[:5]) for r in rows]
 
     def judge_canary(self, step: int, world: World) -> None:
+        from core.quality import evaluate
         from pipeline.decider import Evidence, Side, judge, prediction_shift, quality_spread
-        from pipeline.quality import evaluate
 
         canary, stable = self.canary, self.serving
         if canary is None:
@@ -434,8 +434,8 @@ class Loop:
 
     def signal(self, step: int, live: pd.DataFrame) -> str | None:
         """What the monitors find on the champion at the end of the step."""
-        from pipeline.drift import detect
-        from pipeline.quality import evaluate
+        from core.drift import detect
+        from core.quality import evaluate
 
         champion = self.serving
         report = detect(champion.profile, live[self.schema.feature_names], self.params.drift)

@@ -11,7 +11,7 @@ the decider, through its own `judge`:
   `drift` scenario; the customers served are drawn from the moved world;
 - traffic: each rollout gets a mean rate of 150-400 requests a minute; each minute's count is
   Poisson around it, with a burst (3x) or a lull (0.3x) one minute in ten each; an entity keeps its
-  side (`pipeline.rollout.in_canary`, share `rollout.share`);
+  side (`core.rollout.in_canary`, share `rollout.share`);
 - outcomes: 80% of customers' outcomes arrive, 2-20 minutes after their answer;
 - failures: bad inputs, a share of 0-1% per rollout, fail on both sides alike;
 - model-call time: each side's cost (the stable version's 1-4 ms a call) times the machine's load
@@ -56,8 +56,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.params import Params
-from pipeline.rollout import INFERENCE_BUCKETS as LATENCY_BUCKETS
+from core.params import Params
+from core.rollout import INFERENCE_BUCKETS as LATENCY_BUCKETS
 
 log = logging.getLogger(__name__)
 
@@ -175,9 +175,9 @@ class Trial:
 
     def roll_out(self, canary: Canary, rng: np.random.Generator) -> Rollout:
         """Minute by minute until the decider's judge promotes or rolls back."""
+        from core.quality import evaluate
+        from core.rollout import in_canary
         from pipeline.decider import Evidence, judge, prediction_shift
-        from pipeline.quality import evaluate
-        from pipeline.rollout import in_canary
 
         params, rollout = self.params, self.params.rollout
         rate, bad_inputs, stable_cost = (
@@ -270,7 +270,7 @@ class Answering:
 
     def logged(self, now: int, classes: list[str], target: np.ndarray) -> list[Any]:
         """The prediction log's rows of this side at minute `now`."""
-        from pipeline.predictions import LoggedPrediction
+        from core.predictions import LoggedPrediction
 
         rows = []
         for row, minute, arrives in self.answers:
@@ -314,8 +314,8 @@ def _drift_scenario() -> Any:
 
 
 def _gain(new: Any, old: Any, frame: pd.DataFrame, schema: Any, metric: str) -> float:
+    from core.params import HIGHER_IS_BETTER
     from pipeline.backtest import _primary
-    from pipeline.params import HIGHER_IS_BETTER
 
     gain = _primary(new, frame, schema, metric) - _primary(old, frame, schema, metric)
     return gain if HIGHER_IS_BETTER[metric] else -gain

@@ -1,7 +1,7 @@
 """The fitted candidates a workspace holds: written by `train`, read by evaluate, register, reproduce.
 
 They are pickles this project wrote itself into its own workspace, never user input; what the
-registry stores and the model server loads is skops (`pipeline.serialization`).
+registry stores and the model server loads is skops (`core.serialization`).
 """
 
 from __future__ import annotations

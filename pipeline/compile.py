@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
-from pipeline.compiled import Compilation, CompiledModel
-from pipeline.schema import MISSING_CATEGORY, DatasetSchema
+from core.compiled import Compilation, CompiledModel
+from core.schema import MISSING_CATEGORY, DatasetSchema
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.params import Task
-from pipeline.schema import NUMERIC_PARSE_SHARE, DatasetSchema, normalise_labels
+from core.params import Task
+from core.schema import NUMERIC_PARSE_SHARE, DatasetSchema, normalise_labels
 
 
 class DataContract(BaseModel):

@@ -1,7 +1,7 @@
 """The rollout decider: a new champion earns its traffic or rolls itself back.
 
 One decider (`python -m pipeline rollout decide`, the `rollout` DAG every minute) reads the
-rollout's terms from the registry (`pipeline.rollout`), gathers the evidence since it started
+rollout's terms from the registry (`core.rollout`), gathers the evidence since it started
 from Prometheus (records, failures and model-call time per side, summed over every replica) and
 the prediction log (the shift of the canary's predictions against the stable version's on the same
 traffic, and live quality where outcomes arrived), and judges it against `rollout.slo`: promote
@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import httpx
 import numpy as np
 
-from pipeline.params import HIGHER_IS_BETTER, Params, RolloutSlo
-from pipeline.registry import CANARY, CHAMPION, PREVIOUS, TAG, Tags, alias_version, connect
-from pipeline.rollout import (
+from core.params import HIGHER_IS_BETTER, Params, RolloutSlo
+from core.registry import CANARY, CHAMPION, PREVIOUS, TAG, Tags, alias_version, connect
+from core.rollout import (
     Rollout,
     RolloutError,
     current,
@@ -39,13 +39,13 @@ from pipeline.rollout import (
     score_shift,
     shift_class,
 )
-from pipeline.settings import PipelineSettings
+from core.settings import PipelineSettings
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
-    from pipeline.predictions import LoggedPrediction
+    from core.predictions import LoggedPrediction
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +317,7 @@ def psi_noise(rows: int, base_rows: int) -> float:
     """
     from scipy.stats import chi2
 
-    from pipeline.rollout import PSI_BINS
+    from core.rollout import PSI_BINS
 
     if min(rows, base_rows) <= 0:
         return math.inf
@@ -327,8 +327,8 @@ def psi_noise(rows: int, base_rows: int) -> float:
 def quality_spread(rows: list[LoggedPrediction], task: str, classes: list[Any], metric: str) -> float:
     """Standard error of live `metric` over these predictions' outcomes: bootstrap over the
     labelled rows (seeded, so a decision is repeatable); 0 with fewer than two."""
-    from pipeline.quality import outcome_arrays
-    from pipeline.scoring import task_metrics
+    from core.quality import outcome_arrays
+    from core.scoring import task_metrics
 
     labelled = [r for r in rows if r.labelled]
     arrays = outcome_arrays(labelled, task, classes)
@@ -357,7 +357,7 @@ def prediction_shift(
     if min(len(stable), len(canary)) < MIN_SHIFT_ROWS:
         return None
     if task == "classification" and any(r.probabilities is None for r in (*stable, *canary)):
-        from pipeline.drift_statistics import stability_index
+        from core.drift_statistics import stability_index
 
         classes = sorted({str(r.prediction) for r in (*stable, *canary)})
         shares = [
@@ -426,9 +426,9 @@ def gather(
 ) -> Evidence:
     """Everything both sides showed since the rollout started; what cannot be had is named in
     `problems` and leaves its SLOs pending."""
-    from pipeline.predictions import read_labelled
-    from pipeline.quality import evaluate
-    from pipeline.registry import run_schema
+    from core.predictions import read_labelled
+    from core.quality import evaluate
+    from core.registry import run_schema
 
     elapsed = rollout.elapsed_seconds(now)
     metric = params.promote.primary_metric(params.data.task)

@@ -16,11 +16,11 @@ from sklearn.inspection import permutation_importance
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
-from pipeline.calibration import CALIBRATION_FILE, fit_calibration
+from core.calibration import CALIBRATION_FILE, fit_calibration
+from core.params import Params
+from core.schema import DatasetSchema
+from core.scoring import best_candidate, score
 from pipeline.candidates import load_candidate
-from pipeline.params import Params
-from pipeline.schema import DatasetSchema
-from pipeline.scoring import best_candidate, score
 from pipeline.workspace import Workspace, write_json
 
 log = logging.getLogger(__name__)

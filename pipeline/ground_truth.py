@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 
-from pipeline.errors import BitloopError
-from pipeline.predictions import read_unlabelled
+from core.errors import BitloopError
+from core.predictions import read_unlabelled
 
 log = logging.getLogger(__name__)
 CHUNK = 1000  # ids per request: the model server's default batch limit

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pipeline.settings import Handoff
+from core.settings import Handoff
 from pipeline.versioning import open_repo
 from pipeline.workspace import Workspace
 

@@ -12,8 +12,8 @@ import io
 import logging
 from dataclasses import dataclass
 
-from pipeline.params import Params
-from pipeline.schema import row_ids
+from core.params import Params
+from core.schema import row_ids
 from pipeline.sources import describe_batch, load_batch
 from pipeline.store import (
     MANIFEST,

@@ -17,8 +17,8 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from pipeline.params import CandidateParams, Task
-from pipeline.schema import MISSING_CATEGORY, DatasetSchema
+from core.params import CandidateParams, Task
+from core.schema import MISSING_CATEGORY, DatasetSchema
 
 
 def _estimator(candidate: CandidateParams, task: Task, seed: int) -> BaseEstimator:

@@ -15,12 +15,12 @@ from typing import Any
 
 import mlflow
 
-from pipeline.drift import DriftReport, detect
-from pipeline.params import Params
-from pipeline.predictions import read_features, read_labelled
-from pipeline.quality import evaluate
-from pipeline.registry import CHAMPION, Tags, alias_version, connect, run_profile, run_schema
-from pipeline.settings import PipelineSettings
+from core.drift import DriftReport, detect
+from core.params import Params
+from core.predictions import read_features, read_labelled
+from core.quality import evaluate
+from core.registry import CHAMPION, Tags, alias_version, connect, run_profile, run_schema
+from core.settings import PipelineSettings
 from pipeline.workspace import Workspace, write_json
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ def _log_run(client: Any, name: str, report: DriftReport) -> str:
 def judge_quality(
     params: Params, settings: PipelineSettings, prediction_log: str, since: datetime
 ) -> dict[str, Any]:
-    """The champion's live quality since `since` against its limits (`pipeline.quality`):
+    """The champion's live quality since `since` against its limits (`core.quality`):
     `breached` when a realized figure is past a floor or below its holdout by quality.max_drop."""
     client = connect(settings)
     name = params.model.name

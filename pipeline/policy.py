@@ -16,9 +16,9 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pipeline.params import Params, RetrainParams, Signal
-from pipeline.registry import CHAMPION, Tags, alias_version, connect
-from pipeline.settings import PipelineSettings
+from core.params import Params, RetrainParams, Signal
+from core.registry import CHAMPION, Tags, alias_version, connect
+from core.settings import PipelineSettings
 
 log = logging.getLogger(__name__)
 COOLED = ("drift", "quality")  # the schedule is its own period
@@ -67,7 +67,7 @@ def gate(
     """Whether `signal` may start training now, and why; an allowed drift or quality signal is
     claimed in the prediction log (`prediction_log`, default the setting), atomically, and recorded as the
     last trigger on the registered model."""
-    from pipeline.predictions import open_store
+    from core.predictions import open_store
 
     now = now or datetime.now(UTC)
     policy = params.retrain

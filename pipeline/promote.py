@@ -19,9 +19,9 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from pipeline.errors import BitloopError
-from pipeline.params import HIGHER_IS_BETTER, Params
-from pipeline.registry import (
+from core.errors import BitloopError
+from core.params import HIGHER_IS_BETTER, Params
+from core.registry import (
     ALIASES,
     CHALLENGER,
     CHAMPION,
@@ -33,12 +33,12 @@ from pipeline.registry import (
     download_model,
     run_schema,
 )
+from core.rollout import Terms, score_shift, shift_class, start
+from core.schema import BATCH_COLUMN, DatasetSchema
+from core.scoring import floor_failures, score
+from core.serialization import load_sklearn_model
+from core.settings import PipelineSettings
 from pipeline.reports import CanarySeen, CandidateSeen, ChampionSeen, Decision, PromotionReport, Registration
-from pipeline.rollout import Terms, score_shift, shift_class, start
-from pipeline.schema import BATCH_COLUMN, DatasetSchema
-from pipeline.scoring import floor_failures, score
-from pipeline.serialization import load_sklearn_model
-from pipeline.settings import PipelineSettings
 from pipeline.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ def _load_version(client: MlflowClient, name: str, version: str) -> Any:
 
 
 def _shift_scores(model: Any, test: pd.DataFrame, schema: DatasetSchema) -> np.ndarray:
-    """What a rollout compares two versions' predictions by (`pipeline.rollout.score_shift`)."""
+    """What a rollout compares two versions' predictions by (`core.rollout.score_shift`)."""
     features = test[schema.feature_names]
     if schema.task == "regression":
         return np.asarray(model.predict(features), dtype=float)

@@ -10,7 +10,7 @@ from functools import cache
 from importlib.metadata import distributions
 from pathlib import Path
 
-from pipeline.registry import RECORD_DIR
+from core.registry import RECORD_DIR
 
 
 def git_commit(root: Path) -> str:

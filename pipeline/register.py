@@ -19,11 +19,8 @@ import pandas as pd
 from mlflow.data.pandas_dataset import from_pandas
 from mlflow.models import infer_signature
 
-from pipeline.candidates import load_candidate
-from pipeline.compile import compile_candidate
-from pipeline.params import Params
-from pipeline.provenance import git_commit, log_reproduction_record
-from pipeline.registry import (
+from core.params import Params
+from core.registry import (
     COMPILED_ARTIFACT,
     COMPILED_TAG,
     GIT_COMMIT_TAG,
@@ -32,11 +29,14 @@ from pipeline.registry import (
     Tags,
     connect,
 )
+from core.schema import BATCH_COLUMN, DatasetSchema
+from core.scoring import best_candidate, floor_failures
+from core.serialization import SKOPS, trusted_types
+from core.settings import PipelineSettings
+from pipeline.candidates import load_candidate
+from pipeline.compile import compile_candidate
+from pipeline.provenance import git_commit, log_reproduction_record
 from pipeline.reports import RegisteredCandidate, Registration
-from pipeline.schema import BATCH_COLUMN, DatasetSchema
-from pipeline.scoring import best_candidate, floor_failures
-from pipeline.serialization import SKOPS, trusted_types
-from pipeline.settings import PipelineSettings
 from pipeline.store import DatasetVersion
 from pipeline.workspace import Workspace, read_json
 

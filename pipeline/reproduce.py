@@ -26,15 +26,17 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from pipeline.errors import BitloopError
+from core.errors import BitloopError
+from core.registry import GIT_COMMIT_TAG, RECORD_DIR, Tags, connect, download_model
+from core.serialization import load_sklearn_model
+from core.settings import PipelineSettings
 from pipeline.provenance import environment_lock
-from pipeline.registry import GIT_COMMIT_TAG, RECORD_DIR, Tags, connect, download_model
-from pipeline.serialization import load_sklearn_model
-from pipeline.settings import PipelineSettings
 from pipeline.workspace import Workspace
 
 log = logging.getLogger(__name__)
 RETRAIN_STAGES = ("validate", "split", "train")
+CODE = ("core", "pipeline")
+"""The packages the stages run: what a reproduction checks out of the recorded commit."""
 
 
 class ReproduceError(BitloopError, RuntimeError):
@@ -127,8 +129,17 @@ def _checkout_code(root: Path, commit: str, dest: Path, result: Reproduction) ->
     dest.mkdir(parents=True)
     clean = commit not in ("", "unknown") and not commit.endswith("-dirty")
     if clean:
+        listed = subprocess.run(
+            ["git", "-C", str(root), "ls-tree", "--name-only", commit],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        # The stages' code as the commit had it: `core` too once it existed (a version registered
+        # before it had everything in `pipeline`).
+        paths = [path for path in (*CODE, "dvc.yaml") if path in listed]
         archive = subprocess.run(
-            ["git", "-C", str(root), "archive", "--format=tar", commit, "pipeline", "dvc.yaml"],
+            ["git", "-C", str(root), "archive", "--format=tar", commit, *paths],
             capture_output=True,
             check=False,
         )
@@ -146,7 +157,8 @@ def _checkout_code(root: Path, commit: str, dest: Path, result: Reproduction) ->
         )
     else:
         result.notes.append("the version records no git commit: retrained with the current code")
-    shutil.copytree(root / "pipeline", dest / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in CODE:
+        shutil.copytree(root / package, dest / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(root / "dvc.yaml", dest / "dvc.yaml")
 
 
@@ -187,7 +199,7 @@ def _restore_raw(root: Path, md5: str, dest: Path) -> None:
 
 
 def _retrain(project: Path) -> None:
-    """validate → split → train with the checked-out code (its own `pipeline` package) and params."""
+    """validate → split → train with the checked-out code (its own packages) and params."""
     for stage in RETRAIN_STAGES:
         done = subprocess.run(
             [sys.executable, "-m", "pipeline", "--root", str(project), stage],
@@ -236,8 +248,8 @@ def _load_registered(client: Any, model: str, version: str, dest: Path) -> Any:
 
 def _compare_predictions(registered: Any, workspace: Workspace, result: Reproduction) -> None:
     """Labels and (for classifiers) probabilities of both models on the holdout, compared bit for bit."""
+    from core.schema import DatasetSchema
     from pipeline.candidates import load_candidate
-    from pipeline.schema import DatasetSchema
 
     schema = DatasetSchema.read(workspace.schema_file)
     holdout = pd.read_parquet(workspace.test_file)[schema.feature_names]

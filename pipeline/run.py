@@ -6,8 +6,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.params import Params
-from pipeline.settings import PipelineSettings
+from core.params import Params
+from core.settings import PipelineSettings
 from pipeline.workspace import Workspace
 
 log = logging.getLogger(__name__)

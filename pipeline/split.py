@@ -13,7 +13,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from pipeline.params import SplitParams
+from core.params import SplitParams
 from pipeline.workspace import Workspace
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.errors import InvalidInput
+from core.errors import InvalidInput
 from pipeline.workspace import Workspace, read_json, write_json
 
 log = logging.getLogger(__name__)

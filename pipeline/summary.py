@@ -7,11 +7,11 @@ from typing import Any
 
 import mlflow
 
-from pipeline.params import Params
-from pipeline.registry import Tags, connect
+from core.params import Params
+from core.registry import Tags, connect
+from core.rollout import last_outcome
+from core.settings import PipelineSettings
 from pipeline.reports import PromotionReport
-from pipeline.rollout import last_outcome
-from pipeline.settings import PipelineSettings
 from pipeline.store import DatasetVersion
 from pipeline.workspace import Workspace
 

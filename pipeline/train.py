@@ -9,11 +9,11 @@ from pathlib import Path
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
+from core.params import Params
+from core.profile import build_profile
+from core.schema import DatasetSchema
 from pipeline.candidates import save_candidate
 from pipeline.models import build_pipeline
-from pipeline.params import Params
-from pipeline.profile import build_profile
-from pipeline.schema import DatasetSchema
 from pipeline.workspace import Workspace, write_json
 
 log = logging.getLogger(__name__)

@@ -18,10 +18,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from pipeline.contract import DataContract, parse_labels
-from pipeline.errors import InvalidData
-from pipeline.params import DataParams, Params, ValidateParams
-from pipeline.schema import (
+from core.errors import InvalidData
+from core.params import DataParams, Params, ValidateParams
+from core.schema import (
     BATCH_COLUMN,
     DatasetSchema,
     coerce,
@@ -31,6 +30,7 @@ from pipeline.schema import (
     row_ids,
     with_categories,
 )
+from pipeline.contract import DataContract, parse_labels
 from pipeline.sources import expected_ranges
 from pipeline.store import read_raw_batches, withdrawn_batches
 from pipeline.workspace import Workspace, write_json

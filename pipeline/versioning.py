@@ -25,8 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import EXIT_FAILED, EXIT_INVALID_DATA, BitloopError
-from pipeline.params import Params
+from core.errors import EXIT_FAILED, EXIT_INVALID_DATA, BitloopError
+from core.params import Params
 from pipeline.run import STAGES
 from pipeline.workspace import Workspace
 
@@ -82,7 +82,7 @@ def remote_override() -> dict[str, Any]:
     The image's .dvc/config names a directory; a deployment whose workers share no disk gives them
     one bucket (`s3://…`, credentials from the usual AWS variables) without editing the project.
     """
-    from pipeline.settings import PipelineSettings
+    from core.settings import PipelineSettings
 
     url = PipelineSettings().dvc_remote_url
     return {"remote_config": {"url": url}} if url else {}

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-PROFILE_FILE = "reference_profile.json"
-"""The reference profile's name, in the workspace and (logged as is) in every training run."""
+from core.artifacts import PROFILE_ARTIFACT
 
 
 def params_file(root: Path) -> Path:
@@ -87,7 +86,7 @@ class Workspace:
 
     @property
     def profile_file(self) -> Path:
-        return self.models_dir / PROFILE_FILE
+        return self.models_dir / PROFILE_ARTIFACT
 
     @property
     def reports_dir(self) -> Path:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from pipeline.params import Params, parse_params
+from core.params import Params, parse_params
 from pipeline.sources.simulated import simulate_churn
 from pipeline.workspace import Workspace
 
@@ -78,7 +78,8 @@ def copy_project(dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("params.yaml", "dvc.yaml", ".dvcignore"):
         shutil.copy(PROJECT / name, dest / name)
-    shutil.copytree(PROJECT / "pipeline", dest / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("core", "pipeline"):  # the code dvc.yaml's stages list
+        shutil.copytree(PROJECT / package, dest / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(PROJECT / ".dvc", dest / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
     return dest
 
@@ -113,7 +114,7 @@ def log_predictions(
     path: Path | str, model_name: str, frame: pd.DataFrame, ts: float, variant: str = "champion"
 ) -> None:
     """Append a frame of feature rows to a prediction log, as the model server writes them."""
-    from pipeline.predictions import Row, insert_rows
+    from core.predictions import Row, insert_rows
 
     records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
     rows = [

@@ -19,8 +19,8 @@ from api.schemas import (
 )
 from api.scoring import Unavailable
 from api.state import ServerState, StateDep, require_api_key
-from pipeline.drift import DriftReport
-from pipeline.quality import QualityReport
+from core.drift import DriftReport
+from core.quality import QualityReport
 
 router = APIRouter(tags=["operations"])
 

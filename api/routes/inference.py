@@ -37,10 +37,10 @@ from api.schemas import (
 from api.scoring import Unavailable, UnscorableInput
 from api.state import ServerState, StateDep, require_api_key
 from api.validation import read_body
-from pipeline.compiled import ONNX_RUNTIME
-from pipeline.errors import BitloopError
-from pipeline.predictions import unstorable
-from pipeline.schema import DatasetSchema
+from core.compiled import ONNX_RUNTIME
+from core.errors import BitloopError
+from core.predictions import unstorable
+from core.schema import DatasetSchema
 
 NUMBERS = frozenset(
     {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "FP16", "FP32", "FP64"}

@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from core.params import load_params
 from ops.local.airflow_api import airflow_client, trigger_dag, wait_dag_run
 from ops.local.drift_demo import (
     PARAMS,
@@ -40,7 +41,6 @@ from ops.local.drift_demo import (
     step,
 )
 from ops.local.settings import StackSettings
-from pipeline.params import load_params
 
 
 def champion_quality(client: httpx.Client, api: str, version: str) -> dict[str, Any]:

@@ -29,11 +29,11 @@ from typing import Any
 import httpx
 import pandas as pd
 
+from core.params import load_params
+from core.registry import Tags, connect
+from core.settings import PipelineSettings
 from ops.local.airflow_api import airflow_client, trigger_dag, wait_dag_run
 from ops.local.settings import StackSettings
-from pipeline.params import load_params
-from pipeline.registry import Tags, connect
-from pipeline.settings import PipelineSettings
 from pipeline.workspace import params_file
 
 PARAMS = params_file(Path(__file__).resolve().parents[2])

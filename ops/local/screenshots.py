@@ -197,8 +197,8 @@ def shoot_everything(camera: Camera, settings: StackSettings, run_id: str, grafa
     """Every picture; returns the ones that could not be taken, with the reason."""
     from mlflow import MlflowClient
 
-    from pipeline.params import load_params
-    from pipeline.registry import CHAMPION, alias_version
+    from core.params import load_params
+    from core.registry import CHAMPION, alias_version
 
     model = load_params(PROJECT / "params.yaml").model.name
     mlflow = f"http://127.0.0.1:{settings.mlflow_port}"

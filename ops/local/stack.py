@@ -209,9 +209,9 @@ def wait_healthy(settings: StackSettings) -> None:
 
 
 def _has_champion(settings: StackSettings) -> bool:
-    from pipeline.params import load_params
-    from pipeline.registry import CHAMPION, alias_version, connect
-    from pipeline.settings import PipelineSettings
+    from core.params import load_params
+    from core.registry import CHAMPION, alias_version, connect
+    from core.settings import PipelineSettings
 
     params = load_params(PROJECT / "params.yaml")
     client = connect(PipelineSettings(mlflow_tracking_uri=f"http://127.0.0.1:{settings.mlflow_port}"))
@@ -391,7 +391,7 @@ def record_configuration(settings: StackSettings, env: dict[str, str]) -> None:
 def check_prediction_log(settings: StackSettings) -> None:
     """Stop before anything starts when the prediction log cannot be opened (the message names the
     variable and never the password)."""
-    from pipeline.predictions import PredictionLogUnavailable, open_store
+    from core.predictions import PredictionLogUnavailable, open_store
 
     try:
         open_store(settings.log_url()).close()

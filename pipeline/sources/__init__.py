@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 import httpx
 import pandas as pd
 
-from pipeline.params import DataParams
+from core.params import DataParams
 from pipeline.sources.bundled import bundled_task, load_bundled
 from pipeline.sources.files import SourceError, load_table
 from pipeline.sources.simulated import RANGES as SIMULATED_RANGES

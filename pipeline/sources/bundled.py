@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from sklearn import datasets
 
-from pipeline.params import Task
+from core.params import Task
 
 BUNDLED: dict[str, tuple[Callable[..., Any], Task]] = {
     "breast_cancer": (datasets.load_breast_cancer, "classification"),

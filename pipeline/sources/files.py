@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pandas as pd
 
-from pipeline.errors import BitloopError
+from core.errors import BitloopError
 
 PARQUET_MAGIC = b"PAR1"
 

@@ -25,7 +25,7 @@ from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
-from pipeline.errors import BitloopError
+from core.errors import BitloopError
 from pipeline.sources.live import MAX_ROWS, draw, release
 from pipeline.sources.simulated import simulate_churn
 

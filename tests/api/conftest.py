@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from api.settings import ApiSettings
+from core.schema import DatasetSchema
+from core.settings import PipelineSettings
 from pipeline.run import run_all
-from pipeline.schema import DatasetSchema
-from pipeline.settings import PipelineSettings
 from pipeline.workspace import Workspace, read_json
 from tests.factories import DIABETES, light_params, make_workspace
 from tests.servers import free_port, serve

@@ -19,12 +19,12 @@ from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 from sklearn.pipeline import Pipeline
 
+from core.params import CandidateParams, parse_params
+from core.predictions import read_rows
+from core.rollout import Terms, current, in_canary, start
+from core.settings import PipelineSettings
 from pipeline.decider import conclude, decide
 from pipeline.models import build_pipeline
-from pipeline.params import CandidateParams, parse_params
-from pipeline.predictions import read_rows
-from pipeline.rollout import Terms, current, in_canary, start
-from pipeline.settings import PipelineSettings
 from tests.api.conftest import Trained, holdout_records, train_model
 from tests.api.test_faults import register_version
 from tests.factories import light_params

@@ -26,11 +26,11 @@ from sklearn.compose import ColumnTransformer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
+from core.params import CandidateParams
+from core.predictions import count_rows, read_rows
+from core.serialization import trusted_types
 from pipeline.models import build_pipeline
-from pipeline.params import CandidateParams
-from pipeline.predictions import count_rows, read_rows
 from pipeline.register import pip_requirements
-from pipeline.serialization import trusted_types
 from tests.api.conftest import Trained, api_server, sample_record
 from tests.api.traffic import Traffic, wait_for
 from tests.servers import free_port, serve

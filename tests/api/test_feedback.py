@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from api.arrow import ARROW_STREAM
 from api.outcomes import OutcomeStore, OutcomesUnavailable
-from pipeline.predictions import count_rows, open_store, read_rows
+from core.predictions import count_rows, open_store, read_rows
 from tests.api.conftest import Trained, holdout_records, sample_record
 from tests.api.traffic import wait_for
 from tests.servers import free_port

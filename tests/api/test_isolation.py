@@ -12,8 +12,8 @@ import pytest
 from api.batching import MicroBatcher
 from api.model import ModelLoadError, ServedModel, UnscorableRecord
 from api.schemas import build_batch_model, build_record_model
-from pipeline.profile import FeatureProfile, ReferenceProfile
-from pipeline.schema import DatasetSchema, FeatureSpec
+from core.profile import FeatureProfile, ReferenceProfile
+from core.schema import DatasetSchema, FeatureSpec
 
 SCHEMA = DatasetSchema(
     task="classification",

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn import metrics as skm
 
-from pipeline.calibration import CALIBRATION_FILE, Calibration
+from core.calibration import CALIBRATION_FILE, Calibration
 from pipeline.workspace import read_json
 from tests.api.conftest import Trained, holdout_records
 from tests.api.test_feedback import logged

@@ -13,8 +13,8 @@ import pandas as pd
 from api.drift import DriftWatcher
 from api.predlog import RETENTION_CHUNK, PredictionLog
 from api.settings import ApiSettings
-from pipeline.params import DriftParams
-from pipeline.predictions import WINDOW_QUERY, Row, SqliteStore, count_rows, open_store
+from core.params import DriftParams
+from core.predictions import WINDOW_QUERY, Row, SqliteStore, count_rows, open_store
 from tests.api.traffic import wait_for
 from tests.factories import log_predictions
 

@@ -32,11 +32,11 @@ from mlflow import MlflowClient
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.pipeline import Pipeline
 
+from core.params import Params, parse_params
+from core.rollout import Terms, start
+from core.settings import PipelineSettings
 from pipeline.decider import decide
-from pipeline.params import Params, parse_params
 from pipeline.promote import expected_shift
-from pipeline.rollout import Terms, start
-from pipeline.settings import PipelineSettings
 from pipeline.sources.simulated import churn_probability
 from tests.api.conftest import Trained, holdout_records, train_model
 from tests.api.test_canary import blind, linear

@@ -16,11 +16,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, SplineTransformer
 
+from core.params import load_params
+from core.schema import MISSING_CATEGORY
+from core.settings import PipelineSettings
 from pipeline.candidates import save_candidate
-from pipeline.params import load_params
 from pipeline.register import register
-from pipeline.schema import MISSING_CATEGORY
-from pipeline.settings import PipelineSettings
 from tests.api.conftest import Trained, holdout_records, train_model
 
 pytestmark = pytest.mark.integration

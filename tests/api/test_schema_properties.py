@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from api.main import create_app
 from api.schemas import build_record_model
 from api.settings import ApiSettings
-from pipeline.schema import DatasetSchema, FeatureSpec
+from core.schema import DatasetSchema, FeatureSpec
 from tests.api.conftest import Trained
 
 pytestmark = pytest.mark.integration

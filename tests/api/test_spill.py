@@ -13,7 +13,7 @@ from pathlib import Path
 
 from api.predlog import PredictionLog
 from api.spill import SpillDirectory, encode
-from pipeline.predictions import Row, count_rows, open_store, read_rows
+from core.predictions import Row, count_rows, open_store, read_rows
 from tests.api.traffic import wait_for
 
 

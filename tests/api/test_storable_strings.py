@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from api.arrow import ARROW_STREAM
 from api.predlog import PredictionLog
-from pipeline.predictions import Row, count_rows, open_store, read_rows
+from core.predictions import Row, count_rows, open_store, read_rows
 from tests.api.conftest import Trained, holdout_records
 from tests.api.traffic import wait_for
 

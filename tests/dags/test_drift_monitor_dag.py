@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
+from core.settings import PipelineSettings
 from pipeline.run import run_all
-from pipeline.settings import PipelineSettings
 from pipeline.sources.simulated import TARGET, simulate_churn
 from tests.dags.conftest import DAGS, asset_events, starts_training
 from tests.factories import light_params, log_predictions, make_workspace

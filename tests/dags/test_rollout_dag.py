@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 
 from api.main import create_app
 from api.settings import ApiSettings
-from pipeline.rollout import Terms, start
+from core.rollout import Terms, start
 from tests.api.conftest import holdout_records, train_model
 from tests.api.test_canary import linear
 from tests.api.test_faults import register_version

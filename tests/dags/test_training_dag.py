@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.errors import EXIT_INVALID_DATA
+from core.errors import EXIT_INVALID_DATA
 from pipeline.run import STAGES as PIPELINE_STAGES
 from tests.dags.conftest import DAGS
 from tests.factories import git_project, light_params, make_workspace, messy_churn_csv

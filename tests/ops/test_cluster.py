@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 import yaml
 
-from pipeline.settings import PipelineSettings
+from core.settings import PipelineSettings
 from tests.factories import PROJECT
 
 BIN = Path(sys.executable).parent

@@ -29,8 +29,8 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from core.rollout import Terms, start
 from ops.local.stack import render_prometheus_config
-from pipeline.rollout import Terms, start
 from pipeline.sources.simulated import ID_COLUMN, TARGET, simulate_churn
 from tests.api.conftest import Trained, sample_record, train_model
 from tests.factories import DIABETES, PROJECT

@@ -21,8 +21,8 @@ import yaml
 
 from api.main import create_app
 from api.settings import ApiSettings
+from core.settings import PipelineSettings
 from pipeline.__main__ import _parser
-from pipeline.settings import PipelineSettings
 from tests.durations import STATED, stated_minutes, within_stated
 from tests.factories import PROJECT
 from tests.ops.test_makefile import make_targets
@@ -71,7 +71,7 @@ def variables_the_code_reads() -> set[str]:
     pipeline = {str(f.validation_alias) for f in PipelineSettings.model_fields.values() if f.validation_alias}
     read = {
         variable
-        for folder in ("dags", "pipeline", "api", "ops/local")
+        for folder in ("dags", "core", "pipeline", "api", "ops/local")
         for path in (PROJECT / folder).glob("*.py")
         for variable in re.findall(r'os\.environ\.get\("([A-Z][A-Z_]+)"', path.read_text())
     }

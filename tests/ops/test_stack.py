@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.params import load_params
+from core.params import load_params
 from tests.durations import within_stated
 from tests.factories import PROJECT
 from tests.servers import free_port

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from core.params import parse_params
 from pipeline.__main__ import main
 from pipeline.backtest import CHANGE_AT, SCENARIOS, last_change, run_seed, summarise
 from pipeline.backtest_canary import BAD_KINDS, GOOD_ROLLOUTS, run_trial, summarise_trials, trial_verdicts
-from pipeline.params import parse_params
 from tests.factories import light_params
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from api.settings import ApiSettings
+from core.settings import PipelineSettings
 from pipeline.__main__ import _parser, main
-from pipeline.settings import PipelineSettings
 from tests.factories import light_params
 from tests.servers import free_port
 
@@ -96,7 +96,7 @@ def test_mlflows_pip_version_warning_is_not_printed_and_its_other_warnings_are(
     says nothing about the pinned requirements; any other warning of that module still shows."""
     import logging
 
-    from pipeline.logs import configure_logging
+    from core.logs import configure_logging
 
     configure_logging()
     environment = logging.getLogger("mlflow.utils.environment")

@@ -16,11 +16,11 @@ from sklearn.compose import ColumnTransformer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import SplineTransformer
 
+from core.compiled import Compilation, CompiledModel, UnsafeGraph, check_graph
+from core.params import CandidateParams
+from core.schema import DatasetSchema, FeatureSpec
 from pipeline.compile import ABS_TOLERANCE, REL_TOLERANCE, compile_candidate, parity, to_onnx
-from pipeline.compiled import Compilation, CompiledModel, UnsafeGraph, check_graph
 from pipeline.models import build_pipeline
-from pipeline.params import CandidateParams
-from pipeline.schema import DatasetSchema, FeatureSpec
 from tests.factories import LIGHT_CANDIDATES
 
 PLANS = [f"p{i}" for i in range(12)]  # more than MAX_CATEGORIES: the rare ones are pooled

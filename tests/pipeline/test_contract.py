@@ -12,13 +12,13 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from core.params import Params, ValidateParams, parse_params
+from core.schema import infer_schema, normalise_missing
+from core.settings import PipelineSettings
 from pipeline.__main__ import main
 from pipeline.contract import DataContract
 from pipeline.ingest import ingest
-from pipeline.params import Params, ValidateParams, parse_params
 from pipeline.run import run_all
-from pipeline.schema import infer_schema, normalise_missing
-from pipeline.settings import PipelineSettings
 from pipeline.sources.simulated import simulate_churn
 from pipeline.store import dataset_version, list_batches
 from pipeline.validate import ValidationFailed, check_batch, validate

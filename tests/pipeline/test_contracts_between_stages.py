@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from pipeline.predictions import Row, insert_rows, read_rows
-from pipeline.profile import ReferenceProfile, build_profile
+from core.predictions import Row, insert_rows, read_rows
+from core.profile import ReferenceProfile, build_profile
 from pipeline.reports import CandidateSeen, ChampionSeen, PromotionReport, Registration
 from pipeline.workspace import read_json, write_json
-from tests.pipeline.test_drift import SCHEMA, population
+from tests.core.test_drift import SCHEMA, population
 
 
 def test_prediction_rows_read_back_as_written(tmp_path: Path) -> None:

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pipeline.run import STAGES as PIPELINE_STAGES
 from tests.factories import PROJECT
 
@@ -46,14 +48,15 @@ def test_mlflow_aliases_tags_and_artefact_names_are_spelled_once() -> None:
     spelled = ("get_model_version_by_alias", '"feature_schema.json"', '"reference_profile.json"', '"bitloop.')
     sources = [
         path
-        for folder in ("pipeline", "api", "dags", "ops")
+        for folder in ("core", "pipeline", "api", "dags", "ops")
         for path in sorted((PROJECT / folder).rglob("*.py"))
     ]
     homes = {
         word: [str(p.relative_to(PROJECT)) for p in sources if word in p.read_text()] for word in spelled
     }
     assert {word: found for word, found in homes.items() if len(found) != 1} == {}
-    assert homes["get_model_version_by_alias"] == homes['"bitloop.'] == ["pipeline/registry.py"]
+    assert homes["get_model_version_by_alias"] == homes['"bitloop.'] == ["core/registry.py"]
+    assert homes['"feature_schema.json"'] == homes['"reference_profile.json"'] == ["core/artifacts.py"]
 
 
 def test_the_model_server_does_not_import_the_training_stack() -> None:
@@ -84,12 +87,48 @@ def test_running_a_stage_through_dvc_loads_neither_mlflow_nor_scikit_learn() -> 
 
 
 def test_every_tag_name_is_spelled_in_the_registry_module() -> None:
-    """pipeline/registry.py is the one home of the MLflow contract: no other module names a tag."""
+    """core/registry.py is the one home of the MLflow contract: no other module names a tag."""
     spelled = {
         str(path.relative_to(PROJECT)): re.findall(
             r"^\s*([A-Z_]+) = TAG \+", path.read_text(), flags=re.MULTILINE
         )
-        for path in [*(PROJECT / "pipeline").rglob("*.py"), *(PROJECT / "api").rglob("*.py")]
-        if path.name != "registry.py"
+        for folder in ("core", "pipeline", "api")
+        for path in (PROJECT / folder).rglob("*.py")
+        if path != PROJECT / "core" / "registry.py"
     }
     assert {path: names for path, names in spelled.items() if names} == {}
+
+
+def packages_imported(path: Path) -> set[str]:
+    """The top-level packages a module imports, at the top or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+    return found
+
+
+@pytest.mark.parametrize(
+    ("folder", "never"), [("api", {"pipeline"}), ("core", {"api", "pipeline"}), ("pipeline", {"api"})]
+)
+def test_the_rooms_import_only_what_stands_beneath_them(folder: str, never: set[str]) -> None:
+    """`core` is shared and imports neither side; the model server and the pipeline stand on it
+    side by side and never import each other."""
+    crossings = {
+        str(path.relative_to(PROJECT)): sorted(packages_imported(path) & never)
+        for path in sorted((PROJECT / folder).rglob("*.py"))
+    }
+    assert {path: found for path, found in crossings.items() if found} == {}
+
+
+def test_the_model_server_loads_no_pipeline_module() -> None:
+    probe = (
+        "import sys, api.main, api.__main__; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pipeline'))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], cwd=PROJECT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "[]"

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from core.params import parse_params
+from core.settings import PipelineSettings
 from pipeline.ingest import ingest
-from pipeline.params import parse_params
 from pipeline.promote import SchemaMismatch, aliases, rollback
 from pipeline.run import run_all, run_stage
-from pipeline.settings import PipelineSettings
 from pipeline.sources.bundled import load_bundled
 from pipeline.store import withdraw_batch
 from pipeline.validate import ValidationFailed

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.params import parse_params
+from core.params import parse_params
+from core.predictions import open_store
+from core.settings import PipelineSettings
 from pipeline.policy import gate
-from pipeline.predictions import open_store
-from pipeline.settings import PipelineSettings
 from tests.api.conftest import Trained, train_model
 from tests.factories import light_params
 

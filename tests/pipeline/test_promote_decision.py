@@ -6,9 +6,9 @@ import pandas as pd
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from pipeline.params import HIGHER_IS_BETTER
+from core.params import HIGHER_IS_BETTER
+from core.schema import BATCH_COLUMN
 from pipeline.promote import decide, recent_holdout
-from pipeline.schema import BATCH_COLUMN
 
 metrics = st.sampled_from(sorted(HIGHER_IS_BETTER))
 values = st.floats(min_value=0.0, max_value=100.0, allow_nan=False)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from core.params import parse_params
+from core.settings import PipelineSettings
 from pipeline.ingest import ingest
-from pipeline.params import parse_params
 from pipeline.run import run_stage
-from pipeline.settings import PipelineSettings
 from pipeline.workspace import read_json
 from tests.factories import light_params, make_workspace
 

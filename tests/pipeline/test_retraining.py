@@ -9,11 +9,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.drift import detect
+from core.drift import detect
+from core.params import Params
+from core.profile import build_profile
+from core.schema import DatasetSchema
 from pipeline.ingest import ingest
-from pipeline.params import Params
-from pipeline.profile import build_profile
-from pipeline.schema import DatasetSchema
 from pipeline.sources.simulated import simulate_churn
 from pipeline.split import split
 from pipeline.validate import validate

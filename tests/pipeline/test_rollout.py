@@ -13,6 +13,9 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from core.params import RolloutSlo
+from core.predictions import LoggedPrediction
+from core.rollout import INFERENCE_BUCKETS, in_canary, score_shift
 from pipeline.decider import (
     CONFIDENCE,
     MIN_SHIFT_ROWS,
@@ -24,9 +27,6 @@ from pipeline.decider import (
     psi_noise,
     quality_spread,
 )
-from pipeline.params import RolloutSlo
-from pipeline.predictions import LoggedPrediction
-from pipeline.rollout import INFERENCE_BUCKETS, in_canary, score_shift
 from tests.factories import PROJECT
 
 SLO = RolloutSlo(max_error_ratio_increase=0.01, max_latency_ratio=2.0, max_psi=0.2, max_quality_drop=0.02)
@@ -205,7 +205,7 @@ def test_an_entity_keeps_its_side_and_the_shares_are_kept() -> None:
     assert inside == [i for i in ids if in_canary(i, "7", 0.1)]  # the same on every call
     # ...and in every replica: other processes, each with its own string-hash seed.
     script = (
-        "from pipeline.rollout import in_canary\n"
+        "from core.rollout import in_canary\n"
         "print(','.join(f'customer-{i}' for i in range(20_000) if in_canary(f'customer-{i}', '7', 0.1)))"
     )
     for seed in ("1", "2"):
@@ -305,7 +305,7 @@ def test_live_quality_fails_a_canary_only_past_the_noise_of_its_outcomes() -> No
         outcomes = rng.integers(0, 2, rows)
         scores = np.clip(0.5 + (outcomes - 0.5) * 0.25 + rng.normal(0, 0.25 + noise, rows), 0, 1)
         found = labelled_rows([int(y) for y in outcomes], [float(p) for p in scores], variant)
-        from pipeline.quality import realized_metrics
+        from core.quality import realized_metrics
 
         auc = realized_metrics(found, "classification", [0, 1])["roc_auc"]
         spread = quality_spread(found, "classification", [0, 1], "roc_auc")

@@ -110,7 +110,7 @@ def test_bad_arguments_are_refused(n: int, drift: float) -> None:
 
 def test_no_simulated_category_reads_as_missing() -> None:
     """A category spelled like a missing value ("none", "NA") would vanish at ingest."""
-    from pipeline.schema import normalise_missing
+    from core.schema import normalise_missing
 
     frame = simulate_churn(3000, 5, 0.5)
     assert normalise_missing(frame).isna().sum().to_dict() == frame.isna().sum().to_dict()

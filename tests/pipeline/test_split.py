@@ -6,7 +6,7 @@ import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.params import SplitParams
+from core.params import SplitParams
 from pipeline.split import in_test, split_frame
 
 ids = st.lists(st.text(min_size=1, max_size=16), unique=True, max_size=300)

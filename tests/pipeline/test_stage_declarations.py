@@ -15,11 +15,12 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
+from core.settings import PipelineSettings
 from pipeline.run import STAGE_FUNCTIONS
-from pipeline.settings import PipelineSettings
 from tests.factories import PROJECT, light_params, make_workspace
 
 DVC = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
+OURS = ("pipeline", "core")  # the packages whose files a stage's deps list
 
 
 def module_file(module: str) -> Path:
@@ -28,10 +29,10 @@ def module_file(module: str) -> Path:
 
 
 def imports(path: Path) -> set[str]:
-    """The `pipeline` modules a file imports, at the top or inside functions."""
+    """The project's modules (`pipeline`, `core`) a file imports, at the top or inside functions."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pipeline"):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(OURS):
             found.add(node.module)
             found |= {
                 f"{node.module}.{a.name}"
@@ -39,12 +40,12 @@ def imports(path: Path) -> set[str]:
                 if module_file(f"{node.module}.{a.name}").exists()
             }
         elif isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("pipeline")}
+            found |= {a.name for a in node.names if a.name.startswith(OURS)}
     return found
 
 
 def code_of(stage: str) -> set[str]:
-    """Every pipeline file the stage's module reaches through imports, itself included."""
+    """Every project file the stage's module reaches through imports, itself included."""
     seen: set[str] = set()
     todo = [f"pipeline.{stage}"]
     while todo:
@@ -53,7 +54,10 @@ def code_of(stage: str) -> set[str]:
             continue
         seen.add(module)
         todo += imports(module_file(module))
-    return {str(module_file(m).relative_to(PROJECT)) for m in seen} - {"pipeline/__init__.py"}
+    return {str(module_file(m).relative_to(PROJECT)) for m in seen} - {
+        "pipeline/__init__.py",
+        "core/__init__.py",
+    }
 
 
 def declared_code(stage: str) -> set[str]:
@@ -61,7 +65,7 @@ def declared_code(stage: str) -> set[str]:
     covered = set()
     for dep in DVC[stage]["deps"]:
         path = PROJECT / dep
-        if dep.startswith("pipeline"):
+        if dep.startswith(OURS):
             files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
             covered |= {str(f.relative_to(PROJECT)) for f in files}
     return covered
@@ -78,7 +82,7 @@ def test_dvc_yaml_runs_the_stages_pipeline_run_lists_in_its_order() -> None:
     # a later one's output), so DVC's order is the table's.
     written: list[str] = []
     for name in STAGE_FUNCTIONS:
-        reads = [dep for dep in DVC[name]["deps"] if not dep.startswith("pipeline")]
+        reads = [dep for dep in DVC[name]["deps"] if not dep.startswith(OURS)]
         later = [
             out for other in list(STAGE_FUNCTIONS)[list(STAGE_FUNCTIONS).index(name) :] for out in outs(other)
         ]

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.params import Params, ValidateParams, parse_params
+from core.schema import DatasetSchema, infer_schema, normalise_missing
 from pipeline.contract import DataContract
 from pipeline.ingest import ingest
-from pipeline.params import Params, ValidateParams, parse_params
-from pipeline.schema import DatasetSchema, infer_schema, normalise_missing
 from pipeline.sources.simulated import simulate_churn
 from pipeline.validate import ValidationFailed, check_batch, effective_rules, validate
 from pipeline.workspace import read_json

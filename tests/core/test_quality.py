@@ -15,12 +15,12 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from sklearn.pipeline import Pipeline
 
+from core.params import CandidateParams, DataParams, PromoteParams, QualityParams
+from core.predictions import LoggedPrediction, Row, insert_rows, open_store, read_labelled
+from core.quality import estimate, evaluate, expected_roc_auc, limits
+from core.schema import DatasetSchema, infer_schema
+from core.scoring import task_metrics
 from pipeline.models import build_pipeline
-from pipeline.params import CandidateParams, DataParams, PromoteParams, QualityParams
-from pipeline.predictions import LoggedPrediction, Row, insert_rows, open_store, read_labelled
-from pipeline.quality import estimate, evaluate, expected_roc_auc, limits
-from pipeline.schema import DatasetSchema, infer_schema
-from pipeline.scoring import task_metrics
 from pipeline.sources.simulated import ID_COLUMN, TARGET, simulate_churn
 
 CLASSES = [0, 1]

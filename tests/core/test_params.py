@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.params import ParamsError, load_params, parse_params
+from core.params import ParamsError, load_params, parse_params
 from tests.factories import PROJECT, deep_update, project_params
 
 

@@ -2,7 +2,7 @@
 
 One implementation, used by the model server (sliding-window gauges) and by the drift
 monitor DAG (reports in MLflow, the asset event that triggers retraining). Each feature is
-tested by `pipeline.drift_statistics`; the dataset drifts when at least `drift_share` of the
+tested by `core.drift_statistics`; the dataset drifts when at least `drift_share` of the
 tested features drift.
 """
 
@@ -17,9 +17,9 @@ import pandas as pd
 from pydantic import computed_field
 from pydantic.dataclasses import dataclass
 
-from pipeline.drift_statistics import FeatureDrift, feature_drift
-from pipeline.params import DriftParams
-from pipeline.profile import ReferenceProfile
+from core.drift_statistics import FeatureDrift, feature_drift
+from core.params import DriftParams
+from core.profile import ReferenceProfile
 
 Status = Literal["drift", "no_drift", "insufficient_data"]
 
@@ -82,7 +82,7 @@ def detect(
     model: dict[str, Any] | None = None,
     window: dict[str, Any] | None = None,
 ) -> DriftReport:
-    """Compare a frame of live feature values with a reference profile (`pipeline.profile`)."""
+    """Compare a frame of live feature values with a reference profile (`core.profile`)."""
     features = [
         feature_drift(
             name,

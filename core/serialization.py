@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.errors import BitloopError
+from core.errors import BitloopError
 
 SKOPS = "skops"
 TRUSTED_MODULES = ("numpy", "sklearn", "scipy")

@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
-from pipeline.errors import BitloopError
-from pipeline.registry import COMPILED_TAG
-from pipeline.schema import MISSING_CATEGORY, DatasetSchema
+from core.errors import BitloopError
+from core.registry import COMPILED_TAG
+from core.schema import MISSING_CATEGORY, DatasetSchema
 
 ONNX_RUNTIME = "onnx"
 SKLEARN_RUNTIME = "sklearn"

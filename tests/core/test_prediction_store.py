@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from api.predlog import PredictionLog
-from pipeline.predictions import (
+from core.predictions import (
     SCHEMA_VERSION,
     PredictionLogUnavailable,
     Row,

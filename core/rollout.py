@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.errors import BitloopError
-from pipeline.registry import CANARY, Tags, alias_version
+from core.errors import BitloopError
+from core.registry import CANARY, Tags, alias_version
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -180,7 +180,7 @@ def shift_class(classes: Iterable[str]) -> str:
 def score_shift(base: np.ndarray, new: np.ndarray) -> float:
     """PSI of `new` scores against `base` scores over `base`'s deciles (a class's probability for a
     classifier, the prediction for a regressor): 0 for the same distribution."""
-    from pipeline.drift_statistics import stability_index
+    from core.drift_statistics import stability_index
 
     edges = np.unique(np.quantile(base, np.linspace(0.0, 1.0, PSI_BINS + 1))[1:-1])
     shares = [

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
-from pipeline.schema import DatasetSchema
+from core.schema import DatasetSchema
 
 SAMPLE_SIZE = 5000
 BINS = 10

@@ -8,8 +8,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.pandas import column, data_frames
 
-from pipeline.params import DataParams
-from pipeline.schema import MISSING_TOKENS, coerce, infer_schema, normalise_labels, normalise_missing, row_ids
+from core.params import DataParams
+from core.schema import MISSING_TOKENS, coerce, infer_schema, normalise_labels, normalise_missing, row_ids
 
 cells = st.one_of(
     st.sampled_from([*sorted(MISSING_TOKENS), " 1.5 ", "abc", "  x", "NA ", "3"]), st.text(max_size=6)

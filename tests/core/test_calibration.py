@@ -1,6 +1,6 @@
 """Calibration: the error figures on known cases, the map that corrects probabilities, and the
 estimate before labels it corrects, measured for every default candidate kind under covariate
-drift (`pytest -s tests/pipeline/test_calibration.py` prints the gaps the README states)."""
+drift (`pytest -s tests/core/test_calibration.py` prints the gaps the README states)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 from threadpoolctl import threadpool_limits
 
-from pipeline.calibration import Calibration, calibration_error, fit_calibration
+from core.calibration import Calibration, calibration_error, fit_calibration
+from core.params import load_params
+from core.quality import estimate
+from core.schema import infer_schema
+from core.scoring import score, task_metrics
 from pipeline.models import build_pipeline
-from pipeline.params import load_params
-from pipeline.quality import estimate
-from pipeline.schema import infer_schema
-from pipeline.scoring import score, task_metrics
 from pipeline.sources.simulated import simulate_churn
 from tests.factories import PROJECT
 

@@ -22,8 +22,8 @@ from scipy import stats
 from scipy.spatial.distance import jensenshannon
 from scipy.special import rel_entr
 
-from pipeline.params import DriftParams
-from pipeline.profile import FeatureProfile
+from core.params import DriftParams
+from core.profile import FeatureProfile
 
 Method = Literal["ks", "chi2", "wasserstein", "jensenshannon", "insufficient"]
 PSI_EPSILON = 1e-4  # floor for empty bins, so PSI stays finite

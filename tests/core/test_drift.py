@@ -12,12 +12,12 @@ import pandas as pd
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from pipeline.drift import detect
-from pipeline.drift_statistics import feature_drift
-from pipeline.params import DriftParams
-from pipeline.predictions import read_features
-from pipeline.profile import ReferenceProfile, build_profile
-from pipeline.schema import DatasetSchema, FeatureSpec
+from core.drift import detect
+from core.drift_statistics import feature_drift
+from core.params import DriftParams
+from core.predictions import read_features
+from core.profile import ReferenceProfile, build_profile
+from core.schema import DatasetSchema, FeatureSpec
 from pipeline.sources.simulated import simulate_churn
 from tests.factories import log_predictions
 
@@ -59,8 +59,8 @@ REFERENCE = reference()
 
 
 def churn_profile() -> ReferenceProfile:
-    from pipeline.params import DataParams
-    from pipeline.schema import infer_schema, normalise_missing
+    from core.params import DataParams
+    from core.schema import infer_schema, normalise_missing
 
     data = DataParams(target="churned", task="classification", id_column="customer_id")
     train = simulate_churn(4000, 1, 0.0)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
-from pipeline.params import DataParams, Task
+from core.params import DataParams, Task
 
 MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none", "?", "-", "#n/a"})
 NUMERIC_PARSE_SHARE = 0.9  # a text column is numeric when this share of its filled cells parse

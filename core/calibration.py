@@ -2,7 +2,7 @@
 corrects them for the estimate of quality before labels.
 
 A classifier is calibrated when, of the rows it gives probability p, a share p turn out so. The
-estimate before labels (CBPE, `pipeline.quality`) reads probabilities as such frequencies, so it is
+estimate before labels (CBPE, `core.quality`) reads probabilities as such frequencies, so it is
 biased for models that are not: tree ensembles, bitloop's usual champions, are not (a gradient
 boosting model overstates its ROC AUC, more so as inputs drift). Evaluation fits,
 per candidate, a calibration map on the holdout and logs it with the version; the model server
@@ -15,7 +15,7 @@ renormalised for more than two classes): two numbers a class, strictly increasin
 reorders rows and never reaches 0 or 1 on a holdout of a few hundred rows the way an isotonic
 step function does. A global map cannot correct a model whose calibration differs between
 regions of the input space: under strong covariate drift the estimate of a random forest still
-errs (`tests/pipeline/test_calibration.py` measures each candidate kind).
+errs (`tests/core/test_calibration.py` measures each candidate kind).
 
 The expected calibration error (ECE: the gap between confidence and accuracy, averaged over ten
 equal-width bins of the predicted class's probability, weighted by rows) is the figure calibration

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipeline.errors import InvalidInput
+from core.errors import InvalidInput
 
 Task = Literal["classification", "regression"]
 HIGHER_IS_BETTER = {

@@ -15,9 +15,9 @@ from sklearn import metrics as skm
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
-from pipeline.calibration import calibration_error
-from pipeline.params import HIGHER_IS_BETTER
-from pipeline.schema import DatasetSchema
+from core.calibration import calibration_error
+from core.params import HIGHER_IS_BETTER
+from core.schema import DatasetSchema
 
 
 def score(model: Pipeline, frame: pd.DataFrame, schema: DatasetSchema) -> dict[str, float]:
@@ -40,7 +40,7 @@ def task_metrics(
     only: str | None = None,
 ) -> dict[str, float]:
     """The task's metrics of predictions against true values: a holdout's (`score`) or live
-    outcomes' (`pipeline.quality`). Classification needs the probabilities, one column per class.
+    outcomes' (`core.quality`). Classification needs the probabilities, one column per class.
     `only` computes that one metric (a bootstrap draws it hundreds of times)."""
     if task == "regression":
         regression: dict[str, Callable[[], float]] = {

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.predictions import (
+from core.predictions import (
     MIGRATIONS,
     Row,
     insert_rows,

@@ -24,8 +24,8 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 import pandas as pd
 
-from pipeline.errors import ServiceUnavailable
-from pipeline.settings import PREDICTION_LOG_SETTING
+from core.errors import ServiceUnavailable
+from core.settings import PREDICTION_LOG_SETTING
 
 T = TypeVar("T")
 
@@ -723,7 +723,7 @@ def read_labelled(
     url: str | Path, model_name: str, *, since: float, until: float = math.inf, limit: int = 20_000
 ) -> list[LoggedPrediction]:
     """The newest `limit` predictions of a model in [since, until) with their true outcomes, oldest
-    first (`pipeline.quality`). A log not created yet has none."""
+    first (`core.quality`). A log not created yet has none."""
     nothing: list[LoggedPrediction] = []
     return _read(url, lambda store: store.labelled(model_name, since, until, limit), nothing)
 

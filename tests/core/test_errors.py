@@ -10,19 +10,20 @@ import pkgutil
 import pytest
 
 import api
+import core
 import pipeline
+from core.errors import BitloopError, InvalidData, InvalidInput, ServiceUnavailable
+from core.params import ParamsError
+from core.registry import TrackingUnavailable
 from pipeline.__main__ import _reported
-from pipeline.errors import BitloopError, InvalidData, InvalidInput, ServiceUnavailable
-from pipeline.params import ParamsError
-from pipeline.registry import TrackingUnavailable
 from pipeline.validate import ValidationFailed
 from pipeline.versioning import StageFailed
 
 
 def defined_exceptions() -> dict[str, type[BaseException]]:
-    """Every exception class defined in `api` and `pipeline`, by its qualified name."""
+    """Every exception class defined in `core`, `api` and `pipeline`, by its qualified name."""
     found = {}
-    for package in (api, pipeline):
+    for package in (core, api, pipeline):
         for module in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
             loaded = importlib.import_module(module.name)
             for name, value in vars(loaded).items():

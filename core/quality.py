@@ -10,7 +10,7 @@ model's probabilities are calibrated, a row predicted with probability p for its
 with probability p, so expected accuracy is the mean probability of the predicted class, and
 expected true and false positives at every threshold give an expected ROC curve. The served
 models' probabilities are not all calibrated: each version's calibration map, fitted on its
-holdout (`pipeline.calibration`), corrects them first. No library in the lock does it, and it is
+holdout (`core.calibration`), corrects them first. No library in the lock does it, and it is
 a few lines of numpy (NannyML, which does, caps Python below 3.13, brings a heavy dependency set
 and sends usage analytics by default). It holds while
 the relation between inputs and outcome stays as trained (covariate drift); when that relation
@@ -27,10 +27,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from pipeline.calibration import Calibration
-from pipeline.params import HIGHER_IS_BETTER, PromoteParams, QualityParams
-from pipeline.predictions import LoggedPrediction
-from pipeline.scoring import task_metrics
+from core.calibration import Calibration
+from core.params import HIGHER_IS_BETTER, PromoteParams, QualityParams
+from core.predictions import LoggedPrediction
+from core.scoring import task_metrics
 
 
 class VersionQuality(BaseModel):

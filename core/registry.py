@@ -16,13 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from pipeline.calibration import Calibration
-from pipeline.errors import ServiceUnavailable
-from pipeline.logs import redact
-from pipeline.profile import ReferenceProfile
-from pipeline.schema import DatasetSchema
-from pipeline.settings import PipelineSettings
-from pipeline.workspace import PROFILE_FILE
+from core.artifacts import CALIBRATION_ARTIFACT as CALIBRATION_ARTIFACT  # part of the contract: re-exported
+from core.artifacts import COMPILED_ARTIFACT as COMPILED_ARTIFACT
+from core.artifacts import PROFILE_ARTIFACT as PROFILE_ARTIFACT
+from core.artifacts import RECORD_DIR as RECORD_DIR
+from core.artifacts import SCHEMA_ARTIFACT as SCHEMA_ARTIFACT
+from core.calibration import Calibration
+from core.errors import ServiceUnavailable
+from core.logs import redact
+from core.profile import ReferenceProfile
+from core.schema import DatasetSchema
+from core.settings import PipelineSettings
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -32,14 +36,6 @@ CHAMPION, CHALLENGER, PREVIOUS, CANARY = "champion", "challenger", "previous", "
 ALIASES = (CHAMPION, CANARY, CHALLENGER, PREVIOUS)
 SERVED_ALIASES = (CHAMPION, CANARY, CHALLENGER)
 """The aliases the model server answers with (the canary's share, A/B and shadow)."""
-
-SCHEMA_ARTIFACT = "feature_schema.json"
-PROFILE_ARTIFACT = PROFILE_FILE  # register logs the workspace file under its own name
-COMPILED_ARTIFACT = "compiled/model.onnx"
-CALIBRATION_ARTIFACT = "evaluation/calibration.json"  # register logs the candidate's evaluation folder
-"""The run's ONNX graph of its model (`pipeline.compile`), served after its parity check passed."""
-RECORD_DIR = "reproduce"
-"""The run's artefact folder holding params.yaml, dvc.lock and environment.txt."""
 
 TAG = "bitloop."
 """The prefix of every tag bitloop sets on MLflow runs and model versions."""
@@ -73,7 +69,7 @@ class Tags:
     """On a training summary run: the version its promotion started a rollout for."""
     ROLLOUT_OUTCOME = TAG + "rollout.outcome"
     ROLLOUT_REASON = TAG + "rollout.reason"
-    # A rollout's terms, on the canary's version (pipeline.rollout.Terms).
+    # A rollout's terms, on the canary's version (core.rollout.Terms).
     ROLLOUT_SHARE = TAG + "rollout.share"
     ROLLOUT_MIN_REQUESTS = TAG + "rollout.min_requests"
     ROLLOUT_MAX_MINUTES = TAG + "rollout.max_minutes"
@@ -147,7 +143,7 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion |
 def download_model(client: MlflowClient, name: str, version: str, dst: Path) -> Path:
     """A registered version's model folder, downloaded from the client's own server into `dst`.
 
-    Read it with `pipeline.serialization.load_sklearn_model`, never with MLflow's loaders.
+    Read it with `core.serialization.load_sklearn_model`, never with MLflow's loaders.
     """
     import mlflow
 
@@ -179,7 +175,7 @@ def run_schema(client: MlflowClient, run_id: str) -> DatasetSchema:
 
 
 def run_calibration(client: MlflowClient, run_id: str) -> Calibration:
-    """The calibration map a classifier's evaluation fitted on its holdout (`pipeline.calibration`)."""
+    """The calibration map a classifier's evaluation fitted on its holdout (`core.calibration`)."""
     return Calibration.model_validate(_artifact(client, run_id, CALIBRATION_ARTIFACT))
 
 
