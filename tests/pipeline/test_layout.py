@@ -132,3 +132,9 @@ def test_the_model_server_loads_no_pipeline_module() -> None:
         [sys.executable, "-c", probe], cwd=PROJECT, capture_output=True, text=True, check=True
     ).stdout.strip()
     assert loaded == "[]"
+
+
+def test_the_model_server_image_carries_core_and_api_only() -> None:
+    dockerfile = (PROJECT / "ops" / "docker" / "Dockerfile").read_text()
+    stage = dockerfile.split("FROM builder AS venv-api")[1].split("\nFROM ")[0]
+    assert re.findall(r"^COPY (\w+) \1$", stage, flags=re.MULTILINE) == ["core", "api"]
