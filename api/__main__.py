@@ -10,7 +10,7 @@ from api.settings import ApiSettings
 from api.spill import SpillDirectory
 from core.errors import ServiceUnavailable
 from core.logs import configure_logging
-from core.predictions import open_store
+from core.predictions.backends import open_store
 
 
 def main() -> None:

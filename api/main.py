@@ -18,15 +18,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import metrics
 from api.batching import MicroBatcher
+from api.dataplane import ScoringService
 from api.drain import Drain
-from api.drift import DriftWatcher
+from api.drift_gauges import DriftWatcher
 from api.manager import ModelManager
 from api.outcomes import OutcomeStore
 from api.predlog import PredictionLog
-from api.quality import QualityWatcher
+from api.quality_gauges import QualityWatcher
 from api.routes import admin, feedback, health, inference, page, predict
 from api.schemas import FeedbackIn, V2InferenceRequest
-from api.scoring import ScoringService
 from api.settings import ApiSettings
 from api.state import ServerState
 from api.validation import render_errors

@@ -22,7 +22,8 @@ from api import metrics
 from api.model import TRAFFIC_CHECK_RECORDS, ModelLoadError, ServedModel, check_traffic, load_version
 from api.periodic import Periodic
 from api.settings import ApiSettings
-from core.predictions import answered_records, scrubbed
+from core.predictions.access import answered_records
+from core.predictions.rows import scrubbed
 from core.registry import CANARY, CHALLENGER, CHAMPION, SERVED_ALIASES, alias_version, fail_fast_client
 from core.rollout import Rollout, in_canary, last_outcome, read_rollout
 

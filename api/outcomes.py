@@ -20,7 +20,9 @@ from typing import Any
 
 from api import metrics
 from core.errors import ServiceUnavailable
-from core.predictions import PredictionStore, open_store, scrubbed
+from core.predictions.backends import open_store
+from core.predictions.rows import scrubbed
+from core.predictions.store import PredictionStore
 
 STATUSES = ("recorded", "duplicate", "conflict", "unknown")
 

@@ -27,14 +27,9 @@ from pathlib import Path
 from api import metrics
 from api.settings import ApiSettings
 from api.spill import SpillDirectory, encode
-from core.predictions import (
-    PredictionLogUnavailable,
-    PredictionStore,
-    Row,
-    open_store,
-    redacted,
-    scrubbed,
-)
+from core.predictions.backends import open_store
+from core.predictions.rows import PredictionLogUnavailable, Row, redacted, scrubbed
+from core.predictions.store import PredictionStore
 
 log = logging.getLogger(__name__)
 

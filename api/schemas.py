@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from core.predictions import unstorable
+from core.predictions.rows import unstorable
 from core.schema import DatasetSchema, FeatureSpec
 
 Prediction = float | int | str

@@ -26,7 +26,7 @@ from pathlib import Path
 import orjson
 
 from core.errors import ServiceUnavailable
-from core.predictions import Row
+from core.predictions.rows import Row
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The server's parts, built in the lifespan; routes receive them through `StateDep`.
 
-It holds dependencies only: what they do together is `api.scoring`.
+It holds dependencies only: what they do together is `api.dataplane`.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import APIKeyHeader
 
 from api.batching import MicroBatcher
+from api.dataplane import ScoringService
 from api.drain import Drain
-from api.drift import DriftWatcher
+from api.drift_gauges import DriftWatcher
 from api.manager import ModelManager
 from api.outcomes import OutcomeStore
 from api.predlog import PredictionLog
-from api.quality import QualityWatcher
-from api.scoring import ScoringService
+from api.quality_gauges import QualityWatcher
 from api.settings import ApiSettings
 
 

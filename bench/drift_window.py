@@ -16,7 +16,8 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from core.predictions import WINDOW_QUERY, SqliteStore, open_store  # noqa: E402
+from core.predictions.backends import SqliteStore, open_store  # noqa: E402
+from core.predictions.tables import WINDOW_QUERY  # noqa: E402
 
 FORMER_QUERY = (
     "SELECT features FROM predictions WHERE model_name = ? AND variant IN (?, ?)"

@@ -57,7 +57,7 @@ def train_level(rows: int, root: Path, uri: str) -> dict[str, Any]:
     """One training level in this process (called in a child): seconds per stage."""
     from core.params import parse_params
     from core.settings import PipelineSettings
-    from pipeline.run import STAGES, run_stage
+    from pipeline.driver.run import STAGES, run_stage
     from tests.factories import deep_update, make_workspace, project_params
 
     raw = deep_update(project_params(), {"model": {"name": f"{MODEL}-{rows}"}, "data": {"rows": rows}})
@@ -89,7 +89,7 @@ def training(levels: list[int], work: Path, uri: str) -> list[dict[str, Any]]:
 
 def feature_rows(level: dict[str, Any], count: int, ts: float) -> Iterator[list[Any]]:
     """`count` prediction-log rows whose features are the level's holdout records, in chunks."""
-    from core.predictions import Row
+    from core.predictions.rows import Row
 
     schema = json.loads(Path(level["schema"]).read_text())
     names = [f["name"] for f in schema["features"]]
@@ -113,7 +113,7 @@ def feature_rows(level: dict[str, Any], count: int, ts: float) -> Iterator[list[
 
 
 def fill_log(url: str, level: dict[str, Any], count: int) -> None:
-    from core.predictions import open_store
+    from core.predictions.backends import open_store
 
     store = open_store(url)
     for rows in feature_rows(level, count, time.time() - 60):
@@ -142,7 +142,7 @@ def drift(level: dict[str, Any], logs: dict[str, str], work: Path, uri: str) -> 
 
 def writes(level: dict[str, Any], logs: dict[str, str], work: Path) -> list[dict[str, Any]]:
     from api.predlog import PredictionLog
-    from core.predictions import open_store
+    from core.predictions.backends import open_store
 
     rows = [row for chunk in feature_rows(level, WRITE_ROWS, time.time()) for row in chunk]
     results = []

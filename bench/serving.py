@@ -37,7 +37,7 @@ from bench.figures import FIGURES, SMOKE, ratios, verdicts  # noqa: E402
 from bench.scale import rss_kib  # noqa: E402
 from core.params import parse_params  # noqa: E402
 from core.settings import PipelineSettings  # noqa: E402
-from pipeline.run import run_all  # noqa: E402
+from pipeline.driver.run import run_all  # noqa: E402
 from pipeline.workspace import Workspace, read_json  # noqa: E402
 from tests.factories import deep_update, make_workspace, project_params  # noqa: E402
 from tests.servers import free_port, mlflow_server, serve  # noqa: E402
@@ -121,8 +121,8 @@ def in_process(workspace: Workspace, frame: pd.DataFrame, repeats: int) -> dict[
 
     from core.compiled import CompiledModel
     from core.schema import DatasetSchema
-    from pipeline.candidates import load_candidate
-    from pipeline.compile import to_onnx
+    from pipeline.stages.candidates import load_candidate
+    from pipeline.stages.compile_onnx import to_onnx
 
     model = load_candidate(workspace.candidate_file("hist_gradient_boosting"))
     schema = DatasetSchema.read(workspace.schema_file)

@@ -1,5 +1,5 @@
 """A model version compiled to ONNX and run with ONNX Runtime: what the model server answers with
-when the version passed its parity check (`pipeline.compile`).
+when the version passed its parity check (`pipeline.stages.compile_onnx`).
 
 The graph takes one input per feature, named after it: numbers as a float or double column (the
 graph says which), categories as strings with a missing value spelled `MISSING_CATEGORY`, the

@@ -117,7 +117,7 @@ class _RedactExtras(logging.Filter):
 class _NoPipVersionWarning(logging.Filter):
     """MLflow warns, once per model it logs, that it cannot find pip's version: a uv-made environment
     has no pip. Each model's requirements are pinned from this environment explicitly
-    (`pipeline.register.pip_requirements`), so the warning says nothing a user can act on."""
+    (`pipeline.stages.register.pip_requirements`), so the warning says nothing a user can act on."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith("Failed to resolve installed pip version")

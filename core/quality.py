@@ -28,9 +28,9 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from core.calibration import Calibration
+from core.model_metrics import task_metrics
 from core.params import HIGHER_IS_BETTER, PromoteParams, QualityParams
-from core.predictions import LoggedPrediction
-from core.scoring import task_metrics
+from core.predictions.rows import LoggedPrediction
 
 
 class VersionQuality(BaseModel):

@@ -5,7 +5,7 @@ When `promote` finds a winner and `rollout.share` > 0 with a champion serving, t
 stable version it is judged against, when it started, the canary records it needs and the time it
 has. Every replica reads the alias and its tags at each registry check, so all serve the same
 split, and a restarted one resumes it; an entity id always lands on the same side
-(`in_canary`). The decider (`pipeline.decider`) ends the rollout; the registered model keeps the
+(`in_canary`). The decider (`pipeline.loop.decider`) ends the rollout; the registered model keeps the
 last outcome (`last_outcome`), which the model servers export.
 """
 

@@ -37,7 +37,7 @@ class PipelineSettings(BaseSettings):
     """The model server's prediction log, which the drift monitor reads (SQLite path or postgresql:// URL)."""
     stage_handoff: Handoff = Field("workspace", validation_alias=HANDOFF_SETTING)
     """How a stage finds the earlier stages' outputs: in the project directory (`workspace`, one
-    machine), or through the DVC remote (`remote`: workers that share no disk; pipeline/handoff.py)."""
+    machine), or through the DVC remote (`remote`: workers that share no disk; pipeline/driver/handoff.py)."""
     dvc_remote_url: str = Field("", validation_alias="BITLOOP_DVC_REMOTE_URL")
     """The DVC remote every data version and stage output is pushed to, instead of .dvc/config's
     (e.g. `s3://bucket/bitloop`); empty: .dvc/config's."""

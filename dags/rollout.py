@@ -3,7 +3,7 @@
 `decide` runs `<BITLOOP_PIPELINE_PYTHON> -m pipeline rollout decide` every minute
 (BITLOOP_ROLLOUT_SCHEDULE): with a `@canary` under way it gathers the evidence since the rollout
 started (Prometheus at BITLOOP_PROMETHEUS_URL, the prediction log at BITLOOP_PREDICTION_LOG_URL)
-and promotes the canary, rolls it back, or waits (`pipeline.decider`). One run at a time; a run
+and promotes the canary, rolls it back, or waits (`pipeline.loop.decider`). One run at a time; a run
 keeps nothing between runs, so one that dies is simply followed by the next, which reads the
 same registry. A rollback or promotion updates the `bitloop_champion` asset.
 """

@@ -16,7 +16,7 @@ from typing import Any
 from core.errors import EXIT_INVALID_DATA, BitloopError, InvalidData
 from core.params import Params, ParamsError, load_params
 from core.settings import PipelineSettings
-from pipeline.run import STAGES, run_all, run_stage
+from pipeline.driver.run import STAGES, run_all, run_stage
 from pipeline.workspace import Workspace, params_file
 
 
@@ -53,8 +53,8 @@ def _promote(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _repro(args: argparse.Namespace, ctx: Context) -> int:
-    from pipeline.handoff import handed_off
-    from pipeline.versioning import ingest_batch, reproduce_stages
+    from pipeline.driver.handoff import handed_off
+    from pipeline.driver.versioning import ingest_batch, reproduce_stages
 
     drawn = {"seed": args.seed, "drift": args.drift, "source_url": args.source_url}
     if any(v is not None for v in drawn.values()) and args.stage != "ingest":
@@ -72,15 +72,15 @@ def _run(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _summary(args: argparse.Namespace, ctx: Context) -> int:
-    from pipeline.handoff import handed_off
-    from pipeline.summary import summarize
+    from pipeline.driver.handoff import handed_off
+    from pipeline.stages.summary import summarize
 
     with handed_off(ctx.workspace, ctx.settings.stage_handoff, None, pull=False, publishes=False):
         return _show(summarize(ctx.params, ctx.workspace, ctx.settings, args.run_label))
 
 
 def _drift(args: argparse.Namespace, ctx: Context) -> int:
-    from pipeline.monitor import monitor_drift
+    from pipeline.loop.monitor import monitor_drift
 
     until = args.until or datetime.now(UTC)
     since = args.since or until - timedelta(hours=1)
@@ -89,7 +89,7 @@ def _drift(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _ground_truth(args: argparse.Namespace, ctx: Context) -> int:
-    from pipeline.ground_truth import collect
+    from pipeline.loop.ground_truth import collect
 
     source = ctx.settings.data_source_url or ctx.params.data.path
     if ctx.params.data.source != "simulated" or not source:
@@ -112,44 +112,44 @@ def _ground_truth(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _quality(args: argparse.Namespace, ctx: Context) -> int:
-    from pipeline.monitor import judge_quality
+    from pipeline.loop.monitor import judge_quality
 
     since = args.since or datetime.now(UTC) - timedelta(days=1)
     return _show(judge_quality(ctx.params, ctx.settings, _log_location(args.log, ctx), since))
 
 
 def _retrain_gate(args: argparse.Namespace, ctx: Context) -> int:
-    from pipeline.policy import gate
+    from pipeline.loop.policy import gate
 
     return _show(gate(ctx.params, ctx.settings, args.signal, prediction_log=_log_location(args.log, ctx)))
 
 
 def _log_location(given: str | None, ctx: Context) -> str:
     """--log, else the setting; a relative SQLite path is under --root."""
-    from core.predictions import is_postgres
+    from core.predictions.rows import is_postgres
 
     log = given or ctx.settings.prediction_log_url
     return log if is_postgres(log) or Path(log).is_absolute() else str(ctx.root / log)
 
 
 def _datasets(args: argparse.Namespace, ctx: Context) -> int:
-    from pipeline.store import list_datasets
+    from pipeline.data.store import list_datasets
 
     return _show(list_datasets(ctx.root, ctx.params.model.name))
 
 
 def _batches_list(args: argparse.Namespace, ctx: Context) -> int:
-    from pipeline.handoff import handed_off
-    from pipeline.store import list_batches
+    from pipeline.data.store import list_batches
+    from pipeline.driver.handoff import handed_off
 
     with handed_off(ctx.workspace, ctx.settings.stage_handoff, "ingest", publishes=False):
         return _show(list_batches(ctx.workspace))
 
 
 def _batches_withdraw(args: argparse.Namespace, ctx: Context) -> int:
-    from pipeline.handoff import handed_off
-    from pipeline.store import withdraw_batch
-    from pipeline.versioning import commit_store
+    from pipeline.data.store import withdraw_batch
+    from pipeline.driver.handoff import handed_off
+    from pipeline.driver.versioning import commit_store
 
     with handed_off(ctx.workspace, ctx.settings.stage_handoff, "ingest"):
         withdrawn = withdraw_batch(ctx.workspace, args.batch, args.reason)
@@ -159,7 +159,7 @@ def _batches_withdraw(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _reproduce(args: argparse.Namespace, ctx: Context) -> int:
-    from pipeline.reproduce import reproduce
+    from pipeline.driver.reproduce import reproduce
 
     outcome = reproduce(ctx.root, args.model or ctx.params.model.name, args.version, ctx.settings)
     _show(outcome.as_dict())
@@ -167,13 +167,13 @@ def _reproduce(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _rollback(args: argparse.Namespace, ctx: Context) -> int:
-    from pipeline.promote import rollback
+    from pipeline.stages.promote import rollback
 
     return _show(rollback(ctx.params.model.name, ctx.settings))
 
 
 def _rollout(args: argparse.Namespace, ctx: Context) -> int:
-    from pipeline import decider
+    from pipeline.loop import decider
 
     log = _log_location(args.log, ctx)
     if args.action == "status":
@@ -194,7 +194,7 @@ def _login() -> str:
 
 
 def _champion(args: argparse.Namespace, ctx: Context) -> int:
-    from pipeline.promote import aliases
+    from pipeline.stages.promote import aliases
 
     return _show(aliases(ctx.params.model.name, ctx.settings))
 
@@ -202,9 +202,9 @@ def _champion(args: argparse.Namespace, ctx: Context) -> int:
 def _backtest(args: argparse.Namespace, ctx: Context) -> int:
     import time
 
-    from pipeline.backtest import SCENARIOS, backtest, summarise
-    from pipeline.backtest_canary import summarise_trials, trial_table, trials
-    from pipeline.backtest_report import chart, document, table
+    from pipeline.backtest.canary import summarise_trials, trial_table, trials
+    from pipeline.backtest.replay import SCENARIOS, backtest, summarise
+    from pipeline.backtest.report import chart, document, table
 
     names = [*SCENARIOS, "canaries"] if args.scenario == "all" else [args.scenario]
     if unknown := [n for n in names if n not in SCENARIOS and n != "canaries"]:
@@ -398,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve-data":  # the data-source image has no training libraries: import nothing else
         import uvicorn
 
-        from pipeline.sources.service import create_app
+        from pipeline.data.sources.service import create_app
 
         app = create_app(args.drift, args.outcome_delay, args.world_file)
         uvicorn.run(app, host=args.host, port=args.port, log_level="info")

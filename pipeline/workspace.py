@@ -41,7 +41,7 @@ class Workspace:
 
     @property
     def lock_file(self) -> Path:
-        """This model's copy of `dvc.lock` as its own last run left it (pipeline/versioning.py)."""
+        """This model's copy of `dvc.lock` as its own last run left it (pipeline/driver/versioning.py)."""
         return self.data_dir / "dvc.lock"
 
     @property

@@ -13,7 +13,7 @@ import pandas as pd
 import yaml
 
 from core.params import Params, parse_params
-from pipeline.sources.simulated import simulate_churn
+from pipeline.data.sources.simulated import simulate_churn
 from pipeline.workspace import Workspace
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -114,7 +114,8 @@ def log_predictions(
     path: Path | str, model_name: str, frame: pd.DataFrame, ts: float, variant: str = "champion"
 ) -> None:
     """Append a frame of feature rows to a prediction log, as the model server writes them."""
-    from core.predictions import Row, insert_rows
+    from core.predictions.access import insert_rows
+    from core.predictions.rows import Row
 
     records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
     rows = [

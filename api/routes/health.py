@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, HTTPException, Response, status
 
 from api import metrics
+from api.dataplane import Unavailable
 from api.predlog import LogStatus
 from api.schemas import (
     FeatureOut,
@@ -17,7 +18,6 @@ from api.schemas import (
     RolloutOut,
     error_responses,
 )
-from api.scoring import Unavailable
 from api.state import ServerState, StateDep, require_api_key
 from core.drift import DriftReport
 from core.quality import QualityReport

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
+from api.dataplane import Unavailable, UnscorableInput
 from api.model import ServedModel
 from api.routes.predict import json_response
 from api.schemas import (
@@ -34,12 +35,11 @@ from api.schemas import (
     V2TensorMetadata,
     datatype,
 )
-from api.scoring import Unavailable, UnscorableInput
 from api.state import ServerState, StateDep, require_api_key
 from api.validation import read_body
 from core.compiled import ONNX_RUNTIME
 from core.errors import BitloopError
-from core.predictions import unstorable
+from core.predictions.rows import unstorable
 from core.schema import DatasetSchema
 
 NUMBERS = frozenset(

@@ -1,6 +1,6 @@
 """Predictions: one record (micro-batched with concurrent requests) or a batch of records.
 
-The routes parse and answer; `api.scoring` picks the model, predicts, records and shadows.
+The routes parse and answer; `api.dataplane` picks the model, predicts, records and shadows.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from api.arrow import ARROW_STREAM, read_columns, wants_arrow, write_predictions
 from api.schemas import BatchPredictionOut, PredictionOut, error_responses, storable
 from api.state import StateDep, require_api_key
 from api.validation import media_type, parse, parse_batch, read_body, records_from_columns
-from core.predictions import unstorable
+from core.predictions.rows import unstorable
 
 router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key)])
 ERRORS = error_responses(401, 408, 415, 422, 503)

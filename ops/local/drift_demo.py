@@ -56,7 +56,7 @@ def fetch(client: httpx.Client, method: str, url: str, **kwargs: Any) -> Any:
 def last_drawn_world(model: str) -> dict[str, float] | None:
     """The world the raw store's newest batch was drawn from (drift, and concept when it was moved
     apart): the world the loop last trained on. None without a simulated batch."""
-    from pipeline.store import read_manifest
+    from pipeline.data.store import read_manifest
     from pipeline.workspace import Workspace
 
     batches = read_manifest(Workspace(PARAMS.parent, model).raw_dir)

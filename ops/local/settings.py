@@ -1,8 +1,10 @@
-"""Where the local stack lives: its project, state directory, ports and timeouts, and the Airflow
-secrets it generates there on first use."""
+"""Where the local stack lives: its project, state directory, ports and timeouts, the Airflow
+secrets it generates there on first use, the settings its running services were started with, and
+how it prints their addresses."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 from pathlib import Path
@@ -50,3 +52,49 @@ def airflow_secrets(settings: StackSettings) -> dict[str, str]:
     passwords.write_text(json.dumps({"admin": values["admin_password"]}))
     passwords.chmod(0o600)
     return values
+
+
+# MLflow's UI opens on its GenAI view; this link opens the model-training one (experiments, runs,
+# the registry), which the UI then remembers.
+MLFLOW_TRAINING_VIEW = "/#/experiments?workflowType=machine_learning"
+
+
+def print_table(rows: list[tuple[str, str, str]]) -> None:
+    """Rows of name, URL and a note, each column starting at one place."""
+    names = max(len(name) for name, _, _ in rows)
+    urls = max(len(url) for _, url, note in rows if note)
+    for name, url, note in rows:
+        print(f"  {name:<{names}}  {url:<{urls}}  {note}".rstrip())
+
+
+# The settings the services read from the environment supervisord started them with.
+CONFIGURATION_PREFIXES = ("BITLOOP_", "MLFLOW_", "AIRFLOW_", "PROMETHEUS_")
+
+
+def _configuration(env: dict[str, str]) -> dict[str, str]:
+    # Hashes, not values: the state directory must not hold the API key.
+    return {
+        name: hashlib.sha256(value.encode()).hexdigest()
+        for name, value in env.items()
+        if name.startswith(CONFIGURATION_PREFIXES)
+    }
+
+
+def _configuration_file(settings: StackSettings) -> Path:
+    return settings.state_dir / "running-configuration.json"
+
+
+def configuration_changes(settings: StackSettings, env: dict[str, str]) -> list[str]:
+    """The variables whose value differs from what the running services were started with."""
+    path = _configuration_file(settings)
+    if not path.exists():
+        return []
+    before: dict[str, str] = json.loads(path.read_text())
+    now = _configuration(env)
+    return sorted(name for name in before.keys() | now.keys() if before.get(name) != now.get(name))
+
+
+def record_configuration(settings: StackSettings, env: dict[str, str]) -> None:
+    path = _configuration_file(settings)
+    path.write_text(json.dumps(_configuration(env), indent=1, sort_keys=True))
+    path.chmod(0o600)

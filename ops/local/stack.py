@@ -1,18 +1,15 @@
-"""The local stack without a container engine: every service under supervisord.
+"""`make up/down/status/logs`: the local stack without a container engine, every service under
+supervisord (the compose stack, when a Docker engine answers: ops/local/compose.py).
 
-`make up` starts (or re-uses) supervisord, waits for each service to answer, trains and
-promotes a champion with `dvc repro` when the registry has none, and prints every URL.
-`make up` again prints the URLs, or names the settings that changed since the services started;
-`make down` stops everything.
+`make up` starts (or re-uses) supervisord, waits for each service to answer, trains and promotes a
+champion with `dvc repro` when the registry has none, and prints every URL; again, it prints the
+URLs, or names the settings that changed since the services started. `make down` stops everything.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
-import secrets
 import shutil
 import socket
 import string
@@ -25,7 +22,16 @@ from pathlib import Path
 import httpx
 
 from ops.local.airflow_api import run_training_dag
-from ops.local.settings import PROJECT, StackSettings, airflow_secrets
+from ops.local.compose import compose_command, compose_down, compose_up, stack_mode, write_compose_secrets
+from ops.local.settings import (
+    MLFLOW_TRAINING_VIEW,
+    PROJECT,
+    StackSettings,
+    airflow_secrets,
+    configuration_changes,
+    print_table,
+    record_configuration,
+)
 
 CONFIG = PROJECT / "ops" / "supervisor" / "supervisord.conf"
 
@@ -36,41 +42,6 @@ class Service:
     url: str
     health: str
     login: str = "none (local only)"
-
-
-# The compose stack's secrets, one file each (docker-compose.yml mounts them at /run/secrets/).
-COMPOSE_SECRETS = (
-    "postgres_password",
-    "mlflow_db_password",
-    "airflow_db_password",
-    "airflow_admin_password",
-    "airflow_jwt_secret",
-    "mlflow_admin_password",
-    "mlflow_flask_secret_key",
-    "grafana_admin_password",
-    "predictions_db_password",
-    "redis_password",
-)
-API_KEY_SECRET = "api_key"  # noqa: S105 - a file's name. Empty (the default): the model server's /predict is open
-
-
-def write_compose_secrets(directory: Path) -> list[str]:
-    """Create every missing secret file with a random value (the API key empty); returns those written.
-
-    The files are readable by all, for the containers' own users; the directory is the owner's only.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    directory.chmod(0o700)
-    written = []
-    for name in (*COMPOSE_SECRETS, API_KEY_SECRET):
-        path = directory / name
-        if not path.exists():
-            path.write_text("" if name == API_KEY_SECRET else secrets.token_urlsafe(32))
-            written.append(name)
-        path.chmod(0o644)
-        if name != API_KEY_SECRET and not path.read_text().strip():
-            raise SystemExit(f"{path} is empty: write a secret into it, or delete it to have one generated")
-    return written
 
 
 # Optional services: supervisord program -> (binary, Debian package). Started when the binary is here.
@@ -99,11 +70,6 @@ def render_prometheus_config(values: dict[str, str]) -> str:
     """ops/prometheus/prometheus.local.yml with its BITLOOP_ variables filled in."""
     template = string.Template((PROJECT / "ops" / "prometheus" / "prometheus.local.yml").read_text())
     return template.substitute(values)
-
-
-# MLflow's UI opens on its GenAI view; this link opens the model-training one (experiments, runs,
-# the registry), which the UI then remembers.
-MLFLOW_TRAINING_VIEW = "/#/experiments?workflowType=machine_learning"
 
 
 def services(settings: StackSettings) -> list[Service]:
@@ -287,111 +253,11 @@ def start_optional(settings: StackSettings, env: dict[str, str]) -> None:
             _supervisorctl(settings, "start", name)
 
 
-def compose_command() -> list[str] | None:
-    """The compose client of a Docker engine that answers, if there is one."""
-    if shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True).returncode:
-        return None
-    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
-        return ["docker", "compose"]
-    return ["docker-compose"] if shutil.which("docker-compose") else None
-
-
-def stack_mode() -> tuple[str, list[str] | None]:
-    """compose when a Docker engine answers, else local; STACK=compose|local decides instead."""
-    chosen = os.environ.get("STACK", "")
-    if chosen not in ("", "compose", "local"):
-        raise SystemExit(f"STACK must be `compose` or `local`, not {chosen!r}")
-    compose = None if chosen == "local" else compose_command()
-    if chosen == "compose" and compose is None:
-        raise SystemExit(
-            "STACK=compose, but no Docker engine answers `docker info` (with `docker compose` or "
-            "docker-compose): start Docker, or leave STACK unset for the local stack"
-        )
-    return ("compose", compose) if compose else ("local", None)
-
-
-def compose_up(settings: StackSettings, compose: list[str]) -> None:
-    """Start the compose stack and wait until the model server serves the champion it trains."""
-    written = write_compose_secrets(settings.secrets_dir)
-    if written:
-        print(f"generated the secrets {', '.join(written)} in {settings.secrets_dir}", flush=True)
-    print(f"starting the compose stack ({' '.join(compose)})", flush=True)
-    subprocess.run([*compose, "up", "-d"], cwd=PROJECT, check=True)
-    api = f"http://127.0.0.1:{settings.api_port}"
-    deadline = time.monotonic() + settings.training_timeout
-    while not _ready(api):
-        if time.monotonic() > deadline:
-            raise SystemExit(f"no champion served at {api}/ready in time; see `{' '.join(compose)} logs`")
-        print("  waiting for the training DAG's first run and the model server (GET /ready)", flush=True)
-        time.sleep(10.0)
-    grafana = os.environ.get("BITLOOP_GRAFANA_PORT", "3000")
-    secret = settings.secrets_dir
-    print("\nbitloop compose stack is up:")
-    _print_table(
-        [
-            ("api", api, ""),
-            (
-                "mlflow",
-                f"http://127.0.0.1:{settings.mlflow_port}{MLFLOW_TRAINING_VIEW}",
-                f"login: bitloop, {secret}/mlflow_admin_password",
-            ),
-            (
-                "airflow",
-                f"http://127.0.0.1:{settings.airflow_port}",
-                f"login: admin, {secret}/airflow_admin_password",
-            ),
-            ("datasource", f"http://127.0.0.1:{settings.data_source_port}", ""),
-            ("prometheus", f"http://127.0.0.1:{settings.prometheus_port}", ""),
-            ("grafana", f"http://127.0.0.1:{grafana}", f"login: admin, {secret}/grafana_admin_password"),
-        ]
-    )
-    print("\n  stop: make down", flush=True)
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/ready", timeout=5).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-# The settings the services read from the environment supervisord started them with.
-CONFIGURATION_PREFIXES = ("BITLOOP_", "MLFLOW_", "AIRFLOW_", "PROMETHEUS_")
-
-
-def _configuration(env: dict[str, str]) -> dict[str, str]:
-    # Hashes, not values: the state directory must not hold the API key.
-    return {
-        name: hashlib.sha256(value.encode()).hexdigest()
-        for name, value in env.items()
-        if name.startswith(CONFIGURATION_PREFIXES)
-    }
-
-
-def _configuration_file(settings: StackSettings) -> Path:
-    return settings.state_dir / "running-configuration.json"
-
-
-def configuration_changes(settings: StackSettings, env: dict[str, str]) -> list[str]:
-    """The variables whose value differs from what the running services were started with."""
-    path = _configuration_file(settings)
-    if not path.exists():
-        return []
-    before: dict[str, str] = json.loads(path.read_text())
-    now = _configuration(env)
-    return sorted(name for name in before.keys() | now.keys() if before.get(name) != now.get(name))
-
-
-def record_configuration(settings: StackSettings, env: dict[str, str]) -> None:
-    path = _configuration_file(settings)
-    path.write_text(json.dumps(_configuration(env), indent=1, sort_keys=True))
-    path.chmod(0o600)
-
-
 def check_prediction_log(settings: StackSettings) -> None:
     """Stop before anything starts when the prediction log cannot be opened (the message names the
     variable and never the password)."""
-    from core.predictions import PredictionLogUnavailable, open_store
+    from core.predictions.backends import open_store
+    from core.predictions.rows import PredictionLogUnavailable
 
     try:
         open_store(settings.log_url()).close()
@@ -438,32 +304,20 @@ def up(settings: StackSettings) -> None:
     print_urls(settings)
 
 
-def _print_table(rows: list[tuple[str, str, str]]) -> None:
-    """Rows of name, URL and a note, each column starting at one place."""
-    names = max(len(name) for name, _, _ in rows)
-    urls = max(len(url) for _, url, note in rows if note)
-    for name, url, note in rows:
-        print(f"  {name:<{names}}  {url:<{urls}}  {note}".rstrip())
-
-
 def print_urls(settings: StackSettings) -> None:
     api = f"http://127.0.0.1:{settings.api_port}"
     rows = [(s.name, s.url, f"login: {s.login}") for s in services(settings)]
     rows += [("api docs", f"{api}/docs", ""), ("predict", f"{api}/", "(a form for the served model)")]
     rows += [(name, f"skipped: {reason}", "") for name, reason in skipped_services().items()]
     print("\nbitloop is up:")
-    _print_table(rows)
+    print_table(rows)
     print(f"\n  state: {settings.state_dir}   logs: make logs   stop: make down")
 
 
 def down(settings: StackSettings) -> None:
     compose = None if os.environ.get("STACK") == "local" else compose_command()
-    if (
-        compose is not None
-        and subprocess.run([*compose, "ps", "-q"], cwd=PROJECT, capture_output=True, text=True).stdout.strip()
-    ):
-        subprocess.run([*compose, "down"], cwd=PROJECT, check=True)
-        print("the compose stack is stopped")
+    if compose is not None:
+        compose_down(compose)
     if not supervisor_running(settings):
         print("the local stack is not running")
         return
@@ -485,7 +339,7 @@ def status(settings: StackSettings) -> int:
         print("the local stack is not running (make up)")
         return 3
     print(_supervisorctl(settings, "status").stdout.rstrip())
-    _print_table(
+    print_table(
         [(s.name, s.url, "healthy" if _healthy(s.health) else "NOT answering") for s in services(settings)]
     )
     return 0

@@ -17,7 +17,7 @@ from api.main import create_app
 from api.settings import ApiSettings
 from core.schema import DatasetSchema
 from core.settings import PipelineSettings
-from pipeline.run import run_all
+from pipeline.driver.run import run_all
 from pipeline.workspace import Workspace, read_json
 from tests.factories import DIABETES, light_params, make_workspace
 from tests.servers import free_port, serve

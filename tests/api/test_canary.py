@@ -20,11 +20,11 @@ from mlflow import MlflowClient
 from sklearn.pipeline import Pipeline
 
 from core.params import CandidateParams, parse_params
-from core.predictions import read_rows
+from core.predictions.access import read_rows
 from core.rollout import Terms, current, in_canary, start
 from core.settings import PipelineSettings
-from pipeline.decider import conclude, decide
-from pipeline.models import build_pipeline
+from pipeline.loop.decider import conclude, decide
+from pipeline.stages.models import build_pipeline
 from tests.api.conftest import Trained, holdout_records, train_model
 from tests.api.test_faults import register_version
 from tests.factories import light_params

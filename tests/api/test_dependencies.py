@@ -16,7 +16,7 @@ def test_the_model_server_starts_without_the_packages_its_image_leaves_out() -> 
         "import sys\n"
         f"for name in {ABSENT!r}:\n"
         "    sys.modules[name] = None  # any import of it fails\n"
-        "import api.main, api.model, api.manager, pipeline.monitor, core.serialization\n"
+        "import api.main, api.model, api.manager, pipeline.loop.monitor, core.serialization\n"
         "from api.main import create_app\n"
         "create_app()\n"
         "print('imported')\n"

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.sources.simulated import ID_COLUMN, TARGET, simulate_churn
+from pipeline.data.sources.simulated import ID_COLUMN, TARGET, simulate_churn
 from tests.api.conftest import Trained
 
 

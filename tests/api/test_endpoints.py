@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from core.predictions import count_rows, read_features, read_rows
+from core.predictions.access import count_rows, read_features, read_rows
 from tests.api.conftest import Trained, sample_record
 from tests.factories import PROJECT
 from tests.servers import free_port

@@ -27,10 +27,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
 from core.params import CandidateParams
-from core.predictions import count_rows, read_rows
+from core.predictions.access import count_rows, read_rows
 from core.serialization import trusted_types
-from pipeline.models import build_pipeline
-from pipeline.register import pip_requirements
+from pipeline.stages.models import build_pipeline
+from pipeline.stages.register import pip_requirements
 from tests.api.conftest import Trained, api_server, sample_record
 from tests.api.traffic import Traffic, wait_for
 from tests.servers import free_port, serve

@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 
 from api.arrow import ARROW_STREAM
 from api.outcomes import OutcomeStore, OutcomesUnavailable
-from core.predictions import count_rows, open_store, read_rows
+from core.predictions.access import count_rows, read_rows
+from core.predictions.backends import open_store
 from tests.api.conftest import Trained, holdout_records, sample_record
 from tests.api.traffic import wait_for
 from tests.servers import free_port

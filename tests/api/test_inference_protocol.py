@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from core.predictions import count_rows
+from core.predictions.access import count_rows
 from tests.api.conftest import Trained, api_server, holdout_records
 
 pytestmark = pytest.mark.integration

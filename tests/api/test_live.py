@@ -10,7 +10,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from core.predictions import count_rows
+from core.predictions.access import count_rows
 from tests.api.conftest import Trained, api_server, sample_record, train_model
 from tests.api.traffic import Traffic, wait_for
 from tests.servers import mlflow_server
@@ -119,7 +119,7 @@ def test_registry_outage_changes_nothing_for_clients_and_its_report_clears(tmp_p
 def test_the_server_follows_a_rollback_at_its_next_alias_check(tmp_path: Path, mlflow_uri: str) -> None:
     """`python -m pipeline rollback` under load, with the default 10 s check: no request fails."""
     from core.settings import PipelineSettings
-    from pipeline.promote import rollback
+    from pipeline.stages.promote import rollback
 
     trained = train_model(tmp_path / "ws", mlflow_uri, "rollback-churn")
     client = MlflowClient(mlflow_uri)

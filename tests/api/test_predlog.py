@@ -10,11 +10,14 @@ from typing import Any
 
 import pandas as pd
 
-from api.drift import DriftWatcher
+from api.drift_gauges import DriftWatcher
 from api.predlog import RETENTION_CHUNK, PredictionLog
 from api.settings import ApiSettings
 from core.params import DriftParams
-from core.predictions import WINDOW_QUERY, Row, SqliteStore, count_rows, open_store
+from core.predictions.access import count_rows
+from core.predictions.backends import SqliteStore, open_store
+from core.predictions.rows import Row
+from core.predictions.tables import WINDOW_QUERY
 from tests.api.traffic import wait_for
 from tests.factories import log_predictions
 

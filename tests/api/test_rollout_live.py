@@ -35,9 +35,9 @@ from sklearn.pipeline import Pipeline
 from core.params import Params, parse_params
 from core.rollout import Terms, start
 from core.settings import PipelineSettings
-from pipeline.decider import decide
-from pipeline.promote import expected_shift
-from pipeline.sources.simulated import churn_probability
+from pipeline.data.sources.simulated import churn_probability
+from pipeline.loop.decider import decide
+from pipeline.stages.promote import expected_shift
 from tests.api.conftest import Trained, holdout_records, train_model
 from tests.api.test_canary import blind, linear
 from tests.api.test_faults import metric, register_version

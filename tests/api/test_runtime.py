@@ -19,8 +19,8 @@ from sklearn.preprocessing import OneHotEncoder, SplineTransformer
 from core.params import load_params
 from core.schema import MISSING_CATEGORY
 from core.settings import PipelineSettings
-from pipeline.candidates import save_candidate
-from pipeline.register import register
+from pipeline.stages.candidates import save_candidate
+from pipeline.stages.register import register
 from tests.api.conftest import Trained, holdout_records, train_model
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from api.predlog import PredictionLog
 from api.spill import SpillDirectory, encode
-from core.predictions import Row, count_rows, open_store, read_rows
+from core.predictions.access import count_rows, read_rows
+from core.predictions.backends import open_store
+from core.predictions.rows import Row
 from tests.api.traffic import wait_for
 
 

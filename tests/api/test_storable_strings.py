@@ -21,7 +21,9 @@ from hypothesis import strategies as st
 
 from api.arrow import ARROW_STREAM
 from api.predlog import PredictionLog
-from core.predictions import Row, count_rows, open_store, read_rows
+from core.predictions.access import count_rows, read_rows
+from core.predictions.backends import open_store
+from core.predictions.rows import Row
 from tests.api.conftest import Trained, holdout_records
 from tests.api.traffic import wait_for
 

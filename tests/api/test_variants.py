@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
-from core.predictions import read_rows
+from core.predictions.access import read_rows
 from tests.api.conftest import Trained, sample_record, train_model
 
 pytestmark = pytest.mark.integration

@@ -10,12 +10,12 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from core.calibration import Calibration, calibration_error, fit_calibration
+from core.model_metrics import score, task_metrics
 from core.params import load_params
 from core.quality import estimate
 from core.schema import infer_schema
-from core.scoring import score, task_metrics
-from pipeline.models import build_pipeline
-from pipeline.sources.simulated import simulate_churn
+from pipeline.data.sources.simulated import simulate_churn
+from pipeline.stages.models import build_pipeline
 from tests.factories import PROJECT
 
 

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from core.drift import detect
 from core.drift_statistics import feature_drift
 from core.params import DriftParams
-from core.predictions import read_features
+from core.predictions.access import read_features
 from core.profile import ReferenceProfile, build_profile
 from core.schema import DatasetSchema, FeatureSpec
-from pipeline.sources.simulated import simulate_churn
+from pipeline.data.sources.simulated import simulate_churn
 from tests.factories import log_predictions
 
 CONFIG = DriftParams()

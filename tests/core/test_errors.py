@@ -16,8 +16,8 @@ from core.errors import BitloopError, InvalidData, InvalidInput, ServiceUnavaila
 from core.params import ParamsError
 from core.registry import TrackingUnavailable
 from pipeline.__main__ import _reported
-from pipeline.validate import ValidationFailed
-from pipeline.versioning import StageFailed
+from pipeline.driver.versioning import StageFailed
+from pipeline.stages.validate import ValidationFailed
 
 
 def defined_exceptions() -> dict[str, type[BaseException]]:

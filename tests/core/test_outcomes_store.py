@@ -13,15 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.predictions import (
-    MIGRATIONS,
-    Row,
-    insert_rows,
-    open_store,
-    read_features,
-    read_rows,
-    read_unlabelled,
-)
+from core.predictions.access import insert_rows, read_features, read_rows, read_unlabelled
+from core.predictions.backends import open_store
+from core.predictions.rows import Row
+from core.predictions.tables import MIGRATIONS
 
 
 def batch(

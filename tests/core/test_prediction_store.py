@@ -11,16 +11,10 @@ from pathlib import Path
 import pytest
 
 from api.predlog import PredictionLog
-from core.predictions import (
-    SCHEMA_VERSION,
-    PredictionLogUnavailable,
-    Row,
-    count_rows,
-    insert_rows,
-    open_store,
-    read_features,
-    read_rows,
-)
+from core.predictions.access import count_rows, insert_rows, read_features, read_rows
+from core.predictions.backends import open_store
+from core.predictions.rows import PredictionLogUnavailable, Row
+from core.predictions.tables import SCHEMA_VERSION
 from tests.api.traffic import wait_for
 from tests.servers import free_port, postgres_server
 from tests.tools import require_postgres

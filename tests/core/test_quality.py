@@ -15,13 +15,15 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from sklearn.pipeline import Pipeline
 
+from core.model_metrics import task_metrics
 from core.params import CandidateParams, DataParams, PromoteParams, QualityParams
-from core.predictions import LoggedPrediction, Row, insert_rows, open_store, read_labelled
+from core.predictions.access import insert_rows, read_labelled
+from core.predictions.backends import open_store
+from core.predictions.rows import LoggedPrediction, Row
 from core.quality import estimate, evaluate, expected_roc_auc, limits
 from core.schema import DatasetSchema, infer_schema
-from core.scoring import task_metrics
-from pipeline.models import build_pipeline
-from pipeline.sources.simulated import ID_COLUMN, TARGET, simulate_churn
+from pipeline.data.sources.simulated import ID_COLUMN, TARGET, simulate_churn
+from pipeline.stages.models import build_pipeline
 
 CLASSES = [0, 1]
 QUALITY = QualityParams(min_labelled=1, max_drop=0.05)

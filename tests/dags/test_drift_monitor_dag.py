@@ -16,8 +16,8 @@ import pytest
 from mlflow import MlflowClient
 
 from core.settings import PipelineSettings
-from pipeline.run import run_all
-from pipeline.sources.simulated import TARGET, simulate_churn
+from pipeline.data.sources.simulated import TARGET, simulate_churn
+from pipeline.driver.run import run_all
 from tests.dags.conftest import DAGS, asset_events, starts_training
 from tests.factories import light_params, log_predictions, make_workspace
 

@@ -18,8 +18,9 @@ import httpx
 import pandas as pd
 import pytest
 
-from core.predictions import count_rows, open_store
-from pipeline.sources.simulated import ID_COLUMN
+from core.predictions.access import count_rows
+from core.predictions.backends import open_store
+from pipeline.data.sources.simulated import ID_COLUMN
 from tests.api.conftest import Trained, train_model
 from tests.dags.conftest import DAGS, asset_events, starts_training
 from tests.factories import PROJECT
@@ -198,7 +199,8 @@ def test_without_a_data_source_there_is_nothing_to_collect(tmp_path: Path) -> No
 
 def test_an_unreachable_data_source_fails_with_the_setting_to_check(tmp_path: Path) -> None:
     log = tmp_path / "predictions.sqlite"
-    from core.predictions import Row, insert_rows
+    from core.predictions.access import insert_rows
+    from core.predictions.rows import Row
 
     insert_rows(
         log, [Row(time.time(), "r", "bitloop-churn", "1", "champion", {}, 0, None, 0, "L1-1-1-0-0-0")]

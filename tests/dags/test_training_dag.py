@@ -15,12 +15,12 @@ import pytest
 from mlflow import MlflowClient
 
 from core.errors import EXIT_INVALID_DATA
-from pipeline.run import STAGES as PIPELINE_STAGES
+from pipeline.driver.run import STAGES as PIPELINE_STAGES
 from tests.dags.conftest import DAGS
 from tests.factories import git_project, light_params, make_workspace, messy_churn_csv
 
 # The DAG spells the stages itself (it may run where the pipeline package is not importable);
-# pipeline.run.STAGES is the list it must follow, then the run's summary.
+# pipeline.driver.run.STAGES is the list it must follow, then the run's summary.
 STAGES = [*PIPELINE_STAGES, "summary"]
 
 

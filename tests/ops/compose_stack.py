@@ -22,7 +22,7 @@ from typing import Any, Self
 
 import httpx
 
-from ops.local.stack import write_compose_secrets
+from ops.local.compose import write_compose_secrets
 from tests.factories import PROJECT
 from tests.servers import free_port
 from tests.tools import compose_client, require

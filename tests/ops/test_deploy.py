@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from api.settings import ApiSettings
-from ops.local.stack import API_KEY_SECRET, COMPOSE_SECRETS, write_compose_secrets
+from ops.local.compose import API_KEY_SECRET, COMPOSE_SECRETS, write_compose_secrets
 from tests.factories import PROJECT
 from tests.tools import compose_client, require
 

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from ops.local.airflow_api import trigger_dag
-from ops.local.settings import StackSettings
-from ops.local.stack import _environment, configuration_changes, print_urls, record_configuration
+from ops.local.settings import StackSettings, configuration_changes, record_configuration
+from ops.local.stack import _environment, print_urls
 from tests.factories import PROJECT
 from tests.servers import free_port
 

@@ -31,7 +31,7 @@ from mlflow import MlflowClient
 
 from core.rollout import Terms, start
 from ops.local.stack import render_prometheus_config
-from pipeline.sources.simulated import ID_COLUMN, TARGET, simulate_churn
+from pipeline.data.sources.simulated import ID_COLUMN, TARGET, simulate_churn
 from tests.api.conftest import Trained, sample_record, train_model
 from tests.factories import DIABETES, PROJECT
 from tests.servers import free_port, serve

@@ -11,37 +11,86 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.run import STAGES as PIPELINE_STAGES
+from pipeline.driver.run import STAGES as PIPELINE_STAGES
 from tests.factories import PROJECT
 
-# The pipeline's steps: each DVC stage (pipeline.run.STAGES), and the commands of their own that
-# run beside them (a training run's summary, the drift monitor, reproduce).
-STAGES = {*PIPELINE_STAGES, "summary", "monitor", "reproduce"}
+ROOMS = ("data", "stages", "loop", "driver", "backtest")
+STAGE_MODULES = {f"pipeline.stages.{stage}" for stage in (*PIPELINE_STAGES, "summary")}
+"""Each DVC stage's module (pipeline.driver.run.STAGES) and the training run's summary beside them."""
+
+# What each room of pipeline/ may import of the others (`core` is everyone's). The CLI (__main__)
+# may import every room; the workspace none.
+MAY_IMPORT = {
+    "data": {"data", "workspace"},
+    "stages": {"data", "stages", "workspace"},
+    "loop": {"loop", "workspace"},
+    "driver": {"driver", "stages", "data", "workspace"},
+    "backtest": {"backtest", "loop", "stages", "data", "workspace"},
+    "workspace": set(),
+}
 
 
 def imported_pipeline_modules(path: Path) -> set[str]:
-    """Every `pipeline.X` a module imports, at the top or inside a function."""
+    """Every `pipeline.…` module a file imports, at the top or inside a function."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pipeline."):
-            found.add(node.module.split(".")[1])
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}
         elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("pipeline.")}
+            found |= {a.name for a in node.names if a.name.startswith("pipeline.")}
     return found
+
+
+def room_of(module: str) -> str:
+    """`pipeline.stages.train.fit` → `stages`; `pipeline.workspace` → `workspace`."""
+    return module.split(".")[1]
 
 
 def test_the_import_reader_sees_top_level_and_function_imports(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
-    module.write_text("from pipeline.store import x\ndef f():\n    import pipeline.train.y\n")
-    assert imported_pipeline_modules(module) == {"store", "train"}
+    module.write_text("from pipeline.data.store import x\ndef f():\n    import pipeline.stages.train\n")
+    assert imported_pipeline_modules(module) == {
+        "pipeline.data.store",
+        "pipeline.data.store.x",
+        "pipeline.stages.train",
+    }
+    assert {room_of(m) for m in imported_pipeline_modules(module)} == {"data", "stages"}
+
+
+def test_every_pipeline_module_lives_in_a_room() -> None:
+    """Only the CLI and the workspace stand at the root: a new module has to choose its room."""
+    root = sorted(p.name for p in (PROJECT / "pipeline").glob("*.py"))
+    assert root == ["__init__.py", "__main__.py", "workspace.py"]
+    rooms = sorted(p.name for p in (PROJECT / "pipeline").iterdir() if (p / "__init__.py").exists())
+    assert rooms == sorted(ROOMS)
+
+
+def test_each_room_imports_only_the_rooms_beneath_it() -> None:
+    crossings = {}
+    for path in sorted((PROJECT / "pipeline").rglob("*.py")):
+        parts = path.relative_to(PROJECT / "pipeline").with_suffix("").parts
+        if parts[0] in ("__init__", "__main__"):
+            continue
+        room = parts[0]
+        found = sorted(m for m in imported_pipeline_modules(path) if room_of(m) not in MAY_IMPORT[room])
+        if found:
+            crossings[str(path.relative_to(PROJECT))] = found
+    assert crossings == {}
 
 
 def test_no_stage_imports_another_stage() -> None:
+    """Stages hand each other files, which DVC tracks; an import would be a dependency it cannot see.
+    Helpers in stages/ (candidates, reports, …) are shared; another stage's module is not."""
     crossings = {
-        stage: sorted(imported_pipeline_modules(PROJECT / "pipeline" / f"{stage}.py") & STAGES - {stage})
-        for stage in sorted(STAGES)
+        module: sorted((imported_pipeline_modules(module_path(module)) & STAGE_MODULES) - {module})
+        for module in sorted(STAGE_MODULES)
     }
-    assert {stage: found for stage, found in crossings.items() if found} == {}
+    assert {module: found for module, found in crossings.items() if found} == {}
+
+
+def module_path(module: str) -> Path:
+    return PROJECT.joinpath(*module.split(".")).with_suffix(".py")
 
 
 def test_mlflow_aliases_tags_and_artefact_names_are_spelled_once() -> None:
@@ -59,26 +108,11 @@ def test_mlflow_aliases_tags_and_artefact_names_are_spelled_once() -> None:
     assert homes['"feature_schema.json"'] == homes['"reference_profile.json"'] == ["core/artifacts.py"]
 
 
-def test_the_model_server_does_not_import_the_training_stack() -> None:
-    # Lazy imports included: loading a model must not pull in a stage (and matplotlib with it).
-    reaching = {
-        str(path.relative_to(PROJECT)): sorted(imported_pipeline_modules(path) & STAGES)
-        for path in sorted((PROJECT / "api").rglob("*.py"))
-    }
-    assert {path: found for path, found in reaching.items() if found} == {}
-    heavy = ["matplotlib", *sorted(f"pipeline.{stage}" for stage in STAGES)]
-    probe = f"import sys, api.main; print([m for m in {heavy!r} if m in sys.modules])"
-    loaded = subprocess.run(
-        [sys.executable, "-c", probe], cwd=PROJECT, capture_output=True, text=True, check=True
-    ).stdout.strip()
-    assert loaded == "[]"
-
-
 def test_running_a_stage_through_dvc_loads_neither_mlflow_nor_scikit_learn() -> None:
     # `repro <stage>` starts a process per stage, and DVC another: importing these for nothing cost
     # seconds per stage, so the CLI and the DVC driver import them only where they are used.
-    heavy = ["mlflow", "sklearn", "pipeline.promote"]
-    driver = "pipeline.__main__, pipeline.run, pipeline.versioning, pipeline.handoff"
+    heavy = ["mlflow", "sklearn", "pipeline.stages.promote"]
+    driver = "pipeline.__main__, pipeline.driver.run, pipeline.driver.versioning, pipeline.driver.handoff"
     probe = f"import sys, {driver}; print([m for m in {heavy!r} if m in sys.modules])"
     loaded = subprocess.run(
         [sys.executable, "-c", probe], cwd=PROJECT, capture_output=True, text=True, check=True
@@ -124,9 +158,10 @@ def test_the_rooms_import_only_what_stands_beneath_them(folder: str, never: set[
 
 
 def test_the_model_server_loads_no_pipeline_module() -> None:
+    # Lazy imports included: loading a model must not pull in a stage (and matplotlib with it).
     probe = (
         "import sys, api.main, api.__main__; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pipeline'))"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pipeline', 'matplotlib')))"
     )
     loaded = subprocess.run(
         [sys.executable, "-c", probe], cwd=PROJECT, capture_output=True, text=True, check=True
