@@ -16,7 +16,7 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from api import metrics
 from api.model import TRAFFIC_CHECK_RECORDS, ModelLoadError, ServedModel, check_traffic, load_version
@@ -26,6 +26,9 @@ from core.predictions.access import answered_records
 from core.predictions.rows import scrubbed
 from core.registry import CANARY, CHALLENGER, CHAMPION, SERVED_ALIASES, alias_version, fail_fast_client
 from core.rollout import Rollout, in_canary, last_outcome, read_rollout
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 REFUSAL_RETRY_SECONDS = 300.0
@@ -123,88 +126,97 @@ class ModelManager:
             log.info("registry reachable again")
         self.registry_down_since = None
         metrics.REGISTRY_REACHABLE.labels(self.name).set(1)
-        changed, notes = False, []
         last = last_outcome(tags)
         if last is not None and last != self.last_rollout:
             self.last_rollout = last
             at = datetime.fromisoformat(last["at"]).timestamp()
             metrics.ROLLOUT_LAST.labels(self.name, str(last["version"]), str(last["outcome"])).set(at)
         rollout = read_rollout(wanted[CANARY])
+        changed, notes = False, []
         for variant in SERVED_ALIASES:
             version = wanted[variant]
-            current: ServedModel | None = getattr(self, variant)
-            wanted_version = None if version is None else str(version.version)
-            refusal = self.refusals.get(variant)
-            if refusal is not None and refusal.version != wanted_version:
-                del self.refusals[variant]  # the alias moved on
-            if wanted_version is None:
-                if variant in (CANARY, CHALLENGER) and current is not None:
-                    self._install(variant, None)
-                    changed = True
-                continue
-            if variant == CANARY:
-                if rollout is None:  # an alias set by hand: no share to serve it at
-                    reason = (
-                        "it carries no rollout terms (share, stable version, start): promote starts canaries"
-                    )
-                    self.refusals[CANARY] = Refusal(wanted_version, reason, self.clock())
-                    notes.append(f"canary version {wanted_version} refused: {reason}")
-                    if current is not None:
-                        self._install(variant, None)
-                        changed = True
-                    continue
-                self.rollout = rollout  # its share may change while the version stays
-            if current is not None and current.version == wanted_version:
-                continue
-            refusal = self.refusals.get(variant)
-            if refusal is not None and self.clock() - refusal.at < REFUSAL_RETRY_SECONDS:
-                notes.append(f"version {wanted_version} stays refused: {refusal.reason}")
-                continue
-            try:
-                model = load_version(
-                    client,
-                    self.name,
-                    wanted_version,
-                    closed_categories=self.settings.closed_categories,
-                    max_rows=self.settings.max_batch_rows,
-                    runtime=self.settings.runtime,
-                )
-                reference = self.champion if variant in (CANARY, CHALLENGER) else current
-                if reference is not None and model.schema.fingerprint() != reference.schema.fingerprint():
-                    difference = (
-                        f"version {model.version} has a different task or feature set than "
-                        f"version {reference.version}; not swapped in"
-                    )
-                    raise ModelLoadError(difference, public=difference)
-                # A new champion takes all the traffic at once: it must answer what the old one did.
-                # A canary is judged on the traffic itself by its rollout, its failures answered by
-                # the stable version (rollout.slo.max_error_ratio_increase).
-                if variant == CHAMPION and current is not None:
-                    model.traffic_check = self._check_traffic(model, current)
-            except ModelLoadError as err:
-                metrics.RELOADS.labels(variant, "failure").inc()
-                self.refusals[variant] = Refusal(wanted_version, err.public, self.clock())
-                log.error(
-                    "model swap refused; still serving the loaded version",
-                    extra={"variant": variant, "version": wanted_version, "error": str(err)[:500]},
-                )
-                notes.append(f"version {wanted_version} refused: {err.public}")
-                continue
-            self.refusals.pop(variant, None)
-            self._install(variant, model)
-            metrics.RELOADS.labels(variant, "success").inc()
-            changed = True
-            notes.append(f"{variant} is now version {model.version}")
-            log.info(
-                "model swapped in",
-                extra={
-                    "variant": variant,
-                    "model": self.name,
-                    "version": model.version,
-                    "runtime": model.runtime,
-                },
+            swapped, note = self._refresh_variant(
+                client, variant, None if version is None else str(version.version), rollout
             )
+            changed |= swapped
+            notes += [note] if note else []
         return RefreshResult(changed, "; ".join(notes) or "already serving the registry's versions")
+
+    def _refresh_variant(
+        self, client: MlflowClient, variant: str, wanted_version: str | None, rollout: Rollout | None
+    ) -> tuple[bool, str | None]:
+        """Bring one variant to the version its alias names: whether it changed, and what to say."""
+        current: ServedModel | None = getattr(self, variant)
+        refusal = self.refusals.get(variant)
+        if refusal is not None and refusal.version != wanted_version:
+            del self.refusals[variant]  # the alias moved on
+        if wanted_version is None:
+            if variant in (CANARY, CHALLENGER) and current is not None:
+                self._install(variant, None)
+                return True, None
+            return False, None
+        if variant == CANARY:
+            if rollout is None:  # an alias set by hand: no share to serve it at
+                reason = "it carries no rollout terms (share, stable version, start): promote starts canaries"
+                self.refusals[CANARY] = Refusal(wanted_version, reason, self.clock())
+                if current is not None:
+                    self._install(variant, None)
+                return current is not None, f"canary version {wanted_version} refused: {reason}"
+            self.rollout = rollout  # its share may change while the version stays
+        if current is not None and current.version == wanted_version:
+            return False, None
+        refusal = self.refusals.get(variant)
+        if refusal is not None and self.clock() - refusal.at < REFUSAL_RETRY_SECONDS:
+            return False, f"version {wanted_version} stays refused: {refusal.reason}"
+        try:
+            model = self._load_checked(client, variant, wanted_version, current)
+        except ModelLoadError as err:
+            metrics.RELOADS.labels(variant, "failure").inc()
+            self.refusals[variant] = Refusal(wanted_version, err.public, self.clock())
+            log.error(
+                "model swap refused; still serving the loaded version",
+                extra={"variant": variant, "version": wanted_version, "error": str(err)[:500]},
+            )
+            return False, f"version {wanted_version} refused: {err.public}"
+        self.refusals.pop(variant, None)
+        self._install(variant, model)
+        metrics.RELOADS.labels(variant, "success").inc()
+        log.info(
+            "model swapped in",
+            extra={
+                "variant": variant,
+                "model": self.name,
+                "version": model.version,
+                "runtime": model.runtime,
+            },
+        )
+        return True, f"{variant} is now version {model.version}"
+
+    def _load_checked(
+        self, client: MlflowClient, variant: str, version: str, current: ServedModel | None
+    ) -> ServedModel:
+        """Load a version, and refuse (ModelLoadError) one that could not take its variant's place."""
+        model = load_version(
+            client,
+            self.name,
+            version,
+            closed_categories=self.settings.closed_categories,
+            max_rows=self.settings.max_batch_rows,
+            runtime=self.settings.runtime,
+        )
+        reference = self.champion if variant in (CANARY, CHALLENGER) else current
+        if reference is not None and model.schema.fingerprint() != reference.schema.fingerprint():
+            difference = (
+                f"version {model.version} has a different task or feature set than "
+                f"version {reference.version}; not swapped in"
+            )
+            raise ModelLoadError(difference, public=difference)
+        # A new champion takes all the traffic at once: it must answer what the old one did. A canary
+        # is judged on the traffic itself by its rollout, its failures answered by the stable version
+        # (rollout.slo.max_error_ratio_increase).
+        if variant == CHAMPION and current is not None:
+            model.traffic_check = self._check_traffic(model, current)
+        return model
 
     def _check_traffic(self, model: ServedModel, reference: ServedModel) -> str:
         """Before it serves, a new champion scores what the one it replaces answered lately (the

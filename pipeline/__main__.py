@@ -261,6 +261,18 @@ def _parser() -> argparse.ArgumentParser:
         found.set_defaults(handler=handler)
         return found
 
+    _stage_commands(command)
+    _loop_commands(command)
+    _tool_commands(command, sub)
+    return parser
+
+
+AddCommand = Callable[[str, Command, str], argparse.ArgumentParser]
+"""Adds a sub-command that runs a handler, with its one-line help."""
+
+
+def _stage_commands(command: AddCommand) -> None:
+    """The stages, one at a time, through DVC, or all of them, and the training run's summary."""
     ingest = command("ingest", _ingest, "append a new batch from the source to data/<model>/raw")
     ingest.add_argument("--seed", type=int, help="simulated source: draw this batch instead of data.seed")
     ingest.add_argument("--drift", type=float, help="simulated source: drift of this batch (0-1)")
@@ -294,6 +306,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--drift", type=float, help="simulated source: drift of this batch (0-1)")
     summary = command("summary", _summary, "record the last promotion decision as an MLflow run")
     summary.add_argument("--run-label", required=True, help="the orchestrator's run id (makes it idempotent)")
+
+
+def _loop_commands(command: AddCommand) -> None:
+    """What the loop's DAGs run between training runs: drift, ground truth, quality, the retraining
+    gate and the canary rollout."""
     drift = command("drift", _drift, "compare logged live inputs with the champion's reference")
     drift.add_argument("--since", type=_timestamp, help="window start, ISO 8601 (default: --until - 1h)")
     drift.add_argument("--until", type=_timestamp, help="window end, ISO 8601 (default: now)")
@@ -316,6 +333,19 @@ def _parser() -> argparse.ArgumentParser:
     gate = command("retrain-gate", _retrain_gate, "whether a signal may start training now (retrain policy)")
     gate.add_argument("--signal", required=True, choices=("drift", "quality", "schedule"))
     gate.add_argument("--log", help="the prediction log that holds the retraining claim (as for drift)")
+    rollout = command("rollout", _rollout, "the canary rollout: status, decide, or end it by hand")
+    rollout.add_argument(
+        "action",
+        choices=("status", "decide", "promote", "abort"),
+        help="status: the terms and the evidence so far; decide: judge and act (the rollout DAG); "
+        "promote / abort: end it now",
+    )
+    rollout.add_argument("--by", help="who acts (recorded; default: your login name)")
+    rollout.add_argument("--log", help="the prediction log (as for drift)")
+
+
+def _tool_commands(command: AddCommand, sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """A person's tools: datasets and batches, reproduce, rollback, the backtests, the data source."""
     command("datasets", _datasets, "every model's workspace with its dataset version")
     batches = sub.add_parser("batches", help="list the raw store's batches, or withdraw a bad one")
     action = batches.add_subparsers(dest="action", required=True, metavar="action")
@@ -332,15 +362,6 @@ def _parser() -> argparse.ArgumentParser:
     again.add_argument("--model", help="the registered model (default: params.yaml's model.name)")
     again.add_argument("--version", required=True, help="the model version, e.g. 3")
     command("rollback", _rollback, "move @champion back to @previous")
-    rollout = command("rollout", _rollout, "the canary rollout: status, decide, or end it by hand")
-    rollout.add_argument(
-        "action",
-        choices=("status", "decide", "promote", "abort"),
-        help="status: the terms and the evidence so far; decide: judge and act (the rollout DAG); "
-        "promote / abort: end it now",
-    )
-    rollout.add_argument("--by", help="who acts (recorded; default: your login name)")
-    rollout.add_argument("--log", help="the prediction log (as for drift)")
     command("champion", _champion, "show the versions behind @champion, @challenger and @previous")
     backtest = command("backtest", _backtest, "replay simulated histories through the whole loop")
     backtest.add_argument(
@@ -371,7 +392,6 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help="keep the world here across restarts (--drift and --outcome-delay then set only a new one)",
     )
-    return parser
 
 
 def _timestamp(text: str) -> datetime:

@@ -114,7 +114,7 @@ def judge(
     meant to answer differently) plus `slo.max_psi`. Live quality is judged only when both sides
     have `min_labelled` outcomes; without them it is skipped, and says so.
     """
-    canary, stable = evidence.canary, evidence.stable
+    canary = evidence.canary
     enough = canary.records + canary.failures >= min_requests
     checks: list[Check] = []
 
@@ -124,43 +124,8 @@ def judge(
     else:
         checks += _served_checks(evidence, slo, min_requests, enough)
 
-    if evidence.psi is None or not enough:
-        checks.append(Check("predictions", "pending", "too few logged predictions on either side"))
-    else:
-        limit = expected_psi + slo.max_psi
-        noise = 0.0 if evidence.psi_rows is None else psi_noise(*evidence.psi_rows)
-        sampled = (
-            ""
-            if evidence.psi_rows is None
-            else f", plus {noise:.3f} for the sampling noise of {evidence.psi_rows[0]} and "
-            f"{evidence.psi_rows[1]} predictions"
-        )
-        detail = (
-            f"PSI {evidence.psi:.3f} against the stable version's (the holdout's, at these sample sizes, "
-            f"{expected_psi:.3f}; "
-            f"limit {limit:.3f}{sampled})"
-        )
-        checks.append(Check("predictions", "fail" if evidence.psi > limit + noise else "pass", detail))
-
-    if canary.quality is None or stable.quality is None:
-        checks.append(
-            Check(
-                "quality",
-                "skipped",
-                f"no outcomes to judge by: {canary.labelled} canary and {stable.labelled} stable predictions "
-                f"labelled, {min_labelled} needed on each side",
-            )
-        )
-    else:
-        better = HIGHER_IS_BETTER[evidence.metric]
-        drop = stable.quality - canary.quality if better else canary.quality - stable.quality
-        spread = _one_sided_z() * math.hypot(canary.quality_spread, stable.quality_spread)
-        detail = (
-            f"live {evidence.metric} canary {canary.quality:.4f} vs stable {stable.quality:.4f} "
-            f"(may be worse by {slo.max_quality_drop:g}, plus {spread:.4f} for the sampling noise of "
-            f"{canary.labelled} and {stable.labelled} outcomes)"
-        )
-        checks.append(Check("quality", "fail" if drop - spread > slo.max_quality_drop else "pass", detail))
+    checks.append(_prediction_check(evidence, slo, expected_psi, enough))
+    checks.append(_quality_check(evidence, slo, min_labelled))
 
     failed = [c for c in checks if c.status == "fail"]
     if failed:
@@ -183,6 +148,47 @@ def judge(
         "gathering evidence" + ("; " + "; ".join(evidence.problems) if evidence.problems else ""),
         checks,
     )
+
+
+def _prediction_check(evidence: Evidence, slo: RolloutSlo, expected_psi: float, enough: bool) -> Check:
+    """The canary's predictions against the stable version's on the same traffic."""
+    if evidence.psi is None or not enough:
+        return Check("predictions", "pending", "too few logged predictions on either side")
+    limit = expected_psi + slo.max_psi
+    noise = 0.0 if evidence.psi_rows is None else psi_noise(*evidence.psi_rows)
+    sampled = (
+        ""
+        if evidence.psi_rows is None
+        else f", plus {noise:.3f} for the sampling noise of {evidence.psi_rows[0]} and "
+        f"{evidence.psi_rows[1]} predictions"
+    )
+    detail = (
+        f"PSI {evidence.psi:.3f} against the stable version's (the holdout's, at these sample sizes, "
+        f"{expected_psi:.3f}; "
+        f"limit {limit:.3f}{sampled})"
+    )
+    return Check("predictions", "fail" if evidence.psi > limit + noise else "pass", detail)
+
+
+def _quality_check(evidence: Evidence, slo: RolloutSlo, min_labelled: int) -> Check:
+    """Live quality on both sides' outcomes, within the sampling noise of their counts."""
+    canary, stable = evidence.canary, evidence.stable
+    if canary.quality is None or stable.quality is None:
+        return Check(
+            "quality",
+            "skipped",
+            f"no outcomes to judge by: {canary.labelled} canary and {stable.labelled} stable predictions "
+            f"labelled, {min_labelled} needed on each side",
+        )
+    better = HIGHER_IS_BETTER[evidence.metric]
+    drop = stable.quality - canary.quality if better else canary.quality - stable.quality
+    spread = _one_sided_z() * math.hypot(canary.quality_spread, stable.quality_spread)
+    detail = (
+        f"live {evidence.metric} canary {canary.quality:.4f} vs stable {stable.quality:.4f} "
+        f"(may be worse by {slo.max_quality_drop:g}, plus {spread:.4f} for the sampling noise of "
+        f"{canary.labelled} and {stable.labelled} outcomes)"
+    )
+    return Check("quality", "fail" if drop - spread > slo.max_quality_drop else "pass", detail)
 
 
 def _served_checks(evidence: Evidence, slo: RolloutSlo, min_requests: int, enough: bool) -> list[Check]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -212,6 +212,22 @@ def _tag(client: MlflowClient, name: str, version: str, values: dict[str, Any]) 
         client.set_model_version_tag(name, version, TAG + key, str(value))
 
 
+@dataclass
+class Comparison:
+    """The candidate and the champion scored on the same recent holdout rows (`_compare`)."""
+
+    candidate_metrics: dict[str, float]
+    champion_metrics: dict[str, float] | None = None
+    champion_model: Any = None
+    candidate_model: Any = None
+    test: pd.DataFrame | None = None
+    """The rows both were scored on; None when there was no comparison."""
+    compared_rows: str | None = None
+    """Those rows in words (`recent_holdout`)."""
+    override: bool = False
+    """The schema changed and --allow-schema-change replaces the champion without comparison."""
+
+
 def promote(
     params: Params, workspace: Workspace, settings: PipelineSettings, allow_schema_change: bool = False
 ) -> dict[str, Any]:
@@ -221,8 +237,6 @@ def promote(
     name, best, metric = registered.model_name, registered.best, registered.primary_metric
     schema = DatasetSchema.read(workspace.schema_file)
     floors = params.promote.floors.get(schema.task, {})
-    policy = params.rollout  # a winner's rollout, when there is a champion to judge it against
-    terms = Terms(policy.share, policy.min_requests, policy.max_minutes)
     data_version = registered.data_version.label
     report = PromotionReport(
         model_name=name, data_version=data_version, metric=metric, margin=params.promote.margin, floors=floors
@@ -252,30 +266,18 @@ def promote(
         log.info(report.reason)
         return report.write(workspace.promotion_file)
 
-    champion_metrics: dict[str, float] | None = None
-    candidate_metrics = entry.metrics
-    champion_model: Any = None
-    candidate_model: Any = None
-    override = False
+    comparison = Comparison(candidate_metrics=entry.metrics)
     if champion is not None:
-        try:
-            check_compatible(schema, _champion_schema(client, champion), champion, name)
-            test, report.compared_rows = recent_holdout(
-                pd.read_parquet(workspace.test_file), params.promote.recent_rows
-            )
-            champion_model = _load_version(client, name, champion.version)
-            champion_metrics = score(champion_model, test, schema)
-            candidate_model = _load_version(client, name, version)
-            candidate_metrics = score(candidate_model, test, schema)
-        except SchemaMismatch:
-            if not allow_schema_change:
-                raise
-            override = True
-            log.warning("schema change allowed: the champion is replaced without comparison")
-        report.champion = ChampionSeen(version=champion.version, metrics=champion_metrics)
+        comparison = _compare(
+            client, params, workspace, schema, champion, version, entry.metrics, allow_schema_change
+        )
+        report.compared_rows = comparison.compared_rows
+        report.champion = ChampionSeen(version=champion.version, metrics=comparison.champion_metrics)
 
-    decision = decide(candidate_metrics, champion_metrics, metric, params.promote.margin, floors)
-    if override and not floor_failures(entry.metrics, floors):
+    decision = decide(
+        comparison.candidate_metrics, comparison.champion_metrics, metric, params.promote.margin, floors
+    )
+    if comparison.override and not floor_failures(entry.metrics, floors):
         decision = Decision(
             True,
             "schema change allowed explicitly (--allow-schema-change)",
@@ -284,7 +286,6 @@ def promote(
             None,
         )
     report.promoted, report.reason, report.decision = decision.promote, decision.reason, decision
-
     _tag(
         client,
         name,
@@ -299,27 +300,83 @@ def promote(
             "champion_version": champion.version if champion else "none",
         },
     )
-    if decision.promote:
-        challenger = alias_version(client, name, CHALLENGER)
-        if challenger is not None and challenger.version == version:
-            client.delete_registered_model_alias(name, CHALLENGER)
-        if champion is not None and champion_model is not None and terms.share > 0 and not override:
-            # The winner earns its traffic as @canary; the rollout decider moves @champion.
-            expected = expected_shift(
-                champion_model, candidate_model, test, schema, terms.share, terms.min_requests
-            )
-            rollout = start(client, name, version, champion.version, replace(terms, expected_psi=expected))
-            report.canary = CanarySeen(share=rollout.share, stable=rollout.stable)
-            log.info("canary started", extra={"model": name, "version": version, "reason": decision.reason})
-        else:
-            if champion is not None:
-                client.set_registered_model_alias(name, PREVIOUS, champion.version)
-            client.set_registered_model_alias(name, CHAMPION, version)
-            log.info("promoted", extra={"model": name, "version": version, "reason": decision.reason})
-    else:
+    _move_aliases(client, params, schema, name, version, champion, decision, comparison, report)
+    return report.write(workspace.promotion_file)
+
+
+def _compare(
+    client: MlflowClient,
+    params: Params,
+    workspace: Workspace,
+    schema: DatasetSchema,
+    champion: ModelVersion,
+    version: str,
+    entry_metrics: dict[str, float],
+    allow_schema_change: bool,
+) -> Comparison:
+    """Score the champion and the candidate on the holdout's recent rows; a champion of another
+    schema raises SchemaMismatch, unless the change is allowed (then nothing is compared, and the
+    candidate keeps the metrics it was registered with)."""
+    name = champion.name
+    try:
+        check_compatible(schema, _champion_schema(client, champion), champion, name)
+    except SchemaMismatch:
+        if not allow_schema_change:
+            raise
+        log.warning("schema change allowed: the champion is replaced without comparison")
+        return Comparison(candidate_metrics=entry_metrics, override=True)
+    test, compared_rows = recent_holdout(pd.read_parquet(workspace.test_file), params.promote.recent_rows)
+    champion_model = _load_version(client, name, champion.version)
+    candidate_model = _load_version(client, name, version)
+    return Comparison(
+        candidate_metrics=score(candidate_model, test, schema),
+        champion_metrics=score(champion_model, test, schema),
+        champion_model=champion_model,
+        candidate_model=candidate_model,
+        test=test,
+        compared_rows=compared_rows,
+    )
+
+
+def _move_aliases(
+    client: MlflowClient,
+    params: Params,
+    schema: DatasetSchema,
+    name: str,
+    version: str,
+    champion: ModelVersion | None,
+    decision: Decision,
+    comparison: Comparison,
+    report: PromotionReport,
+) -> None:
+    """A winner becomes @canary (the rollout decider moves @champion later) or, with nothing to roll
+    out against, @champion at once; a loser becomes @challenger."""
+    if not decision.promote:
         client.set_registered_model_alias(name, CHALLENGER, version)
         log.info("kept the champion", extra={"model": name, "challenger": version, "reason": decision.reason})
-    return report.write(workspace.promotion_file)
+        return
+    challenger = alias_version(client, name, CHALLENGER)
+    if challenger is not None and challenger.version == version:
+        client.delete_registered_model_alias(name, CHALLENGER)
+    policy = params.rollout
+    terms = Terms(policy.share, policy.min_requests, policy.max_minutes)
+    if champion is not None and comparison.test is not None and terms.share > 0 and not comparison.override:
+        expected = expected_shift(
+            comparison.champion_model,
+            comparison.candidate_model,
+            comparison.test,
+            schema,
+            terms.share,
+            terms.min_requests,
+        )
+        rollout = start(client, name, version, champion.version, replace(terms, expected_psi=expected))
+        report.canary = CanarySeen(share=rollout.share, stable=rollout.stable)
+        log.info("canary started", extra={"model": name, "version": version, "reason": decision.reason})
+        return
+    if champion is not None:
+        client.set_registered_model_alias(name, PREVIOUS, champion.version)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    log.info("promoted", extra={"model": name, "version": version, "reason": decision.reason})
 
 
 def rollback(model_name: str, settings: PipelineSettings) -> dict[str, str]:

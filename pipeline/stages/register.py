@@ -16,6 +16,7 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow import MlflowClient
 from mlflow.data.pandas_dataset import from_pandas
 from mlflow.models import infer_signature
 
@@ -159,7 +160,6 @@ def register(params: Params, workspace: Workspace, settings: PipelineSettings) -
     schema = DatasetSchema.read(workspace.schema_file)
     data = DatasetVersion.from_file(workspace.version_file)
     evaluation = read_json(workspace.metrics_file)
-    floors = params.promote.floors.get(schema.task, {})
     commit = git_commit(workspace.root)
 
     entries: dict[str, RegisteredCandidate] = {}
@@ -167,66 +167,25 @@ def register(params: Params, workspace: Workspace, settings: PipelineSettings) -
     for name in params.train.candidates:
         metrics = evaluation["candidates"][name]
         same = trained_on(workspace.candidate_file(name), split, schema)
-        earlier = client.search_model_versions(
-            f"name = '{model_name}' and tags.`{Tags.TRAINED_ON}` = '{same}'"
-        )
-        # The same model on the same rows under an earlier data label is nothing new. Under this very
-        # label it is a forced re-run, which the normal path below reuses byte for byte.
-        if earlier and all(v.tags.get(Tags.DATA_VERSION) != data.label for v in earlier):
-            found_version = max(earlier, key=lambda v: int(v.version))
-            since = found_version.tags.get(Tags.DATA_VERSION, "an earlier version")
-            log.info(
-                "unchanged since an earlier registration: nothing new registered",
-                extra={"candidate": name, "version": found_version.version, "data_version": since},
-            )
-            entries[name] = RegisteredCandidate(
-                run_id=str(found_version.run_id),
-                version=str(found_version.version),
-                metrics=metrics,
-                floor_failures=[],
-                unchanged_since=since,
-            )
-            continue
-        fp = fingerprint(workspace.candidate_file(name), data, schema)
-        tags = {
-            Tags.CANDIDATE: name,
-            Tags.FINGERPRINT: fp,
-            Tags.TRAINED_ON: same,
-            Tags.DATA_VERSION: data.label,
-            Tags.DATA_MD5: data.md5,
-            Tags.TASK: schema.task,
-            Tags.SCHEMA: schema.fingerprint(),
-            GIT_COMMIT_TAG: commit,
-        }
-        found = client.search_runs(
-            [experiment.experiment_id],
-            f"tags.`{Tags.FINGERPRINT}` = '{fp}' and attributes.status = 'FINISHED'",
-            max_results=1,
-        )
-        if found:
-            run_id, model_uri = found[0].info.run_id, found[0].data.tags[Tags.MODEL_URI]
-            compiled = {k: v for k, v in found[0].data.tags.items() if k.startswith(COMPILED_TAG)}
-            log.info("reusing identical run", extra={"candidate": name, "run_id": run_id})
-        else:
-            run_id, model_uri, compiled = _log_candidate(name, params, workspace, schema, data, metrics, tags)
-            log.info("logged run", extra={"candidate": name, "run_id": run_id})
-        failures = floor_failures(metrics, floors)
-        version = None
-        if failures:
-            log.warning(
-                "candidate misses the floors: not registered", extra={"candidate": name, "failures": failures}
-            )
-        else:
-            existing = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
-            if existing:
-                version = existing[0].version
-            else:
-                version_tags = {k: v for k, v in {**tags, **compiled}.items() if k.startswith(TAG)}
-                version_tags.update({Tags.METRIC + k: f"{v:.6f}" for k, v in metrics.items()})
-                version = mlflow.register_model(model_uri, model_name, tags=version_tags).version
-                log.info("registered", extra={"candidate": name, "model": model_name, "version": version})
-        entries[name] = RegisteredCandidate(
-            run_id=run_id, version=str(version) if version else None, metrics=metrics, floor_failures=failures
+        entries[name] = _unchanged(client, model_name, name, same, data, metrics) or _register_candidate(
+            client,
+            experiment.experiment_id,
+            name,
+            params,
+            workspace,
+            schema,
+            data,
+            metrics,
+            tags={
+                Tags.CANDIDATE: name,
+                Tags.FINGERPRINT: fingerprint(workspace.candidate_file(name), data, schema),
+                Tags.TRAINED_ON: same,
+                Tags.DATA_VERSION: data.label,
+                Tags.DATA_MD5: data.md5,
+                Tags.TASK: schema.task,
+                Tags.SCHEMA: schema.fingerprint(),
+                GIT_COMMIT_TAG: commit,
+            },
         )
 
     primary = params.promote.primary_metric(schema.task)
@@ -240,3 +199,77 @@ def register(params: Params, workspace: Workspace, settings: PipelineSettings) -
         git_commit=commit,
         candidates=entries,
     ).write(workspace.registered_file)
+
+
+def _unchanged(
+    client: MlflowClient,
+    model_name: str,
+    name: str,
+    same: str,
+    data: DatasetVersion,
+    metrics: dict[str, float],
+) -> RegisteredCandidate | None:
+    """The version registered earlier for the same model on the same rows, under an earlier data label:
+    nothing new. (Under this very label it is a forced re-run, which registering reuses byte for byte.)"""
+    earlier = client.search_model_versions(f"name = '{model_name}' and tags.`{Tags.TRAINED_ON}` = '{same}'")
+    if not earlier or any(v.tags.get(Tags.DATA_VERSION) == data.label for v in earlier):
+        return None
+    found_version = max(earlier, key=lambda v: int(v.version))
+    since = found_version.tags.get(Tags.DATA_VERSION, "an earlier version")
+    log.info(
+        "unchanged since an earlier registration: nothing new registered",
+        extra={"candidate": name, "version": found_version.version, "data_version": since},
+    )
+    return RegisteredCandidate(
+        run_id=str(found_version.run_id),
+        version=str(found_version.version),
+        metrics=metrics,
+        floor_failures=[],
+        unchanged_since=since,
+    )
+
+
+def _register_candidate(
+    client: MlflowClient,
+    experiment_id: str,
+    name: str,
+    params: Params,
+    workspace: Workspace,
+    schema: DatasetSchema,
+    data: DatasetVersion,
+    metrics: dict[str, float],
+    tags: dict[str, str],
+) -> RegisteredCandidate:
+    """Log the candidate's run (or reuse the finished run of the same fingerprint) and register it
+    when it passes the floors (or find the version already registered from that run)."""
+    model_name = params.model.name
+    found = client.search_runs(
+        [experiment_id],
+        f"tags.`{Tags.FINGERPRINT}` = '{tags[Tags.FINGERPRINT]}' and attributes.status = 'FINISHED'",
+        max_results=1,
+    )
+    if found:
+        run_id, model_uri = found[0].info.run_id, found[0].data.tags[Tags.MODEL_URI]
+        compiled = {k: v for k, v in found[0].data.tags.items() if k.startswith(COMPILED_TAG)}
+        log.info("reusing identical run", extra={"candidate": name, "run_id": run_id})
+    else:
+        run_id, model_uri, compiled = _log_candidate(name, params, workspace, schema, data, metrics, tags)
+        log.info("logged run", extra={"candidate": name, "run_id": run_id})
+    failures = floor_failures(metrics, params.promote.floors.get(schema.task, {}))
+    version = None
+    if failures:
+        log.warning(
+            "candidate misses the floors: not registered", extra={"candidate": name, "failures": failures}
+        )
+    else:
+        existing = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
+        if existing:
+            version = existing[0].version
+        else:
+            version_tags = {k: v for k, v in {**tags, **compiled}.items() if k.startswith(TAG)}
+            version_tags.update({Tags.METRIC + k: f"{v:.6f}" for k, v in metrics.items()})
+            version = mlflow.register_model(model_uri, model_name, tags=version_tags).version
+            log.info("registered", extra={"candidate": name, "model": model_name, "version": version})
+    return RegisteredCandidate(
+        run_id=run_id, version=str(version) if version else None, metrics=metrics, floor_failures=failures
+    )
