@@ -286,22 +286,34 @@ def promote(
             None,
         )
     report.promoted, report.reason, report.decision = decision.promote, decision.reason, decision
+    _record_decision(client, report, decision, version, champion)
+    _move_aliases(client, params, schema, name, version, champion, decision, comparison, report)
+    return report.write(workspace.promotion_file)
+
+
+def _record_decision(
+    client: MlflowClient,
+    report: PromotionReport,
+    decision: Decision,
+    version: str,
+    champion: ModelVersion | None,
+) -> None:
+    """Tag the candidate's version with the decision, its reason and the figures it rests on."""
+    metric = report.metric
     _tag(
         client,
-        name,
+        report.model_name,
         version,
         {
             "decision": "promoted" if decision.promote else "challenger",
             "decision_reason": decision.reason,
-            "compared_on": data_version,
+            "compared_on": report.data_version,
             "compared_rows": report.compared_rows or "none: no champion to compare with",
             "candidate_" + metric: f"{decision.candidate:.6f}",
             "champion_" + metric: "none" if decision.champion is None else f"{decision.champion:.6f}",
             "champion_version": champion.version if champion else "none",
         },
     )
-    _move_aliases(client, params, schema, name, version, champion, decision, comparison, report)
-    return report.write(workspace.promotion_file)
 
 
 def _compare(

@@ -21,7 +21,8 @@ from pipeline.data.sources.simulated import simulate_churn
 from pipeline.data.store import dataset_version, list_batches
 from pipeline.driver.run import run_all
 from pipeline.stages.ingest import ingest
-from pipeline.stages.validate import ValidationFailed, check_batch, validate
+from pipeline.stages.validate import ValidationFailed, validate
+from pipeline.stages.validation_checks import check_batch
 from pipeline.workspace import read_json
 from tests.factories import light_params, make_workspace
 

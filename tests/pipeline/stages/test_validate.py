@@ -16,7 +16,8 @@ from core.schema import DatasetSchema, infer_schema, normalise_missing
 from pipeline.data.contract import DataContract
 from pipeline.data.sources.simulated import simulate_churn
 from pipeline.stages.ingest import ingest
-from pipeline.stages.validate import ValidationFailed, check_batch, effective_rules, validate
+from pipeline.stages.validate import ValidationFailed, effective_rules, validate
+from pipeline.stages.validation_checks import check_batch
 from pipeline.workspace import read_json
 from tests.factories import light_params, make_workspace
 
