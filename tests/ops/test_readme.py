@@ -190,6 +190,29 @@ def test_files_and_pictures_the_docs_link_exist() -> None:
                 assert (base / link).exists(), f"{name}: {link}"
 
 
+CODE_FOLDERS = ("core", "api", "pipeline", "dags", "ops", "bench", "tests")
+
+
+def named_paths(text: str) -> set[str]:
+    """The project paths a document names in backticks: `pipeline/stages/promote.py`, `core/`."""
+    words = re.findall(r"`([^`\s]+)`", text)
+    return {
+        w.rstrip(".,:;")
+        for w in words
+        if w.split("/")[0] in CODE_FOLDERS and "/" in w and not set("*<") & set(w)
+    }
+
+
+def test_every_code_path_the_docs_name_exists() -> None:
+    """A module that moved leaves no stale path behind in README or docs/."""
+    missing = {
+        name: sorted(path for path in named_paths(text) if not (PROJECT / path.split(":")[0]).exists())
+        for name, text in DOCS.items()
+    }
+    assert {name: paths for name, paths in missing.items() if paths} == {}
+    assert "pipeline/loop/judgement.py" in named_paths(DOCS["architecture.md"])
+
+
 def test_every_picture_in_docs_img_is_shown_and_small() -> None:
     pictures = sorted((PROJECT / "docs" / "img").glob("*.png"))
     assert pictures
