@@ -23,7 +23,7 @@ STAGE_MODULES = {f"pipeline.stages.{stage}" for stage in (*PIPELINE_STAGES, "sum
 MAY_IMPORT = {
     "data": {"data", "workspace"},
     "stages": {"data", "stages", "workspace"},
-    "loop": {"loop", "workspace"},
+    "loop": {"loop", "driver", "workspace"},  # stages only through the driver
     "driver": {"driver", "stages", "data", "workspace"},
     "backtest": {"backtest", "loop", "stages", "data", "workspace"},
     "workspace": set(),
