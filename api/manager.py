@@ -19,7 +19,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from api import metrics
-from api.model import TRAFFIC_CHECK_RECORDS, ModelLoadError, ServedModel, check_traffic, load_version
+from api.loading import load_version
+from api.model import TRAFFIC_CHECK_RECORDS, ModelLoadError, ServedModel, check_traffic
 from api.periodic import Periodic
 from api.settings import ApiSettings
 from core.predictions.access import answered_records

@@ -254,13 +254,12 @@ def promote(
     champion = alias_version(client, name, CHAMPION)
     report.candidate = CandidateSeen(name=best, version=version, metrics=entry.metrics)
     if champion is not None and champion.version == version:
-        report.promoted = False
-        report.already_champion = True
+        report.promoted, report.already_champion = False, True
         report.reason = f"version {version} is already @champion"
         if entry.unchanged_since is not None:
             report.reason = (
                 f"nothing new: the rows and the model are those of data version {entry.unchanged_since}, "
-                f"whose version {version} is already @champion"
+                f"whose {report.reason}"
             )
         report.champion = ChampionSeen(version=version)
         log.info(report.reason)
@@ -278,13 +277,8 @@ def promote(
         comparison.candidate_metrics, comparison.champion_metrics, metric, params.promote.margin, floors
     )
     if comparison.override and not floor_failures(entry.metrics, floors):
-        decision = Decision(
-            True,
-            "schema change allowed explicitly (--allow-schema-change)",
-            metric,
-            entry.metrics[metric],
-            None,
-        )
+        allowed = "schema change allowed explicitly (--allow-schema-change)"
+        decision = Decision(True, allowed, metric, entry.metrics[metric], None)
     report.promoted, report.reason, report.decision = decision.promote, decision.reason, decision
     _record_decision(client, report, decision, version, champion)
     _move_aliases(client, params, schema, name, version, champion, decision, comparison, report)
