@@ -238,8 +238,8 @@ def parse_params(raw: dict[str, Any], origin: str = "params.yaml") -> Params:
         raise ParamsError(f"{origin} is invalid:\n" + "\n".join(lines)) from None
 
 
-def load_params(path: Path) -> Params:
-    """Read and validate `params.yaml`."""
+def load_params(path: Path, model: str | None = None) -> Params:
+    """Read and validate `params.yaml`: the params of `model`, by default the default one (`model.name`)."""
     if not path.is_file():
         raise ParamsError(f"{path} not found: run from the project directory or pass --root")
     try:
@@ -248,4 +248,72 @@ def load_params(path: Path) -> Params:
         raise ParamsError(f"{path} is not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path} must be a mapping of sections (data, model, train, ...)")
-    return parse_params(raw, origin=str(path))
+    declared = declared_models(raw, origin=str(path))
+    if model is None:
+        return next(iter(declared.values()))
+    if model not in declared:
+        raise ParamsError(f"{path} declares no model {model!r}; it declares {', '.join(declared)}")
+    return declared[model]
+
+
+# --- many models ----------------------------------------------------------------------------------
+
+MODEL_SECTIONS = (
+    "data",
+    "validate",
+    "split",
+    "train",
+    "evaluate",
+    "promote",
+    "drift",
+    "quality",
+    "retrain",
+    "rollout",
+)
+"""The sections a declared model may override; `model` is its name, given by its key."""
+REPLACED_WHOLE = {("train", "candidates"), ("validate", "ranges"), ("promote", "floors")}
+"""Named sets a model declares as a whole: its own candidates, ranges and floors, never the defaults'
+with its own added."""
+
+
+def _merged(defaults: dict[str, Any], override: dict[str, Any], path: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`defaults` with `override` laid over it key by key; a mapping in both is merged, except the named
+    sets of REPLACED_WHOLE, and anything else in `override` replaces the default."""
+    merged = dict(defaults)
+    for key, value in override.items():
+        here = (*path, key)
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and here not in REPLACED_WHOLE:
+            merged[key] = _merged(merged[key], value, here)
+        else:
+            merged[key] = value
+    return merged
+
+
+def declared_models(raw: dict[str, Any], origin: str = "params.yaml") -> dict[str, Params]:
+    """Every model the project declares, by registered name, the default model (`model.name`) first.
+
+    The top-level sections are the defaults and the default model's own; each entry of `models:`
+    is another model, its key its registered name, its value the sections where it differs. Without
+    `models:` the project has one model, as it always had."""
+    raw = dict(raw)
+    others = raw.pop("models", None) or {}
+    if not isinstance(others, dict):
+        raise ParamsError(f"{origin}: `models` must map each model's name to what it overrides")
+    default = parse_params(raw, origin)
+    declared = {default.model.name: default}
+    for name, override in others.items():
+        where = f"{origin}, models.{name}"
+        if name == default.model.name:
+            raise ParamsError(
+                f"{where}: {name!r} is the default model (model.name), set by the top-level sections"
+            )
+        override = override or {}
+        if not isinstance(override, dict):
+            raise ParamsError(f"{where}: must map sections ({', '.join(MODEL_SECTIONS)}) to what differs")
+        unknown = sorted(set(override) - set(MODEL_SECTIONS))
+        if unknown:
+            raise ParamsError(
+                f"{where}: {', '.join(unknown)} cannot be set per model ({', '.join(MODEL_SECTIONS)} can)"
+            )
+        declared[str(name)] = parse_params({**_merged(raw, override), "model": {"name": name}}, where)
+    return declared

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from core.params import ParamsError, load_params, parse_params
+from core.params import ParamsError, declared_models, load_params, parse_params
 from tests.factories import PROJECT, deep_update, project_params
 
 
@@ -43,3 +43,69 @@ def test_errors_name_the_key(change: dict[str, object], names: str) -> None:
 def test_missing_file_says_where_it_looked(tmp_path: Path) -> None:
     with pytest.raises(ParamsError, match="not found"):
         load_params(tmp_path / "params.yaml")
+
+
+def declaration(**models: object) -> dict[str, object]:
+    return {**project_params(), "models": models}
+
+
+def test_without_models_the_project_declares_its_one_model() -> None:
+    declared = declared_models(project_params())
+    assert list(declared) == ["bitloop-churn"]
+    assert declared["bitloop-churn"] == load_params(PROJECT / "params.yaml")
+
+
+def test_a_declared_model_overrides_only_what_it_names() -> None:
+    declared = declared_models(
+        declaration(
+            diabetes={
+                "data": {"source": "sklearn", "name": "diabetes", "target": "target", "task": "regression"},
+                "train": {"candidates": {"linear": {"kind": "linear", "alpha": 0.5}}},
+            }
+        )
+    )
+    default, diabetes = declared["bitloop-churn"], declared["diabetes"]
+    assert list(declared) == ["bitloop-churn", "diabetes"]
+    assert diabetes.model.name == "diabetes"
+    assert (diabetes.data.source, diabetes.data.task, diabetes.data.rows) == ("sklearn", "regression", 4000)
+    assert list(diabetes.train.candidates) == ["linear"]  # its own set, not the defaults' plus one
+    assert diabetes.train.seed == default.train.seed == 42  # a key it left out keeps the default
+    assert diabetes.split == default.split
+    assert diabetes.rollout == default.rollout
+    assert diabetes.promote.primary_metric("regression") == "rmse"
+    assert default == load_params(PROJECT / "params.yaml")  # the default model is unchanged
+
+
+@pytest.mark.parametrize(
+    ("models", "says"),
+    [
+        ({"bitloop-churn": {}}, "models.bitloop-churn: 'bitloop-churn' is the default model"),
+        ({"other": {"model": {"name": "x"}}}, "models.other: model cannot be set per model"),
+        ({"other": {"data": {"task": "ranking"}}}, "models.other is invalid"),
+        ({"other": {"split": {"test_fraction": 2}}}, "split.test_fraction"),
+        ({"has spaces": {}}, "model.name"),
+        ({"other": ["data"]}, "models.other: must map sections"),
+    ],
+)
+def test_a_bad_declaration_names_the_model_and_the_key(models: dict[str, object], says: str) -> None:
+    with pytest.raises(ParamsError) as err:
+        declared_models(declaration(**models))
+    assert says in str(err.value)
+
+
+def test_models_must_be_a_mapping() -> None:
+    with pytest.raises(ParamsError, match="`models` must map each model's name"):
+        declared_models({**project_params(), "models": ["a", "b"]})
+
+
+def test_load_params_reads_the_model_it_is_asked_for(tmp_path: Path) -> None:
+    import yaml
+
+    path = tmp_path / "params.yaml"
+    path.write_text(
+        yaml.safe_dump(declaration(wine={"data": {"source": "sklearn", "name": "wine", "target": "target"}}))
+    )
+    assert load_params(path).model.name == "bitloop-churn"
+    assert load_params(path, "wine").data.name == "wine"
+    with pytest.raises(ParamsError, match="declares no model 'iris'; it declares bitloop-churn, wine"):
+        load_params(path, "iris")
