@@ -11,9 +11,7 @@ from typing import TYPE_CHECKING, Literal
 import httpx
 
 from core.params import Params
-from core.rollout import (
-    Rollout,
-)
+from core.rollout import Rollout
 from pipeline.loop.judgement import Evidence, Side, prediction_shift, quality_spread
 
 if TYPE_CHECKING:

@@ -85,7 +85,7 @@ def test_a_version_from_two_data_versions_ago_is_restored_from_the_remote_and_id
     assert report["holdout_rows"] > 200
 
     # The verdict can fail: the same record retrained by other code is reported, row by row.
-    models = project / "pipeline" / "models.py"
+    models = project / "pipeline" / "stages" / "models.py"
     models.write_text(models.read_text().replace("C=1.0 / alpha", "C=0.01 / alpha"))
     changed = cli(project, mlflow_uri, "reproduce", "--version", oldest, check=False)
     assert changed.returncode == 1, changed.stderr
