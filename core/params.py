@@ -240,6 +240,16 @@ def parse_params(raw: dict[str, Any], origin: str = "params.yaml") -> Params:
 
 def load_params(path: Path, model: str | None = None) -> Params:
     """Read and validate `params.yaml`: the params of `model`, by default the default one (`model.name`)."""
+    declared = load_models(path)
+    if model is None:
+        return next(iter(declared.values()))
+    if model not in declared:
+        raise ParamsError(f"{path} declares no model {model!r}; it declares {', '.join(declared)}")
+    return declared[model]
+
+
+def load_models(path: Path) -> dict[str, Params]:
+    """Every model `params.yaml` declares, by registered name, the default model first."""
     if not path.is_file():
         raise ParamsError(f"{path} not found: run from the project directory or pass --root")
     try:
@@ -248,12 +258,7 @@ def load_params(path: Path, model: str | None = None) -> Params:
         raise ParamsError(f"{path} is not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path} must be a mapping of sections (data, model, train, ...)")
-    declared = declared_models(raw, origin=str(path))
-    if model is None:
-        return next(iter(declared.values()))
-    if model not in declared:
-        raise ParamsError(f"{path} declares no model {model!r}; it declares {', '.join(declared)}")
-    return declared[model]
+    return declared_models(raw, origin=str(path))
 
 
 # --- many models ----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import EXIT_INVALID_DATA, BitloopError, InvalidData
-from core.params import Params, ParamsError, load_params
+from core.params import Params, ParamsError, load_models
 from core.settings import PipelineSettings
 from pipeline.driver.run import STAGES, run_all, run_stage
 from pipeline.workspace import Workspace, params_file
@@ -161,7 +161,7 @@ def _batches_withdraw(args: argparse.Namespace, ctx: Context) -> int:
 def _reproduce(args: argparse.Namespace, ctx: Context) -> int:
     from pipeline.driver.reproduce import reproduce
 
-    outcome = reproduce(ctx.root, args.model or ctx.params.model.name, args.version, ctx.settings)
+    outcome = reproduce(ctx.root, ctx.params.model.name, args.version, ctx.settings)
     _show(outcome.as_dict())
     return 0 if outcome.identical else 1
 
@@ -259,12 +259,20 @@ def _parser() -> argparse.ArgumentParser:
     def command(name: str, handler: Command, says: str) -> argparse.ArgumentParser:
         found = sub.add_parser(name, help=says)
         found.set_defaults(handler=handler)
+        _model_option(found)
         return found
 
     _stage_commands(command)
     _loop_commands(command)
     _tool_commands(command, sub)
     return parser
+
+
+def _model_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        help="the model to work on: params.yaml's model.name (the default) or one it declares under models:",
+    )
 
 
 AddCommand = Callable[[str, Command, str], argparse.ArgumentParser]
@@ -349,17 +357,17 @@ def _tool_commands(command: AddCommand, sub: argparse._SubParsersAction[argparse
     command("datasets", _datasets, "every model's workspace with its dataset version")
     batches = sub.add_parser("batches", help="list the raw store's batches, or withdraw a bad one")
     action = batches.add_subparsers(dest="action", required=True, metavar="action")
-    action.add_parser("list", help="every batch with its rows, status and problems").set_defaults(
-        handler=_batches_list
-    )
+    listing = action.add_parser("list", help="every batch with its rows, status and problems")
+    listing.set_defaults(handler=_batches_list)
+    _model_option(listing)
     withdraw = action.add_parser("withdraw", help="exclude a batch from now on (its file stays)")
     withdraw.set_defaults(handler=_batches_withdraw)
+    _model_option(withdraw)
     withdraw.add_argument("batch", help="the batch file, e.g. batch-00005.parquet")
     withdraw.add_argument("--reason", default="withdrawn by hand", help="recorded in the manifest")
     again = command(
         "reproduce", _reproduce, "retrain a registered version from its record; exit 0 only if identical"
     )
-    again.add_argument("--model", help="the registered model (default: params.yaml's model.name)")
     again.add_argument("--version", required=True, help="the model version, e.g. 3")
     command("rollback", _rollback, "move @champion back to @previous")
     command("champion", _champion, "show the versions behind @champion, @challenger and @previous")
@@ -428,8 +436,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = args.root.resolve()
     workspace: Workspace | None = None
     try:
-        params = load_params(params_file(root))
-        workspace = Workspace(root, params.model.name)
+        models = load_models(params_file(root))
+        default = next(iter(models))
+        params = _chosen(models, args.model or default, reproducing=args.handler is _reproduce)
+        workspace = Workspace(root, params.model.name, declared=params.model.name != default)
         handler: Command = args.handler
         return handler(args, Context(root, params, workspace, settings))
     except Exception as err:
@@ -437,6 +447,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if code is None:
             raise
         return code
+
+
+def _chosen(models: dict[str, Params], name: str, *, reproducing: bool) -> Params:
+    """The params of model `name`. `reproduce` also takes a registered model params.yaml no longer
+    declares (a renamed one): its version's record holds its params."""
+    if name in models:
+        return models[name]
+    if reproducing:
+        default = next(iter(models.values()))
+        return default.model_copy(update={"model": default.model.model_copy(update={"name": name})})
+    raise ParamsError(f"params.yaml declares no model {name!r}; it declares {', '.join(models)}")
 
 
 def _reported(err: Exception, workspace: Workspace | None) -> int | None:

@@ -2,7 +2,8 @@
 
 Each `model.name` has its own raw store, prepared data, splits, candidates and reports
 (`data/<name>/`, `models/<name>/`, `reports/<name>/`), so switching datasets never mixes them and
-switching back finds the old state intact. `dvc.yaml` names the same paths with `${model.name}`.
+switching back finds the old state intact. `dvc.yaml` names the same paths with `${model.name}` (the
+default model) and `${key}` (each model of params.yaml's `models:` section).
 """
 
 from __future__ import annotations
@@ -26,6 +27,19 @@ class Workspace:
     root: Path
     model: str
     """The registered model's name (`model.name`): the workspace's folder name."""
+    declared: bool = False
+    """A model of params.yaml's `models:` section rather than the default one: its DVC stages are
+    `dvc.yaml`'s groups, `<stage>-model@<name>`."""
+
+    def stage(self, name: str) -> str:
+        """This model's DVC stage for pipeline stage `name`, e.g. `train` or `train-model@diabetes`."""
+        return f"{name}-model@{self.model}" if self.declared else name
+
+    def owns(self, stage: str) -> bool:
+        """Whether DVC stage `stage` (as `dvc.yaml` and `dvc.lock` name it) is one of this model's."""
+        if self.declared:
+            return stage.endswith(f"-model@{self.model}")
+        return "@" not in stage
 
     @property
     def params_file(self) -> Path:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from core.params import Params, parse_params
+from core.params import Params, declared_models
 from pipeline.data.sources.simulated import simulate_churn
 from pipeline.workspace import Workspace
 
@@ -69,7 +69,7 @@ def light_params(**sections: dict[str, Any]) -> dict[str, Any]:
 def make_workspace(root: Path, raw: dict[str, Any]) -> tuple[Workspace, Params]:
     root.mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    params = parse_params(raw)
+    params = next(iter(declared_models(raw).values()))  # the default model's
     return Workspace(root, params.model.name), params
 
 

@@ -40,12 +40,17 @@ def _stage(repo: Any, name: str) -> Any:
     return next(s for s in repo.index.stages if s.addressing == name)
 
 
-def _cached_inputs(repo: Any, name: str | None) -> list[str]:
+def _own_stages(repo: Any, workspace: Workspace) -> list[Any]:
+    """This model's stages: the plain ones for the default model, its own group's for a declared one."""
+    return [s for s in repo.index.stages if workspace.owns(s.addressing)]
+
+
+def _cached_inputs(repo: Any, workspace: Workspace, name: str | None) -> list[str]:
     """The cached outputs a stage reads: the other stages' outputs it depends on; ingest appends to its
-    own; the whole pipeline (None) may read any."""
+    own; the model's whole pipeline (None) may read any of its stages' outputs."""
     if name is None:
-        return [out.def_path for s in repo.index.stages for out in s.outs if out.use_cache]
-    stage = _stage(repo, name)
+        return [out.def_path for s in _own_stages(repo, workspace) for out in s.outs if out.use_cache]
+    stage = _stage(repo, workspace.stage(name))
     if name == "ingest":
         return [out.def_path for out in stage.outs if out.use_cache]
     inputs: list[str] = []
@@ -77,7 +82,7 @@ def restore(workspace: Workspace, stage: str | None, *, pull: bool = True) -> di
             target.write_bytes(fs.read_bytes(path))
     pulled = 0
     with open_repo(workspace.root) as repo:  # opened again: it reads the restored dvc.lock
-        inputs = _cached_inputs(repo, stage) if pull else []
+        inputs = _cached_inputs(repo, workspace, stage) if pull else []
         if inputs:
             # The workspace mirrors the remote here: a stale output from an earlier run is replaced.
             pulled = repo.pull(targets=inputs, force=True)["stats"]["fetched"]
@@ -93,7 +98,7 @@ def publish(workspace: Workspace, *, lock: bool = True) -> int:
     """
     with open_repo(workspace.root) as repo:
         fs, state = _state(repo, workspace.model)
-        uncached = [out.def_path for s in repo.index.stages for out in s.outs if not out.use_cache]
+        uncached = [out.def_path for s in _own_stages(repo, workspace) for out in s.outs if not out.use_cache]
         files = [p for p in uncached if (workspace.root / p).is_file()] + ([LOCK] if lock else [])
         for relative in files:
             fs.upload_fobj(io.BytesIO((workspace.root / relative).read_bytes()), fs.join(state, relative))

@@ -111,10 +111,9 @@ def reproduce(root: Path, model: str, version: str, settings: PipelineSettings) 
         project = scratch / "project"
         _checkout_code(root, tags.get(GIT_COMMIT_TAG, "unknown"), project, result)
         shutil.copy(record / "params.yaml", project / "params.yaml")
-        recorded = yaml.safe_load((project / "params.yaml").read_text())
-        workspace = Workspace(project, recorded["model"]["name"])
+        workspace = _recorded_workspace(project, model)
         _restore_raw(root, tags[Tags.DATA_MD5], workspace.raw_dir)
-        _retrain(project)
+        _retrain(workspace)
         _compare_environment(record / "environment.txt", result)
         if (record / "dvc.lock").is_file():
             _compare_data(record / "dvc.lock", workspace, result)
@@ -198,11 +197,23 @@ def _restore_raw(root: Path, md5: str, dest: Path) -> None:
     (store / "raw.dvc").unlink()
 
 
-def _retrain(project: Path) -> None:
+def _recorded_workspace(project: Path, model: str) -> Workspace:
+    """The workspace the recorded params.yaml gives `model`: its default model's, or (a model it declares
+    under `models:`) that model's own."""
+    recorded = yaml.safe_load((project / "params.yaml").read_text())
+    default = recorded["model"]["name"]
+    if model != default and model in (recorded.get("models") or {}):
+        return Workspace(project, model, declared=True)
+    return Workspace(project, default)
+
+
+def _retrain(workspace: Workspace) -> None:
     """validate → split → train with the checked-out code (its own packages) and params."""
+    project = workspace.root
+    chosen = ["--model", workspace.model] if workspace.declared else []
     for stage in RETRAIN_STAGES:
         done = subprocess.run(
-            [sys.executable, "-m", "pipeline", "--root", str(project), stage],
+            [sys.executable, "-m", "pipeline", "--root", str(project), stage, *chosen],
             cwd=project,
             env={**os.environ, "PYTHONPATH": str(project)},
             capture_output=True,
@@ -233,7 +244,7 @@ def _compare_data(lock_file: Path, workspace: Workspace, result: Reproduction) -
     lock = yaml.safe_load(lock_file.read_text())
     model = workspace.model
     for stage in ("ingest", "validate", "split"):
-        for out in lock.get("stages", {}).get(stage, {}).get("outs", []):
+        for out in lock.get("stages", {}).get(workspace.stage(stage), {}).get("outs", []):
             path = workspace.root / out["path"]
             if f"/{model}/" not in f"/{out['path']}" or not path.exists():
                 continue

@@ -8,9 +8,11 @@ commits the result as the ingest stage's new state.
 Every new state of the raw store is committed to the DVC cache and pushed to the remote
 before anything reads it, so any version's data can be restored (`pipeline.driver.reproduce`).
 
-One `dvc.lock` describes the last run of whichever `model.name` ran last. Each model's workspace
-keeps a copy of its own (`model_lock`), put back before that model runs again, so switching
-`model.name` back does not rerun the stages of a model whose outputs are all still in place.
+`dvc.lock`'s plain stages describe the last run of whichever `model.name` ran last. Each such
+model's workspace keeps a copy of its own (`model_lock`), put back before that model runs again, so
+switching `model.name` back does not rerun the stages of a model whose outputs are all still in
+place. The models declared under `models:` have stages of their own (`train-model@<name>`), so
+their entries never need putting back.
 """
 
 from __future__ import annotations
@@ -130,44 +132,84 @@ def _failed_command(err: BaseException) -> StageFailed | None:
 
 
 def _lock_model(lock: Path) -> str | None:
-    """The model.name whose run `lock` describes: the workspace folder its outputs lie in."""
-    import yaml
-
-    if not lock.is_file():
-        return None
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-    for entry in stages.values():
-        for out in entry.get("outs", []):
+    """The default model whose run `lock`'s plain stages describe: the workspace folder their outputs
+    lie in (the stages of the models under `models:` have names of their own)."""
+    for name, entry in _lock_stages(lock).items():
+        for out in entry.get("outs", []) if "@" not in name else ():
             parts = Path(out["path"]).parts
             if len(parts) > 1 and parts[0] in ("data", "models", "reports"):
                 return parts[1]
     return None
 
 
+def _lock_stages(lock: Path) -> dict[str, Any]:
+    import yaml
+
+    if not lock.is_file():
+        return {}
+    stages: dict[str, Any] = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    return stages
+
+
+@contextlib.contextmanager
+def one_run_at_a_time(workspace: Workspace) -> Iterator[None]:
+    """Hold the project's run lock: every model's stages write the one `dvc.lock`, and DVC's own lock
+    fails a second run at once instead of waiting. Two models' training runs (their DAGs) take turns;
+    the lock is the operating system's, so a killed run never leaves it held."""
+    from filelock import FileLock, Timeout
+
+    path = workspace.root / ".dvc" / "tmp" / "bitloop-run.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("waiting for another run in this project to finish", extra={"model": workspace.model})
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 @contextlib.contextmanager
 def model_lock(workspace: Workspace) -> Iterator[None]:
-    """Run with `dvc.lock` as this model's last run left it, and keep a copy of it afterwards."""
+    """Run with `dvc.lock`'s plain stages as this default model's last run left them, and keep a copy
+    of them afterwards. The stages of the models under `models:` are their own and stay as they are."""
     lock = workspace.root / "dvc.lock"
     current = _lock_model(lock)
-    if current not in (None, workspace.model) and workspace.lock_file.is_file():
-        shutil.copyfile(workspace.lock_file, lock)
+    if not workspace.declared and current not in (None, workspace.model) and workspace.lock_file.is_file():
+        _put_back(workspace.lock_file, lock)
         log.info("put back this model's dvc.lock", extra={"model": workspace.model, "replaced": current})
     try:
         yield
     finally:
-        if _lock_model(lock) == workspace.model:
+        if not workspace.declared and _lock_model(lock) == workspace.model:
             workspace.data_dir.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(lock, workspace.lock_file)
 
 
-def _reproduce(repo: Any, stage: str | None) -> list[str]:
+def _put_back(saved: Path, lock: Path) -> None:
+    """`lock` with its plain stages (the default model's) replaced by those of `saved`."""
+    import yaml
+
+    document = yaml.safe_load(lock.read_text()) or {"schema": "2.0"}
+    kept = {name: entry for name, entry in _lock_stages(lock).items() if "@" in name}
+    plain = {name: entry for name, entry in _lock_stages(saved).items() if "@" not in name}
+    document["stages"] = {**plain, **kept}
+    lock.write_text(yaml.safe_dump(document, sort_keys=False))
+
+
+def _reproduce(repo: Any, workspace: Workspace, stage: str | None) -> list[str]:
+    """One stage, or (None) this model's whole pipeline: promote and everything upstream of it."""
     with _stage_environment():
-        done = repo.reproduce(stage, single_item=stage is not None)
+        done = repo.reproduce(workspace.stage(stage or "promote"), single_item=stage is not None)
     return [s.name for s in done]
 
 
-def _push(repo: Any, stage: str | None) -> int:
-    pushed: int = repo.push(targets=[stage] if stage else None)
+def _push(repo: Any, workspace: Workspace, stage: str | None) -> int:
+    """Push the outputs of one stage, or (None) of every stage of this model."""
+    pushed: int = repo.push(targets=[workspace.stage(s) for s in ([stage] if stage else STAGES)])
     return pushed
 
 
@@ -185,20 +227,17 @@ def reproduce_stages(params: Params, workspace: Workspace, stage: str | None = N
     if stage in (None, "ingest"):
         drawn = ingest_batch(params, workspace)
         pushed += drawn["pushed_files"]
-        ran += ["ingest"] if drawn["recorded"] else []
+        ran += [workspace.stage("ingest")] if drawn["recorded"] else []
     if stage != "ingest":
-        with model_lock(workspace), open_repo(workspace.root) as repo:
-            ran += _reproduce(repo, stage)
-            pushed += _push(repo, stage)
+        with one_run_at_a_time(workspace), model_lock(workspace), open_repo(workspace.root) as repo:
+            ran += _reproduce(repo, workspace, stage)
+            pushed += _push(repo, workspace, stage)
     log.info("reproduced", extra={"stages": ran, "pushed_files": pushed})
     return {"ran": ran, "pushed_files": pushed, "up_to_date": not ran}
 
 
-def _lock_entry(root: Path, stage: str) -> Any:
-    import yaml
-
-    lock = root / "dvc.lock"
-    return yaml.safe_load(lock.read_text()).get("stages", {}).get(stage) if lock.is_file() else None
+def _lock_entry(workspace: Workspace, stage: str) -> Any:
+    return _lock_stages(workspace.root / "dvc.lock").get(workspace.stage(stage))
 
 
 def ingest_batch(
@@ -215,11 +254,12 @@ def ingest_batch(
     """
     from pipeline.stages.ingest import ingest
 
-    with model_lock(workspace):
-        before = _lock_entry(workspace.root, "ingest")
-    result = ingest(params, workspace, seed=seed, drift=drift, source_url=source_url)
-    pushed = commit_store(workspace)
-    recorded = _lock_entry(workspace.root, "ingest") != before
+    with one_run_at_a_time(workspace):
+        with model_lock(workspace):
+            before = _lock_entry(workspace, "ingest")
+        result = ingest(params, workspace, seed=seed, drift=drift, source_url=source_url)
+        pushed = _commit_store(workspace)
+    recorded = _lock_entry(workspace, "ingest") != before
     log.info("committed and pushed the raw store", extra={"version": result.version.label, "pushed": pushed})
     return {
         **result.version.as_dict(),
@@ -231,6 +271,11 @@ def ingest_batch(
 
 def commit_store(workspace: Workspace) -> int:
     """Commit the raw store as the ingest stage's state (after an ingest or a withdrawal) and push it."""
+    with one_run_at_a_time(workspace):
+        return _commit_store(workspace)
+
+
+def _commit_store(workspace: Workspace) -> int:
     with model_lock(workspace), open_repo(workspace.root) as repo:
-        repo.commit("ingest", force=True)
-        return _push(repo, "ingest")
+        repo.commit(workspace.stage("ingest"), force=True)
+        return _push(repo, workspace, "ingest")

@@ -109,3 +109,20 @@ def test_load_params_reads_the_model_it_is_asked_for(tmp_path: Path) -> None:
     assert load_params(path, "wine").data.name == "wine"
     with pytest.raises(ParamsError, match="declares no model 'iris'; it declares bitloop-churn, wine"):
         load_params(path, "iris")
+
+
+def test_the_readmes_several_models_example_declares_what_it_says() -> None:
+    import re
+
+    import yaml
+
+    from tests.factories import PROJECT
+
+    readme = (PROJECT / "README.md").read_text()
+    section = readme[readme.index("### Several models") :]
+    example = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, flags=re.DOTALL).group(1))
+    declared = declared_models({**project_params(), **example})
+    assert list(declared) == ["bitloop-churn", "diabetes", "wine"]
+    assert (declared["diabetes"].data.task, declared["diabetes"].promote.metric) == ("regression", "mae")
+    assert list(declared["wine"].train.candidates) == ["linear"]
+    assert declared["wine"].data.task == "classification"  # the default's, not overridden

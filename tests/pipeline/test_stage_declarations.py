@@ -19,7 +19,11 @@ from core.settings import PipelineSettings
 from pipeline.driver.run import STAGE_FUNCTIONS
 from tests.factories import PROJECT, light_params, make_workspace
 
-DVC = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
+EVERY = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
+DVC = {name: stage for name, stage in EVERY.items() if "foreach" not in stage}
+"""The default model's stages (`model.name`)."""
+GROUPS = {name: stage for name, stage in EVERY.items() if "foreach" in stage}
+"""Each model of params.yaml's `models:` runs these: `<stage>-model@<name>`."""
 OURS = ("pipeline", "core")  # the packages whose files a stage's deps list
 
 
@@ -97,6 +101,22 @@ def test_dvc_yaml_runs_the_stages_pipeline_run_lists_in_its_order() -> None:
         if written:
             assert [dep for dep in reads if any(dep.startswith(out) for out in written)], name
         written += outs(name)
+
+
+def test_every_declared_model_runs_the_same_stages_in_its_own_workspace() -> None:
+    """A group is its plain stage with the model's name for `model.name`: the same code and outputs
+    in the model's folders, the same params plus what the model overrides, its command the CLI's
+    for that model. Nothing else may differ, or a model of `models:` would run another pipeline."""
+    assert list(GROUPS) == [f"{name}-model" for name in STAGE_FUNCTIONS]
+    for name, plain in DVC.items():
+        group = GROUPS[f"{name}-model"]
+        assert group["foreach"] == "${models}"
+        text = yaml.safe_dump(group["do"]).replace(" --model ${key}", "")
+        as_plain = yaml.safe_load(text.replace("${key}", "${model.name}"))
+        assert as_plain["params"][-1] == "models.${model.name}", name
+        as_plain["params"].pop()
+        assert as_plain == plain, name
+    assert yaml.safe_load((PROJECT / "dvc.yaml").read_text())["vars"] == [{"models": {}}]
 
 
 def outs(stage: str) -> list[str]:

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from pipeline.data.sources.simulated import simulate_churn
+from pipeline.driver.run import STAGES
 from tests.factories import DIABETES, LIGHT_CANDIDATES, copy_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -180,3 +181,91 @@ def test_an_updated_csv_export_is_ingested_committed_and_pushed(project: Path, t
     version = json.loads(next((project / "data").glob("*/version.json")).read_text())
     assert (version["version"], version["rows"]) == ("v2", 900)
     assert "in sync" in dvc(project, "", "status", "--cloud", "ingest")
+
+
+def pipeline_cli(project: Path, uri: str, *args: str) -> dict[str, Any]:
+    """`python -m pipeline <args>` in the project; its JSON answer."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--root", str(project), *args],
+        cwd=project,
+        env={**env, "PYTHONPATH": str(project)},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    answer: dict[str, Any] = json.loads(done.stdout)
+    return answer
+
+
+def lock_stages(project: Path) -> dict[str, Any]:
+    stages: dict[str, Any] = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    return stages
+
+
+@pytest.mark.repro
+def test_declared_models_run_their_own_stages_and_repro_stays_a_no_op(project: Path, mlflow_uri: str) -> None:
+    """A second model under `models:` (scikit-learn's diabetes regression) runs its own stages
+    (`<stage>-model@<name>`) in its own workspace: running one model never reruns or rewrites the
+    other's, `dvc repro` has nothing to do once both ran, and switching the default model away and
+    back keeps the declared model's record."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    first = params["model"]["name"]
+    other = f"{first}-diabetes"
+    params["models"] = {other: {"data": DIABETES}}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    assert "promote" in pipeline_cli(project, mlflow_uri, "repro")["ran"]
+    assert not [name for name in lock_stages(project) if "@" in name]  # the default ran only its own
+    plain = lock_stages(project)
+    ran = pipeline_cli(project, mlflow_uri, "repro", "--model", other)["ran"]
+    assert ran == [f"{stage}-model@{other}" for stage in STAGES]
+    after = lock_stages(project)
+    assert {name: entry for name, entry in after.items() if "@" not in name} == plain
+    assert (project / "data" / other / "raw").is_dir()
+    assert (project / "reports" / other / "promotion.json").is_file()
+    registered = json.loads((project / "reports" / other / "registered.json").read_text())
+    assert registered["model_name"] == other
+
+    assert "Running stage" not in dvc(project, mlflow_uri, "repro")  # every model's stages are current
+    assert pipeline_cli(project, mlflow_uri, "repro", "--model", other)["up_to_date"]
+
+    # The default model switched to another dataset and back: its own lock entries are put back,
+    # the declared model's stay.
+    switched = {**params, "model": {"name": f"{first}-b"}, "data": {**DIABETES}}
+    (project / "params.yaml").write_text(yaml.safe_dump(switched, sort_keys=False))
+    assert "promote" in pipeline_cli(project, mlflow_uri, "repro")["ran"]
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert pipeline_cli(project, mlflow_uri, "repro")["up_to_date"]
+    assert lock_stages(project) == after
+    assert "Running stage" not in dvc(project, mlflow_uri, "repro")
+
+
+def test_a_second_run_in_the_project_waits_for_the_first(project: Path) -> None:
+    """Two models' runs at once would both write dvc.lock: the second waits for the first's lock,
+    says so, and goes on once it is released (here the test holds it, as a first run would)."""
+    from filelock import FileLock
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["models"] = {"waiting": {"data": DIABETES}}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (project / ".dvc" / "tmp").mkdir(parents=True, exist_ok=True)
+    held = FileLock(project / ".dvc" / "tmp" / "bitloop-run.lock")
+    held.acquire()
+    second = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "--root", str(project), "repro", "ingest", "--model", "waiting"],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(project)},
+    )
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            second.wait(timeout=10)
+    finally:
+        held.release()
+    out, err = second.communicate(timeout=120)
+    assert second.returncode == 0, err
+    assert "waiting for another run in this project to finish" in err
+    assert json.loads(out)["ran"] == ["ingest-model@waiting"]

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tests.factories import copy_project
+from tests.factories import DIABETES, copy_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.repro]
 BIN = Path(sys.executable).parent
@@ -92,6 +92,45 @@ def test_a_version_from_two_data_versions_ago_is_restored_from_the_remote_and_id
     verdict = json.loads(changed.stdout)
     assert verdict["identical"] is False
     assert any(d.startswith("probabilities: ") and "holdout rows differ" in d for d in verdict["differences"])
+
+
+def test_a_declared_models_version_reproduces_from_its_own_stages(project: Path, mlflow_uri: str) -> None:
+    """A model under `models:` (scikit-learn's diabetes regression) is retrained from its record with
+    its own params, and its data outputs are checked against its own stages' lock entries."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    other = f"{params['model']['name']}-diabetes"
+    params["models"] = {other: {"data": DIABETES}}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    ran = json.loads(cli(project, mlflow_uri, "repro", "--model", other).stdout)["ran"]
+    assert ran[-1] == f"promote-model@{other}"
+    version = MlflowClient(mlflow_uri).get_model_version_by_alias(other, "champion").version
+    shutil.rmtree(project / ".dvc" / "cache")
+    shutil.rmtree(project / "data")
+    report = json.loads(cli(project, mlflow_uri, "reproduce", "--model", other, "--version", version).stdout)
+    assert report["identical"] is True, report
+    assert (report["model"], report["data_version"], report["differences"]) == (other, "v1", [])
+    assert report["holdout_rows"] > 50
+
+
+def test_data_outputs_are_compared_with_the_models_own_lock_entries(tmp_path: Path) -> None:
+    """A rebuilt output that differs from the recorded one is named, for a declared model's stages too."""
+    from pipeline.driver.reproduce import Reproduction, _compare_data
+    from pipeline.workspace import Workspace
+
+    workspace = Workspace(tmp_path, "other", declared=True)
+    workspace.version_file.parent.mkdir(parents=True)
+    workspace.version_file.write_text("rebuilt\n")
+    from pipeline.data.store import file_md5
+
+    own = {"outs": [{"path": "data/other/version.json", "md5": "0" * 32}]}
+    # The default model's entry of the same name matches: only the model's own entry may be read.
+    plain = {"outs": [{"path": "data/other/version.json", "md5": file_md5(workspace.version_file)}]}
+    lock = tmp_path / "recorded.lock"
+    lock.write_text(yaml.safe_dump({"stages": {"ingest": plain, "ingest-model@other": own}}))
+    result = Reproduction(model="other", version="1", candidate="linear", data_version="v1")
+    _compare_data(lock, workspace, result)
+    assert len(result.differences) == 1
+    assert result.differences[0].startswith(f"data/other/version.json: recorded {'0' * 32}, rebuilt ")
 
 
 def test_a_version_without_a_record_is_refused_with_a_reason(project: Path, mlflow_uri: str) -> None:
