@@ -12,10 +12,12 @@ import logging
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import yaml
 from airflow.sdk import Asset
 from airflow.sdk.exceptions import AirflowFailException
 
@@ -85,6 +87,47 @@ DEFAULT_ARGS = {
 }
 
 
+def project_dir() -> str:
+    """The project the pipeline runs in: BITLOOP_PROJECT_DIR, else the one holding this DAG folder."""
+    return os.environ.get("BITLOOP_PROJECT_DIR", str(Path(__file__).resolve().parents[1]))
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model params.yaml declares, as its DAGs name it. The default model (`model.name`) keeps the
+    names a one-model project always had (`training`, `bitloop_drift`); every model under `models:`
+    has its own (`training.<name>`, `bitloop_drift/<name>`)."""
+
+    name: str
+    default: bool
+
+    def dag_id(self, kind: str) -> str:
+        return kind if self.default else f"{kind}.{self.name}"
+
+    def asset(self, base: Asset) -> Asset:
+        if self.default:
+            return base
+        return Asset(name=f"{base.name}/{self.name}", uri=f"{base.uri}/{self.name}")
+
+    @property
+    def tags(self) -> list[str]:
+        """Shown on every DAG in the Airflow UI, and a filter there: `model:<name>`."""
+        return ["bitloop", f"model:{self.name}"]
+
+    @property
+    def option(self) -> list[str]:
+        """The pipeline CLI's argument choosing this model."""
+        return ["--model", self.name]
+
+
+def declared_models() -> list[Model]:
+    """The models the project's params.yaml declares, the default first. Read with nothing but YAML
+    (the pipeline may not be importable here); `python -m pipeline` validates them when a task runs."""
+    raw = yaml.safe_load((Path(project_dir()) / "params.yaml").read_text()) or {}
+    default = str(raw["model"]["name"])
+    return [Model(default, True), *(Model(str(name), False) for name in raw.get("models") or {})]
+
+
 def run_stage(*args: str) -> str:
     """Run `python -m pipeline <args>` in the pipeline's environment; its JSON output goes to XCom.
 
@@ -92,7 +135,7 @@ def run_stage(*args: str) -> str:
     pipeline may live in another environment than Airflow.
     """
     python = os.environ.get("BITLOOP_PIPELINE_PYTHON", sys.executable)
-    project = os.environ.get("BITLOOP_PROJECT_DIR", str(Path(__file__).resolve().parents[1]))
+    project = project_dir()
     command = [python, "-m", "pipeline", "--root", project, *args]
     log.info("running %s", " ".join(command))
     done = subprocess.run(command, cwd=project, capture_output=True, text=True, check=False)
@@ -106,8 +149,8 @@ def run_stage(*args: str) -> str:
     return done.stdout
 
 
-def retrain_allowed(signal: str) -> bool:
+def retrain_allowed(signal: str, model: Model) -> bool:
     """The retraining policy's answer for `signal` (params.yaml `retrain`), its reason logged."""
-    verdict = json.loads(run_stage("retrain-gate", "--signal", signal))
+    verdict = json.loads(run_stage("retrain-gate", "--signal", signal, *model.option))
     log.info("retraining %s: %s", "allowed" if verdict["retrain"] else "held back", verdict["reason"])
     return bool(verdict["retrain"])

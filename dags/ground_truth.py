@@ -9,6 +9,9 @@ the champion's live quality over the same window against its limits (promote.flo
 figure less quality.max_drop); when they are breached and the retraining policy allows it, `emit`
 updates the `bitloop_quality` asset, which schedules training. Runs every five minutes
 (BITLOOP_GROUND_TRUTH_SCHEDULE). Idempotent: a rerun finds those outcomes stored.
+
+One such DAG per model params.yaml declares (`ground_truth` for `model.name`, `ground_truth.<name>` for each
+model under `models:`), each reading and acting on its own model only (bitloop_stages.Model).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from bitloop_stages import (
     DEFAULT_ARGS,
     NEVER_THE_MISSED_RUN,
     QUALITY,
+    Model,
+    declared_models,
     record_success,
     retrain_allowed,
     run_stage,
@@ -31,53 +36,60 @@ from bitloop_stages import (
 WINDOW = timedelta(hours=float(os.environ.get("BITLOOP_GROUND_TRUTH_WINDOW_HOURS", "24")))
 
 
-def over_window(command: str) -> dict[str, Any]:
-    """`python -m pipeline <command>` over the predictions of the WINDOW before this run; its JSON."""
-    args = ["--since", (get_current_context()["dag_run"].run_after - WINDOW).isoformat()]
+def over_window(command: str, model: Model) -> dict[str, Any]:
+    """`python -m pipeline <command>` for `model` over the predictions of the WINDOW before this run;
+    its JSON."""
+    args = ["--since", (get_current_context()["dag_run"].run_after - WINDOW).isoformat(), *model.option]
     if log := os.environ.get("BITLOOP_PREDICTION_LOG_URL"):
         args += ["--log", log]
     result: dict[str, Any] = json.loads(run_stage(command, *args))
     return result
 
 
-@dag(
-    dag_id="ground_truth",
-    schedule=CronTriggerTimetable(
-        os.environ.get("BITLOOP_GROUND_TRUTH_SCHEDULE", "*/5 * * * *"),
-        timezone="UTC",
-        run_immediately=NEVER_THE_MISSED_RUN,
-    ),
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    tags=["bitloop", "monitoring"],
-    doc_md=__doc__,
-)
-def ground_truth() -> None:
-    @task(on_success_callback=record_success)
-    def collect() -> dict[str, Any]:
-        return over_window("ground-truth")
+def ground_truth_dag(model: Model) -> None:
+    """The ground truth DAG of one declared model."""
 
-    @task
-    def judge() -> dict[str, Any]:
-        """The champion's live quality over the window against its limits."""
-        return over_window("quality")
+    @dag(
+        dag_id=model.dag_id("ground_truth"),
+        schedule=CronTriggerTimetable(
+            os.environ.get("BITLOOP_GROUND_TRUTH_SCHEDULE", "*/5 * * * *"),
+            timezone="UTC",
+            run_immediately=NEVER_THE_MISSED_RUN,
+        ),
+        catchup=False,
+        max_active_runs=1,
+        default_args=DEFAULT_ARGS,
+        tags=[*model.tags, "monitoring"],
+        doc_md=__doc__,
+    )
+    def ground_truth() -> None:
+        @task(on_success_callback=record_success)
+        def collect() -> dict[str, Any]:
+            return over_window("ground-truth", model)
 
-    @task.short_circuit
-    def degraded(verdict: dict[str, Any]) -> bool:
-        """Continue to `emit` only when live quality is past its limits and the retraining policy
-        lets that start training."""
-        return bool(verdict["breached"]) and retrain_allowed("quality")
+        @task
+        def judge() -> dict[str, Any]:
+            """The champion's live quality over the window against its limits."""
+            return over_window("quality", model)
 
-    @task(outlets=[QUALITY])
-    def emit(verdict: dict[str, Any]) -> dict[str, Any]:
-        extra = {key: verdict.get(key) for key in ("version", "labelled", "realized", "breaches")}
-        get_current_context()["outlet_events"][QUALITY].extra = extra
-        return extra
+        @task.short_circuit
+        def degraded(verdict: dict[str, Any]) -> bool:
+            """Continue to `emit` only when live quality is past its limits and the retraining policy
+            lets that start training."""
+            return bool(verdict["breached"]) and retrain_allowed("quality", model)
 
-    verdict = judge()
-    collect() >> verdict
-    degraded(verdict) >> emit(verdict)  # type: ignore[arg-type]  # XComArg resolves to the dict at run time
+        @task(outlets=[model.asset(QUALITY)])
+        def emit(verdict: dict[str, Any]) -> dict[str, Any]:
+            extra = {key: verdict.get(key) for key in ("version", "labelled", "realized", "breaches")}
+            get_current_context()["outlet_events"][model.asset(QUALITY)].extra = extra
+            return extra
+
+        verdict = judge()
+        collect() >> verdict
+        degraded(verdict) >> emit(verdict)  # type: ignore[arg-type]  # XComArg resolves to the dict at run time
+
+    ground_truth()
 
 
-ground_truth()
+for declared in declared_models():
+    ground_truth_dag(declared)

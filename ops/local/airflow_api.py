@@ -33,7 +33,7 @@ def trigger_dag(airflow: httpx.Client, dag_id: str, deadline: float) -> str:
             raise SystemExit(
                 f"Airflow never listed the {dag_id} DAG; see `make logs` (airflow-dag-processor)"
             )
-        print(f"  waiting for Airflow to parse dags/{dag_id}.py", flush=True)
+        print(f"  waiting for Airflow to parse the {dag_id} DAG", flush=True)
         time.sleep(3.0)
     # The run is named here, so retrying after a server error cannot start a second run: a retry
     # whose first attempt did create it gets 409 for that same name.
@@ -69,14 +69,20 @@ def wait_dag_run(airflow: httpx.Client, dag_id: str, run_id: str, deadline: floa
         time.sleep(5.0)
 
 
-def run_training_dag(settings: StackSettings) -> str:
-    """Trigger one run of the training DAG and wait for it; returns its run id."""
+def training_dag_id(model: str, default: bool) -> str:
+    """The training DAG of a model params.yaml declares: `training` for the default model (`model.name`),
+    `training.<name>` for one under `models:` (as dags/bitloop_stages.py names them)."""
+    return "training" if default else f"training.{model}"
+
+
+def run_training_dag(settings: StackSettings, dag_id: str = "training") -> str:
+    """Trigger one run of a training DAG and wait for it; returns its run id."""
     deadline = time.monotonic() + settings.training_timeout
     with airflow_client(settings) as airflow:
-        run_id = trigger_dag(airflow, "training", deadline)
-        if wait_dag_run(airflow, "training", run_id, deadline)["__run__"] == "failed":
+        run_id = trigger_dag(airflow, dag_id, deadline)
+        if wait_dag_run(airflow, dag_id, run_id, deadline)["__run__"] == "failed":
             raise SystemExit(
-                f"training DAG run {run_id} failed: open http://127.0.0.1:{settings.airflow_port} "
+                f"{dag_id} DAG run {run_id} failed: open http://127.0.0.1:{settings.airflow_port} "
                 "(login below) or see `make logs`"
             )
         return run_id

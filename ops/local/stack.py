@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from ops.local.airflow_api import run_training_dag
+from ops.local.airflow_api import run_training_dag, training_dag_id
 from ops.local.compose import compose_command, compose_down, compose_up, stack_mode, write_compose_secrets
 from ops.local.settings import (
     MLFLOW_TRAINING_VIEW,
@@ -174,25 +174,28 @@ def wait_healthy(settings: StackSettings) -> None:
         time.sleep(3.0)
 
 
-def _has_champion(settings: StackSettings) -> bool:
-    from core.params import load_params
+def _without_champion(settings: StackSettings, models: list[str]) -> list[str]:
+    """Those of `models` that have no @champion in the registry."""
     from core.registry import CHAMPION, alias_version, connect
     from core.settings import PipelineSettings
 
-    params = load_params(PROJECT / "params.yaml")
     client = connect(PipelineSettings(mlflow_tracking_uri=f"http://127.0.0.1:{settings.mlflow_port}"))
-    return alias_version(client, params.model.name, CHAMPION) is not None
+    return [name for name in models if alias_version(client, name, CHAMPION) is None]
 
 
 def ensure_champion(settings: StackSettings) -> None:
-    """Run the training DAG once when the registry has no champion yet."""
-    if _has_champion(settings):
-        return
-    print("no champion yet: running the training DAG in Airflow", flush=True)
-    run_training_dag(settings)
-    if not _has_champion(settings):
+    """Run the training DAG of each model params.yaml declares once when the registry has no champion
+    for it yet, one model after another."""
+    from core.params import load_models
+
+    models = list(load_models(PROJECT / "params.yaml"))  # the default model first
+    for name in _without_champion(settings, models):
+        print(f"no champion of {name} yet: running its training DAG in Airflow", flush=True)
+        run_training_dag(settings, training_dag_id(name, default=name == models[0]))
+    if missing := _without_champion(settings, models):
         raise SystemExit(
-            "the training DAG ran but no candidate was promoted: see reports/<model.name>/promotion.json"
+            f"the training DAG ran but promoted no candidate of {', '.join(missing)}: "
+            "see reports/<model>/promotion.json"
         )
 
 

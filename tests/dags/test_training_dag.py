@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from core.errors import EXIT_INVALID_DATA
+from core.registry import Tags
 from pipeline.driver.run import STAGES as PIPELINE_STAGES
 from tests.dags.conftest import DAGS
-from tests.factories import git_project, light_params, make_workspace, messy_churn_csv
+from tests.factories import DIABETES, git_project, light_params, make_workspace, messy_churn_csv
 
 # The DAG spells the stages itself (it may run where the pipeline package is not importable);
 # pipeline.driver.run.STAGES is the list it must follow, then the run's summary.
@@ -51,7 +53,7 @@ def test_every_dag_file_imports_cleanly(airflow_db: Path) -> None:
 
     bag = DagBag(dag_folder=str(DAGS))
     assert bag.import_errors == {}
-    assert set(bag.dag_ids) == {"training", "drift_monitor", "ground_truth", "rollout"}
+    assert set(bag.dag_ids) == set(KINDS)
 
 
 def test_tasks_run_the_stages_in_order_with_retries(airflow_db: Path) -> None:
@@ -78,8 +80,52 @@ def test_schedule_is_daily_or_the_drift_or_quality_asset(airflow_db: Path) -> No
     assert [o.uri for o in dag.get_task("summary").outlets] == [module.CHAMPION.uri]
 
 
+KINDS = ("training", "drift_monitor", "ground_truth", "rollout")
+
+
+def declaring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *others: str) -> None:
+    """A project whose params.yaml declares these models beside the default one (`dag-churn`)."""
+    raw = light_params(model={"name": "dag-churn"}, models={name: {"data": DIABETES} for name in others})
+    make_workspace(tmp_path / "declared", raw)
+    monkeypatch.setenv("BITLOOP_PROJECT_DIR", str(tmp_path / "declared"))
+
+
+def test_every_declared_model_has_its_own_dags_and_assets(
+    airflow_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each model under `models:` gets each kind of DAG, `<kind>.<name>`, tagged with its model; its
+    drift and quality assets start its own training DAG only, and the default model's DAGs keep their
+    one-model names and assets."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    declaring(tmp_path, monkeypatch, "dag-diabetes", "dag-iris")
+    bag = DagBag(dag_folder=str(DAGS))
+    assert bag.import_errors == {}
+    assert set(bag.dag_ids) == {*KINDS, *(f"{k}.{m}" for k in KINDS for m in ("dag-diabetes", "dag-iris"))}
+    for kind in KINDS:
+        assert "model:dag-churn" in bag.get_dag(kind).tags
+        assert "model:dag-diabetes" in bag.get_dag(f"{kind}.dag-diabetes").tags
+
+    def starts(dag_id: str) -> set[str]:
+        condition = bag.get_dag(dag_id).timetable.asset_condition
+        return {asset.name for asset in getattr(condition, "objects", (condition,))}
+
+    def emits(dag_id: str) -> set[str]:
+        return {outlet.name for outlet in bag.get_dag(dag_id).get_task("emit").outlets}
+
+    assert starts("training") == {"bitloop_drift", "bitloop_quality"}
+    assert starts("training.dag-diabetes") == {"bitloop_drift/dag-diabetes", "bitloop_quality/dag-diabetes"}
+    assert emits("drift_monitor.dag-diabetes") | emits("ground_truth.dag-diabetes") == starts(
+        "training.dag-diabetes"
+    )
+    assert emits("drift_monitor") | emits("ground_truth") == starts("training")
+    assert emits("rollout.dag-iris") == {"bitloop_champion/dag-iris"}
+    summary = bag.get_dag("training.dag-iris").get_task("summary")
+    assert {outlet.name for outlet in summary.outlets} == {"bitloop_champion/dag-iris"}
+
+
 @pytest.mark.parametrize("minutes_past_midnight", [1, 90, 601])
-@pytest.mark.parametrize("dag_id", ["training", "drift_monitor", "ground_truth", "rollout"])
+@pytest.mark.parametrize("dag_id", KINDS)
 def test_a_new_dag_waits_for_its_next_scheduled_time(
     airflow_db: Path, dag_id: str, minutes_past_midnight: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -211,3 +257,41 @@ def test_the_dag_trained_champion_reproduces_bit_for_bit(
     assert report["differences"] == []
     # Retrained from the recorded commit's code (git archive), so no note says otherwise.
     assert not [n for n in report["notes"] if "code" in n], report["notes"]
+
+
+@pytest.mark.e2e
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_declared_models_training_dag_trains_that_model_only(
+    airflow_db: Path, tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`training.<name>` runs that model's stages (scikit-learn's diabetes regression here) through
+    DVC and promotes its champion; the default model is not trained, and the work tree stays clean."""
+    raw = light_params(model={"name": "dag-default"}, models={"dag-regression": {"data": DIABETES}})
+    workspace = git_project(tmp_path / "project", raw)
+    monkeypatch.setenv("BITLOOP_PROJECT_DIR", str(workspace.root))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS))
+    assert bag.import_errors == {}
+    assert bag.get_dag("training.dag-regression").test().state == "success"
+    client = MlflowClient(mlflow_uri)
+    champion = client.get_model_version_by_alias("dag-regression", "champion")
+    assert champion.run_id is not None
+    assert {**client.get_run(champion.run_id).data.tags, **champion.tags}[Tags.TASK] == "regression"
+    assert client.search_model_versions("name = 'dag-default'") == []
+    assert (workspace.root / "reports" / "dag-regression" / "promotion.json").is_file()
+    assert not (workspace.root / "data" / "dag-default").exists()
+    stages = yaml.safe_load((workspace.root / "dvc.lock").read_text())["stages"]
+    assert set(stages) == {f"{stage}-model@dag-regression" for stage in PIPELINE_STAGES}
+    assert git_status(workspace.root) == ""
+
+
+def test_make_up_names_each_models_training_dag_as_the_dag_files_do() -> None:
+    import bitloop_stages
+
+    from ops.local.airflow_api import training_dag_id
+
+    for name, default in (("bitloop-churn", True), ("diabetes", False), ("fraud.v2", False)):
+        assert training_dag_id(name, default) == bitloop_stages.Model(name, default).dag_id("training")
