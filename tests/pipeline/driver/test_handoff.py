@@ -15,7 +15,7 @@ import yaml
 
 from pipeline.driver.handoff import STATE_DIR
 from pipeline.driver.run import STAGES
-from tests.factories import LIGHT_CANDIDATES, copy_project
+from tests.factories import DIABETES, LIGHT_CANDIDATES, copy_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SEED = 11
@@ -136,3 +136,29 @@ def test_a_refused_batch_leaves_its_report_for_every_machine_and_the_lock_as_it_
     assert (state / "dvc.lock").read_bytes() == lock  # validate did not succeed: the lock says so
     listed = machines.run(b, "batches", "list")
     assert [entry["batch"] for entry in listed] == ["batch-00001.parquet"]
+
+
+def test_a_declared_models_stages_hand_over_its_own_state_only(tmp_path: Path, mlflow_uri: str) -> None:
+    """A model under `models:` runs on alternating machines from its own published state: its lock
+    entries and reports travel, and nothing of the default model's is published or pulled."""
+    default, other = f"handoff-{tmp_path.name}", f"handoff-{tmp_path.name}-diabetes"
+    workers = []
+    for name in ("a", "b"):
+        root = machine(tmp_path / name, default)
+        params = yaml.safe_load((root / "params.yaml").read_text())
+        params["models"] = {other: {"data": DIABETES}}
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        workers.append(root)
+    machines = TwoMachines(other, tmp_path / "shared-remote", (workers[0], workers[1]), mlflow_uri)
+    for index, stage in enumerate(("ingest", "validate", "split", "train")):
+        ran = machines.run(workers[index % 2], "repro", stage, "--model", other)
+        assert ran["ran"] == [f"{stage}-model@{other}"], ran
+    published = yaml.safe_load((machines.state / "dvc.lock").read_text())["stages"]
+    assert set(published) == {f"{stage}-model@{other}" for stage in ("ingest", "validate", "split", "train")}
+    assert {p.relative_to(machines.state).parts[:2] for p in machines.state.rglob("*") if p.is_file()} <= {
+        ("dvc.lock",),
+        ("data", other),
+        ("reports", other),
+    }
+    assert not (machines.shared / STATE_DIR / default).exists()
+    assert not any((w / "data" / default).exists() for w in workers)
