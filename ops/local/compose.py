@@ -12,7 +12,8 @@ from pathlib import Path
 
 import httpx
 
-from ops.local.settings import MLFLOW_TRAINING_VIEW, PROJECT, StackSettings, print_table
+from ops.local.addresses import MLFLOW_TRAINING_VIEW, print_table
+from ops.local.settings import PROJECT, StackSettings
 
 # The compose stack's secrets, one file each (docker-compose.yml mounts them at /run/secrets/).
 COMPOSE_SECRETS = (

@@ -1,6 +1,5 @@
 """Where the local stack lives: its project, state directory, ports and timeouts, the Airflow
-secrets it generates there on first use, the settings its running services were started with, and
-how it prints their addresses."""
+secrets it generates there on first use, and the settings its running services were started with."""
 
 from __future__ import annotations
 
@@ -52,19 +51,6 @@ def airflow_secrets(settings: StackSettings) -> dict[str, str]:
     passwords.write_text(json.dumps({"admin": values["admin_password"]}))
     passwords.chmod(0o600)
     return values
-
-
-# MLflow's UI opens on its GenAI view; this link opens the model-training one (experiments, runs,
-# the registry), which the UI then remembers.
-MLFLOW_TRAINING_VIEW = "/#/experiments?workflowType=machine_learning"
-
-
-def print_table(rows: list[tuple[str, str, str]]) -> None:
-    """Rows of name, URL and a note, each column starting at one place."""
-    names = max(len(name) for name, _, _ in rows)
-    urls = max(len(url) for _, url, note in rows if note)
-    for name, url, note in rows:
-        print(f"  {name:<{names}}  {url:<{urls}}  {note}".rstrip())
 
 
 # The settings the services read from the environment supervisord started them with.

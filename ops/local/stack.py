@@ -21,15 +21,14 @@ from pathlib import Path
 
 import httpx
 
+from ops.local.addresses import MLFLOW_TRAINING_VIEW, print_table
 from ops.local.airflow_api import run_training_dag, training_dag_id
 from ops.local.compose import compose_command, compose_down, compose_up, stack_mode, write_compose_secrets
 from ops.local.settings import (
-    MLFLOW_TRAINING_VIEW,
     PROJECT,
     StackSettings,
     airflow_secrets,
     configuration_changes,
-    print_table,
     record_configuration,
 )
 
