@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.params import DriftParams, ParamsError, PromoteParams, QualityParams, load_params
+from core.params import DriftParams, ParamsError, PromoteParams, QualityParams, load_models, load_params
 from core.settings import PREDICTION_LOG_DEFAULT, PREDICTION_LOG_SETTING, local_mlflow
 
 
@@ -99,12 +99,13 @@ class ApiSettings(BaseSettings):
         return None
 
     def monitoring_config(self) -> tuple[DriftParams, QualityParams, PromoteParams]:
-        """The `drift`, `quality` and `promote` sections of params.yaml, read once; their defaults when
-        the file cannot be read."""
+        """The served model's `drift`, `quality` and `promote` sections of params.yaml (a model declared
+        under `models:` has its own), read once; their defaults when the file cannot be read."""
         try:
-            params = load_params(self.params_file)
+            models = load_models(self.params_file)
         except ParamsError:
             return DriftParams(), QualityParams(), PromoteParams()
+        params = models.get(self.resolved_model_name(), next(iter(models.values())))
         return params.drift, params.quality, params.promote
 
     def resolved_model_name(self) -> str:

@@ -104,6 +104,10 @@ class Model:
     def dag_id(self, kind: str) -> str:
         return kind if self.default else f"{kind}.{self.name}"
 
+    def display_name(self, kind: str) -> str:
+        """What the Airflow UI lists: the kind and the model, e.g. `training · diabetes`."""
+        return f"{kind} · {self.name}"
+
     def asset(self, base: Asset) -> Asset:
         if self.default:
             return base

@@ -48,6 +48,7 @@ def drift_monitor_dag(model: Model) -> None:
 
     @dag(
         dag_id=model.dag_id("drift_monitor"),
+        dag_display_name=model.display_name("drift_monitor"),
         schedule=CronTriggerTimetable(
             os.environ.get("BITLOOP_DRIFT_SCHEDULE", "@hourly"),
             timezone="UTC",

@@ -51,6 +51,7 @@ def ground_truth_dag(model: Model) -> None:
 
     @dag(
         dag_id=model.dag_id("ground_truth"),
+        dag_display_name=model.display_name("ground_truth"),
         schedule=CronTriggerTimetable(
             os.environ.get("BITLOOP_GROUND_TRUTH_SCHEDULE", "*/5 * * * *"),
             timezone="UTC",

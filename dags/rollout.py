@@ -34,6 +34,7 @@ def rollout_dag(model: Model) -> None:
 
     @dag(
         dag_id=model.dag_id("rollout"),
+        dag_display_name=model.display_name("rollout"),
         schedule=CronTriggerTimetable(
             os.environ.get("BITLOOP_ROLLOUT_SCHEDULE", "* * * * *"),
             timezone="UTC",

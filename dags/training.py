@@ -44,6 +44,7 @@ def training_dag(model: Model) -> None:
 
     @dag(
         dag_id=model.dag_id("training"),
+        dag_display_name=model.display_name("training"),
         schedule=AssetOrTimeSchedule(
             timetable=CronTriggerTimetable(
                 os.environ.get("BITLOOP_TRAINING_SCHEDULE", "@daily"),

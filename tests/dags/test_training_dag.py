@@ -105,6 +105,8 @@ def test_every_declared_model_has_its_own_dags_and_assets(
     for kind in KINDS:
         assert "model:dag-churn" in bag.get_dag(kind).tags
         assert "model:dag-diabetes" in bag.get_dag(f"{kind}.dag-diabetes").tags
+        assert bag.get_dag(kind).dag_display_name == f"{kind} · dag-churn"
+        assert bag.get_dag(f"{kind}.dag-iris").dag_display_name == f"{kind} · dag-iris"
 
     def starts(dag_id: str) -> set[str]:
         condition = bag.get_dag(dag_id).timetable.asset_condition

@@ -140,3 +140,44 @@ def test_make_up_stops_on_an_unreachable_prediction_log_naming_the_variable(tmp_
     assert "Traceback" not in done.stderr
     assert time.monotonic() - started < 60
     assert not (tmp_path / "supervisord.pid").exists()  # nothing was started
+
+
+def test_make_up_runs_the_training_dag_of_each_model_without_a_champion(
+    tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every declared model without a champion gets one run of its own training DAG, the default
+    model's first; one with a champion is left alone; a run that promotes nothing stops `make up`,
+    naming the model. (Airflow is replaced by what its DAG run leaves in the registry: the stack
+    test runs the real DAG.)"""
+    from mlflow import MlflowClient
+
+    import ops.local.stack as stack
+    from tests.factories import DIABETES, light_params, make_workspace
+
+    prefix = f"up-{tmp_path.name}"
+    declared = {f"{prefix}-trained": {}, f"{prefix}-diabetes": {"data": DIABETES}, f"{prefix}-failing": {}}
+    make_workspace(tmp_path, light_params(model={"name": f"{prefix}-churn"}, models=declared))
+    monkeypatch.setattr(stack, "PROJECT", tmp_path)
+    registry = MlflowClient(mlflow_uri)
+
+    run = registry.create_run(registry.create_experiment(prefix)).info.run_id
+
+    def champion(name: str) -> None:
+        registry.create_registered_model(name)
+        version = registry.create_model_version(name, f"runs:/{run}/model", run_id=run)
+        registry.set_registered_model_alias(name, "champion", version.version)
+
+    champion(f"{prefix}-trained")
+    triggered: list[str] = []
+
+    def run_training_dag(settings: StackSettings, dag_id: str = "training") -> str:
+        triggered.append(dag_id)
+        if not dag_id.endswith("-failing"):
+            champion(f"{prefix}-churn" if dag_id == "training" else dag_id.removeprefix("training."))
+        return "run"
+
+    monkeypatch.setattr(stack, "run_training_dag", run_training_dag)
+    settings = StackSettings(state_dir=tmp_path / "state", mlflow_port=int(mlflow_uri.rsplit(":", 1)[1]))
+    with pytest.raises(SystemExit, match=f"promoted no candidate of {prefix}-failing: see"):
+        stack.ensure_champion(settings)
+    assert triggered == ["training", f"training.{prefix}-diabetes", f"training.{prefix}-failing"]
