@@ -263,9 +263,7 @@ def load_models(path: Path) -> dict[str, Params]:
 
 # --- many models ----------------------------------------------------------------------------------
 
-MODEL_SECTIONS = tuple(
-    field.alias or name for name, field in Params.model_fields.items() if name != "model"
-)
+MODEL_SECTIONS = tuple(field.alias or name for name, field in Params.model_fields.items() if name != "model")
 """The sections a declared model may override (every one but `model`: its name is its key)."""
 REPLACED_WHOLE = {("train", "candidates"), ("validate", "ranges"), ("promote", "floors")}
 """Named sets a model declares as a whole: its own candidates, ranges and floors, never the defaults'
