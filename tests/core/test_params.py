@@ -120,7 +120,9 @@ def test_the_readmes_several_models_example_declares_what_it_says() -> None:
 
     readme = (PROJECT / "README.md").read_text()
     section = readme[readme.index("### Several models") :]
-    example = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, flags=re.DOTALL).group(1))
+    block = re.search(r"```yaml\n(.*?)```", section, flags=re.DOTALL)
+    assert block is not None
+    example = yaml.safe_load(block.group(1))
     declared = declared_models({**project_params(), **example})
     assert list(declared) == ["bitloop-churn", "diabetes", "wine"]
     assert (declared["diabetes"].data.task, declared["diabetes"].promote.metric) == ("regression", "mae")
