@@ -69,8 +69,9 @@ repro: $(STAMP) ## run the DVC pipeline (needs MLflow: `make up`), pushing each 
 backtest: $(STAMP) ## replay 8 simulated histories and the canary trial x 20 seeds through the whole loop (about 22 minutes); writes docs/backtest.md
 	$(BIN)/python -m pipeline backtest --scenario all --seeds 20 --first-seed 1
 
-bench: $(STAMP) ## benchmark the model server, with each runtime, against mlflow models serve (needs wrk); writes docs/benchmarks.md
+bench: $(STAMP) ## benchmark the model server, with each runtime, against mlflow models serve, and serving three models against one (needs wrk); writes docs/benchmarks.md and docs/models.md
 	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/models.py
 
 bench-smoke: $(STAMP) ## bitloop vs mlflow models serve vs the no-model ceilings, three short passes (about 2 minutes, needs wrk): fails when a figure of docs/benchmarks.md falls to half
 	$(BIN)/python bench/smoke.py

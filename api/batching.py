@@ -123,7 +123,7 @@ class MicroBatcher:
                 metrics.INFERENCE.labels(model.name, model.version, variant).observe(
                     time.perf_counter() - started
                 )
-                metrics.BATCH_ROWS.labels(variant).observe(len(items))
+                metrics.BATCH_ROWS.labels(model.name, variant).observe(len(items))
                 for item, outcome in zip(items, outcomes, strict=True):
                     if item.future.done():  # the client went away
                         continue

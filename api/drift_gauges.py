@@ -8,6 +8,7 @@ from the last `drift_window_seconds`) are compared with the champion's reference
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from api import metrics
 from api.manager import ModelManager
@@ -63,20 +64,30 @@ class DriftWatcher:
         return report
 
 
+_PER_FEATURE: dict[str, list[tuple[Any, tuple[str, ...]]]] = {}
+"""The per-feature series each model's last report set: the next report of that model removes them
+(a feature's test changes with the sample size), and no other model's."""
+
+
 def publish(report: DriftReport, evaluated_at: float) -> None:
-    for gauge in (metrics.DRIFT_SCORE, metrics.DRIFT_THRESHOLD, metrics.FEATURE_DRIFTED, metrics.FEATURE_PSI):
-        gauge.clear()  # a feature's test changes with the sample size: drop the old method's series
+    model = str(report.model["name"])
+    for gauge, labels in _PER_FEATURE.pop(model, []):
+        gauge.remove(*labels)
+    series: list[tuple[Any, tuple[str, ...]]] = []
     for feature in report.features:
         if feature.score is None or feature.threshold is None:
             continue
-        metrics.DRIFT_SCORE.labels(feature.name, feature.method).set(feature.score)
-        metrics.DRIFT_THRESHOLD.labels(feature.name, feature.method).set(feature.threshold)
-        metrics.FEATURE_DRIFTED.labels(feature.name).set(float(feature.drifted))
-        if feature.psi is not None:
-            metrics.FEATURE_PSI.labels(feature.name).set(feature.psi)
-    metrics.DATASET_DRIFT.set(float(report.dataset_drift))
-    metrics.DRIFT_SHARE.set(report.drift_share)
-    metrics.DRIFT_SHARE_THRESHOLD.set(report.threshold_share)
-    metrics.DRIFT_ROWS.set(report.rows)
-    metrics.DRIFT_MIN_ROWS.set(report.min_rows)
-    metrics.DRIFT_EVALUATED.set(evaluated_at)
+        series += [
+            (metrics.DRIFT_SCORE, (model, feature.name, feature.method), feature.score),
+            (metrics.DRIFT_THRESHOLD, (model, feature.name, feature.method), feature.threshold),
+            (metrics.FEATURE_DRIFTED, (model, feature.name), float(feature.drifted)),
+        ] + ([(metrics.FEATURE_PSI, (model, feature.name), feature.psi)] if feature.psi is not None else [])
+    for gauge, labels, value in series:
+        gauge.labels(*labels).set(value)
+    _PER_FEATURE[model] = [(gauge, labels) for gauge, labels, _ in series]
+    metrics.DATASET_DRIFT.labels(model).set(float(report.dataset_drift))
+    metrics.DRIFT_SHARE.labels(model).set(report.drift_share)
+    metrics.DRIFT_SHARE_THRESHOLD.labels(model).set(report.threshold_share)
+    metrics.DRIFT_ROWS.labels(model).set(report.rows)
+    metrics.DRIFT_MIN_ROWS.labels(model).set(report.min_rows)
+    metrics.DRIFT_EVALUATED.labels(model).set(evaluated_at)

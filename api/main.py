@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
@@ -25,8 +26,9 @@ from api.manager import ModelManager
 from api.outcomes import OutcomeStore
 from api.predlog import PredictionLog
 from api.quality_gauges import QualityWatcher
+from api.residency import Residency
 from api.routes import admin, feedback, health, inference, page, predict
-from api.schemas import FeedbackIn, V2InferenceRequest
+from api.schemas import FeedbackIn, V2InferenceRequest, error_responses
 from api.settings import ApiSettings
 from api.state import ServerState
 from api.validation import render_errors
@@ -35,8 +37,9 @@ from core.errors import BitloopError
 log = logging.getLogger(__name__)
 PREDICT_PATHS = frozenset({"/predict", "/predict/batch"})
 DESCRIPTION = """Serves the registry's `@champion` (optionally `@challenger` for A/B or shadow traffic)
-and swaps models when their aliases move. Request bodies follow the served model's feature schema,
-shown below as `Record`."""
+and swaps models when their aliases move. Serves several models at once: each under
+`/models/{name}/…` (`GET /models` lists them), the default one also at the root. Request bodies follow
+the model's feature schema, shown below as `Record` for the default model."""
 
 
 class MetricsMiddleware:
@@ -133,6 +136,25 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         found = body.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(found.pop("$defs", {}))
         components[body.__name__] = found
+    # /models/{name}/predict* take the features of the model the path names, which the document
+    # cannot know: their bodies are described by where to find them.
+    components["ModelRecord"] = {
+        "type": "object",
+        "description": "one record of the named model's features, as GET /models/{name} lists them "
+        "(the default model's: Record)",
+    }
+    components["ModelBatchRequest"] = {
+        "type": "object",
+        "description": "records or columns of the named model's features, as BatchRequest for the "
+        "default model (or an Arrow stream)",
+    }
+    for path, wanted in (
+        ("/models/{name}/predict", "ModelRecord"),
+        ("/models/{name}/predict/batch", "ModelBatchRequest"),
+    ):
+        body = schema.get("paths", {}).get(path, {}).get("post", {}).get("requestBody", {}).get("content", {})
+        if "application/json" in body:
+            body["application/json"]["schema"] = {"$ref": f"#/components/schemas/{wanted}"}
     if state is not None and state.settings.api_key is None:
         # No key configured: no route asks for one, so the document does not either.
         for operations in schema.get("paths", {}).values():
@@ -143,57 +165,87 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return schema
 
 
+def _model_state(
+    settings: ApiSettings, name: str, prediction_log: PredictionLog, drain: Drain, outcomes: OutcomeStore
+) -> ServerState:
+    """One served model's parts, each its own (manager, micro-batcher, watchers: one model's slow or
+    poisoned call never waits on another's), with the server's shared ones."""
+    manager = ModelManager(settings, name)
+    batcher = MicroBatcher(
+        settings.inference_threads, settings.micro_batch_max_size, settings.micro_batch_max_wait_ms
+    )
+    drift_params, quality_params, promote_params = settings.monitoring_config(name)
+    return ServerState(
+        settings=settings,
+        manager=manager,
+        batcher=batcher,
+        log=prediction_log,
+        drift=DriftWatcher(settings, manager, drift_params),
+        scoring=ScoringService(settings, manager, batcher, prediction_log),
+        drain=drain,
+        outcomes=outcomes,
+        quality=QualityWatcher(settings, manager, quality_params, promote_params),
+    )
+
+
+async def model_path(
+    name: Annotated[str, Path(description="a served model's registered name (GET /models lists them)")],
+) -> None:
+    """Declares /models/{name} in the routes' documentation; `api.state.get_state` reads it."""
+
+
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     settings = settings or ApiSettings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        manager = ModelManager(settings, settings.resolved_model_name())
-        batcher = MicroBatcher(
-            settings.inference_threads, settings.micro_batch_max_size, settings.micro_batch_max_wait_ms
-        )
-        drift_params, quality_params, promote_params = settings.monitoring_config()
-        watcher = DriftWatcher(settings, manager, drift_params)
-        quality = QualityWatcher(settings, manager, quality_params, promote_params)
         prediction_log = PredictionLog.from_settings(settings)
-        state = ServerState(
-            settings=settings,
-            manager=manager,
-            batcher=batcher,
-            log=prediction_log,
-            drift=watcher,
-            scoring=ScoringService(settings, manager, batcher, prediction_log),
-            drain=Drain(settings.drain_seconds),
-            outcomes=OutcomeStore(settings.prediction_log_url),
-            quality=quality,
+        drain = Drain(settings.drain_seconds)
+        outcomes = OutcomeStore(settings.prediction_log_url)
+        models = {
+            name: _model_state(settings, name, prediction_log, drain, outcomes)
+            for name in settings.served_models()
+        }
+        default = next(iter(models.values()))
+        app.state.bitloop = default
+        app.state.models = models
+        residency = Residency(
+            {name: state.manager for name, state in models.items()}, settings.max_loaded_models
         )
-        app.state.bitloop = state
-        manager.on_swap.append(lambda: setattr(app, "openapi_schema", None))
-        metrics.MODEL_LOADED.set(0)
-        batcher.start()
-        result = await manager.refresh()
-        # The libraries and the model are long-lived: keep them out of the collector's full passes,
+        app.state.residency = residency
+        default.manager.on_swap.append(lambda: setattr(app, "openapi_schema", None))
+        await residency.start()
+        for name, state in models.items():
+            metrics.MODEL_LOADED.labels(name).set(0 if state.manager.resident else 1)
+            state.batcher.start()
+        results = await asyncio.gather(*(state.manager.refresh() for state in models.values()))
+        # The libraries and the models are long-lived: keep them out of the collector's full passes,
         # which otherwise stall every request for ~0.2 s now and then under load.
         gc.collect()
         gc.freeze()
         log.info(
             "model server starting",
-            extra={"model": manager.name, "registry": settings.mlflow_tracking_uri, "detail": result.detail},
+            extra={
+                "models": {name: result.detail for name, result in zip(models, results, strict=True)},
+                "registry": settings.mlflow_tracking_uri,
+            },
         )
-        manager.start()
-        watcher.start()
-        quality.start()
-        state.drain.install()
+        for state in models.values():
+            state.manager.start()
+            state.drift.start()
+            state.quality.start()
+        drain.install()
         try:
             yield
         finally:
-            await watcher.stop()
-            await quality.stop()
-            await manager.stop()
-            await batcher.stop()
-            await state.scoring.drain()
-            written = state.log.close(settings.prediction_log_shutdown_seconds)
-            state.outcomes.close()
+            for state in models.values():
+                await state.drift.stop()
+                await state.quality.stop()
+                await state.manager.stop()
+                await state.batcher.stop()
+                await state.scoring.drain()
+            written = prediction_log.close(settings.prediction_log_shutdown_seconds)
+            outcomes.close()
             log.info(
                 "model server stopped",
                 extra={
@@ -217,6 +269,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(inference.router)
     app.include_router(feedback.router)
     app.include_router(health.router)
+    # Every served model's own routes under /models/{name}: the default model's, by name too.
+    for router in (predict.router, feedback.router, health.model_router):
+        app.include_router(
+            router,
+            prefix="/models/{name}",
+            dependencies=[Depends(model_path)],
+            responses=error_responses(404),
+        )
     app.include_router(admin.router)
     app.include_router(page.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

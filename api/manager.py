@@ -68,6 +68,10 @@ class ModelManager:
         self._lock = asyncio.Lock()
         self._watcher = Periodic("registry check", settings.reload_interval_seconds, self.refresh)
         self.on_swap: list[Any] = []
+        self.resident = True
+        """Whether this model's versions are kept in memory (api.residency unloads the least recently
+        used models past BITLOOP_API_MAX_LOADED_MODELS; the registry check leaves an unloaded one be)."""
+        self.last_used = self.clock()
 
     def pick(self, entity_id: str | None = None) -> tuple[ServedModel | None, str]:
         """The model that answers this request: @canary for the rollout's share (the same side for an
@@ -89,7 +93,27 @@ class ModelManager:
         async with self._lock:
             if retry_refused:
                 self.refusals.clear()
+            if not self.resident:
+                return RefreshResult(False, "unloaded: loaded again when it is next asked for")
             return await asyncio.to_thread(self._refresh)
+
+    def touch(self) -> None:
+        """A request asked for this model: it is the most recently used."""
+        self.last_used = self.clock()
+
+    async def load(self) -> RefreshResult:
+        """Make an unloaded model resident again and load the versions its aliases name."""
+        self.resident = True
+        return await self.refresh()
+
+    async def unload(self) -> None:
+        """Drop this model's versions from memory until it is loaded again; requests holding one
+        finish on it."""
+        async with self._lock:
+            self.resident = False
+            for variant in SERVED_ALIASES:
+                if getattr(self, variant) is not None:
+                    self._install(variant, None)
 
     def problems(self) -> list[str]:
         """What is wrong with the registry or the aliased versions, in words fit for open endpoints."""
@@ -172,7 +196,7 @@ class ModelManager:
         try:
             model = self._load_checked(client, variant, wanted_version, current)
         except ModelLoadError as err:
-            metrics.RELOADS.labels(variant, "failure").inc()
+            metrics.RELOADS.labels(self.name, variant, "failure").inc()
             self.refusals[variant] = Refusal(wanted_version, err.public, self.clock())
             log.error(
                 "model swap refused; still serving the loaded version",
@@ -181,7 +205,7 @@ class ModelManager:
             return False, f"version {wanted_version} refused: {err.public}"
         self.refusals.pop(variant, None)
         self._install(variant, model)
-        metrics.RELOADS.labels(variant, "success").inc()
+        metrics.RELOADS.labels(self.name, variant, "success").inc()
         log.info(
             "model swapped in",
             extra={
@@ -243,7 +267,7 @@ class ModelManager:
             metrics.MODEL_VERSION.labels(self.name, variant).set(float(model.version))
         else:
             metrics.MODEL_VERSION.labels(self.name, variant).set(0)
-        metrics.MODEL_LOADED.set(1 if self.champion is not None else 0)
+        metrics.MODEL_LOADED.labels(self.name).set(1 if self.champion is not None or not self.resident else 0)
         if variant == CANARY:
             metrics.ROLLOUT_SHARE.labels(self.name).set(
                 0.0 if model is None or self.rollout is None else self.rollout.share

@@ -60,7 +60,7 @@ INFERENCE = Histogram(
     buckets=INFERENCE_BUCKETS,
 )
 BATCH_ROWS = Histogram(
-    "bitloop_inference_batch_rows", "Rows per model call", ["variant"], buckets=BATCH_BUCKETS
+    "bitloop_inference_batch_rows", "Rows per model call", ["model", "variant"], buckets=BATCH_BUCKETS
 )
 MODEL_INFO = Gauge(
     "bitloop_model_info",
@@ -75,7 +75,26 @@ MODEL_VERSION = Gauge(
     multiprocess_mode="max",
 )
 MODEL_LOADED = Gauge(
-    "bitloop_model_loaded", "1 when a champion is loaded and can predict", [], multiprocess_mode="min"
+    "bitloop_model_loaded",
+    "1 when the model's champion can predict: loaded, or unloaded past the memory budget and loaded "
+    "again on its next request",
+    ["model"],
+    multiprocess_mode="min",
+)
+MODEL_RESIDENT = Gauge(
+    "bitloop_model_resident",
+    "1 while the model's versions are in memory; 0 once unloaded past BITLOOP_API_MAX_LOADED_MODELS",
+    ["model"],
+    multiprocess_mode="max",
+)
+MODEL_UNLOADS = Counter(
+    "bitloop_model_unloads_total", "Models unloaded as the least recently used past the budget", ["model"]
+)
+COLD_LOADS = Histogram(
+    "bitloop_model_cold_load_seconds",
+    "Time a request waited for its unloaded model to load again",
+    ["model"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0),
 )
 ROLLOUT_SHARE = Gauge(
     "bitloop_rollout_share",
@@ -101,7 +120,7 @@ CANARY_FALLBACKS = Counter(
     "Records the canary failed on that the stable version answered instead",
     ["model", "version"],
 )
-RELOADS = Counter("bitloop_model_reloads_total", "Model swap attempts", ["variant", "result"])
+RELOADS = Counter("bitloop_model_reloads_total", "Model swap attempts", ["model", "variant", "result"])
 LOG_ROWS = Counter("bitloop_prediction_log_rows_total", "Rows committed to the prediction log")
 LOG_LAG = Histogram(
     "bitloop_prediction_log_lag_seconds",
@@ -146,7 +165,7 @@ FEEDBACK = Counter(
     "bitloop_feedback_outcomes_total",
     "True outcomes received by POST /feedback: recorded, invalid (refused, the others in its request "
     "recorded), duplicate, conflict (another outcome is stored) or unknown (no answered prediction found)",
-    ["status"],
+    ["model", "status"],
 )
 BODY_TIMEOUTS = Counter("bitloop_request_body_timeouts_total", "Requests whose body did not arrive in time")
 
@@ -155,55 +174,61 @@ DRIFT_SCORE = Gauge(
     "bitloop_drift_score",
     "Per-feature drift statistic: p-value for ks/chi2 (drift below the threshold), "
     "distance for wasserstein/jensenshannon (drift at or above it)",
-    ["feature", "method"],
+    ["model", "feature", "method"],
     multiprocess_mode="mostrecent",
 )
 DRIFT_THRESHOLD = Gauge(
     "bitloop_drift_threshold",
     "The threshold the feature's drift score is compared with",
-    ["feature", "method"],
+    ["model", "feature", "method"],
     multiprocess_mode="mostrecent",
 )
 FEATURE_DRIFTED = Gauge(
     "bitloop_feature_drift_detected",
     "1 when the feature's live values drift from the reference",
-    ["feature"],
+    ["model", "feature"],
     multiprocess_mode="mostrecent",
 )
 FEATURE_PSI = Gauge(
     "bitloop_feature_psi",
     "Population stability index of the feature against the reference",
-    ["feature"],
+    ["model", "feature"],
     multiprocess_mode="mostrecent",
 )
 DATASET_DRIFT = Gauge(
     "bitloop_dataset_drift",
     "1 when the share of drifted features reaches the threshold",
-    [],
+    ["model"],
     multiprocess_mode="mostrecent",
 )
 DRIFT_SHARE = Gauge(
-    "bitloop_drift_share", "Share of the tested features that drift", [], multiprocess_mode="mostrecent"
+    "bitloop_drift_share",
+    "Share of the tested features that drift",
+    ["model"],
+    multiprocess_mode="mostrecent",
 )
 DRIFT_SHARE_THRESHOLD = Gauge(
     "bitloop_drift_share_threshold",
     "Dataset drift threshold on the drift share",
-    [],
+    ["model"],
     multiprocess_mode="mostrecent",
 )
 DRIFT_ROWS = Gauge(
-    "bitloop_drift_window_rows", "Live rows in the last drift evaluation", [], multiprocess_mode="mostrecent"
+    "bitloop_drift_window_rows",
+    "Live rows in the last drift evaluation",
+    ["model"],
+    multiprocess_mode="mostrecent",
 )
 DRIFT_MIN_ROWS = Gauge(
     "bitloop_drift_min_rows",
     "Live rows the drift window needs before any verdict (drift.min_samples)",
-    [],
+    ["model"],
     multiprocess_mode="mostrecent",
 )
 DRIFT_EVALUATED = Gauge(
     "bitloop_drift_last_evaluation_timestamp_seconds",
     "Unix time of the last drift evaluation",
-    [],
+    ["model"],
     multiprocess_mode="mostrecent",
 )
 
@@ -221,49 +246,49 @@ def render() -> tuple[bytes, str]:
 LIVE_QUALITY = Gauge(
     "bitloop_live_quality",
     "A metric of a version's labelled predictions in the quality window (quality.min_labelled on)",
-    ["metric", "version", "variant"],
+    ["model", "metric", "version", "variant"],
     multiprocess_mode="mostrecent",
 )
 ESTIMATED_QUALITY = Gauge(
     "bitloop_estimated_quality",
     "A classifier's accuracy or ROC AUC expected from its probabilities, before labels (CBPE)",
-    ["metric", "version", "variant"],
+    ["model", "metric", "version", "variant"],
     multiprocess_mode="mostrecent",
 )
 QUALITY_LIMIT = Gauge(
     "bitloop_live_quality_limit",
     "The worst acceptable live value of a metric: the floor (promote.floors) or the version's holdout "
     "figure less quality.max_drop (primary metric); better says which way is better",
-    ["metric", "version", "kind", "better"],
+    ["model", "metric", "version", "kind", "better"],
     multiprocess_mode="mostrecent",
 )
 HOLDOUT_QUALITY = Gauge(
     "bitloop_holdout_quality",
     "A served version's metric on its holdout at registration",
-    ["metric", "version", "variant"],
+    ["model", "metric", "version", "variant"],
     multiprocess_mode="mostrecent",
 )
 LABEL_COVERAGE = Gauge(
     "bitloop_label_coverage_ratio",
     "Share of a version's predictions in the quality window with a true outcome",
-    ["version", "variant"],
+    ["model", "version", "variant"],
     multiprocess_mode="mostrecent",
 )
 LABEL_LAG = Gauge(
     "bitloop_label_lag_seconds",
     "Median time from a prediction to its true outcome in the quality window",
-    ["version", "variant"],
+    ["model", "version", "variant"],
     multiprocess_mode="mostrecent",
 )
 LABELLED = Gauge(
     "bitloop_labelled_predictions",
     "Predictions with a true outcome in the quality window",
-    ["version", "variant"],
+    ["model", "version", "variant"],
     multiprocess_mode="mostrecent",
 )
 QUALITY_EVALUATED = Gauge(
     "bitloop_quality_last_evaluation_timestamp_seconds",
     "Unix time of the last live-quality evaluation",
-    [],
+    ["model"],
     multiprocess_mode="mostrecent",
 )

@@ -69,8 +69,9 @@ class OutcomeStore:
         self._store: PredictionStore | None = None
         self._lock = threading.Lock()
 
-    def record(self, outcomes: list[Outcome]) -> list[str]:
-        """Each outcome's status (STATUSES), all stored in one transaction."""
+    def record(self, model_name: str, outcomes: list[Outcome]) -> list[str]:
+        """Each outcome's status (STATUSES) for predictions of `model_name`, all stored in one
+        transaction."""
         with self._lock:
             try:
                 if self._store is None:
@@ -78,7 +79,7 @@ class OutcomeStore:
                 store, now = self._store, time.time()
                 statuses = []
                 for outcome in outcomes:
-                    found = store.resolve(outcome.request_id, outcome.row, outcome.entity_id)
+                    found = store.resolve(model_name, outcome.request_id, outcome.row, outcome.entity_id)
                     statuses.append(
                         "unknown" if found is None else store.add_outcome(*found, outcome.value, now)
                     )
@@ -92,7 +93,7 @@ class OutcomeStore:
                     )
                 ) from None
         for status in statuses:
-            metrics.FEEDBACK.labels(status).inc()
+            metrics.FEEDBACK.labels(model_name, status).inc()
         return statuses
 
     def close(self) -> None:

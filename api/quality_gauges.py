@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from api import metrics
 from api.manager import ModelManager
@@ -18,14 +19,6 @@ from api.settings import ApiSettings
 from core.params import PromoteParams, QualityParams
 from core.predictions.access import read_labelled
 from core.quality import QualityReport, evaluate, limits
-
-VERSION_GAUGES = (metrics.LABEL_COVERAGE, metrics.LABEL_LAG, metrics.LABELLED)
-METRIC_GAUGES = (
-    metrics.LIVE_QUALITY,
-    metrics.ESTIMATED_QUALITY,
-    metrics.HOLDOUT_QUALITY,
-    metrics.QUALITY_LIMIT,
-)
 
 
 class QualityWatcher:
@@ -37,6 +30,9 @@ class QualityWatcher:
         self.quality = quality
         self.promote = promote
         self.last: QualityReport | None = None
+        self._series: list[tuple[Any, tuple[str, ...]]] = []
+        """The series this model's last report set: the next one removes them (versions leave the
+        window), and no other model's."""
         self.evaluate_shared = Shared(self.evaluate)
         self._watcher = Periodic(
             "quality evaluation", settings.quality_interval_seconds, self.evaluate_shared
@@ -82,24 +78,32 @@ class QualityWatcher:
         return report
 
     def _publish(self, report: QualityReport, served: dict[str, ServedModel | None], now: float) -> None:
-        for gauge in (*VERSION_GAUGES, *METRIC_GAUGES):
-            gauge.clear()  # versions leave the window: their series go with them
+        name = self.manager.name
+        for gauge, labels in self._series:
+            gauge.remove(*labels)
+        series: list[tuple[Any, tuple[str, ...], float]] = []
         for found in report.versions:
-            labels = (found.version, found.variant)
-            metrics.LABEL_COVERAGE.labels(*labels).set(found.coverage)
-            metrics.LABELLED.labels(*labels).set(found.labelled)
+            labels = (name, found.version, found.variant)
+            series += [
+                (metrics.LABEL_COVERAGE, labels, found.coverage),
+                (metrics.LABELLED, labels, found.labelled),
+            ]
             if found.lag_seconds is not None:
-                metrics.LABEL_LAG.labels(*labels).set(found.lag_seconds)
-            for metric, value in found.realized.items():
-                metrics.LIVE_QUALITY.labels(metric, *labels).set(value)
-            for metric, value in found.estimated.items():
-                metrics.ESTIMATED_QUALITY.labels(metric, *labels).set(value)
+                series.append((metrics.LABEL_LAG, labels, found.lag_seconds))
+            series += [(metrics.LIVE_QUALITY, (name, m, *labels[1:]), v) for m, v in found.realized.items()]
+            series += [
+                (metrics.ESTIMATED_QUALITY, (name, m, *labels[1:]), v) for m, v in found.estimated.items()
+            ]
         for variant, model in served.items():
             if model is None:
                 continue
             for metric, value in model.metrics.items():
-                metrics.HOLDOUT_QUALITY.labels(metric, model.version, variant).set(value)
+                series.append((metrics.HOLDOUT_QUALITY, (name, metric, model.version, variant), value))
             for limit in limits(report.task, model.version, model.metrics, self.quality, self.promote):
                 better = "higher" if limit.higher_is_better else "lower"
-                metrics.QUALITY_LIMIT.labels(limit.metric, limit.version, limit.kind, better).set(limit.value)
-        metrics.QUALITY_EVALUATED.set(now)
+                labels = (name, limit.metric, limit.version, limit.kind, better)
+                series.append((metrics.QUALITY_LIMIT, labels, limit.value))
+        for gauge, labels, value in series:
+            gauge.labels(*labels).set(value)
+        self._series = [(gauge, labels) for gauge, labels, _ in series]
+        metrics.QUALITY_EVALUATED.labels(name).set(now)

@@ -172,6 +172,32 @@ class ModelInfo(BaseModel):
     last_rollout: LastRolloutOut | None = Field(None, description="how the last rollout ended")
 
 
+class ServedModelOut(BaseModel):
+    name: str
+    default: bool = Field(
+        description="whether /predict, /model and the other routes without a name answer for it"
+    )
+    state: Literal["serving", "unloaded", "no_champion", "refused"] = Field(
+        description="serving: its champion answers; unloaded: past BITLOOP_API_MAX_LOADED_MODELS, "
+        "loaded again by its next request; no_champion: the registry names none (yet); refused: the "
+        "champion the registry names was refused (see /models/{name})"
+    )
+    version: str | None = Field(description="the champion's version, while loaded")
+    runtime: str | None = Field(description="what answers for the champion: onnx or sklearn")
+    task: str | None
+    canary_version: str | None
+    challenger_version: str | None
+    last_used_seconds_ago: float = Field(description="since a request last asked for this model")
+    cold_loads: int = Field(description="loads a request waited for, since the server started")
+    unloads: int = Field(description="times it was unloaded as the least recently used")
+
+
+class ModelsOut(BaseModel):
+    max_loaded_models: int = Field(description="BITLOOP_API_MAX_LOADED_MODELS (0: no limit)")
+    loaded: int = Field(description="models whose versions are in memory now")
+    models: list[ServedModelOut]
+
+
 MAX_ROW_INDEX = 2**31 - 1
 """The largest row the prediction log's row column holds on every store (PostgreSQL's INTEGER); no
 batch comes near it, and a larger one is a 422 naming the field, never the store's overflow."""
@@ -238,6 +264,9 @@ class ReloadOut(BaseModel):
     champion_version: str | None
     challenger_version: str | None
     detail: str
+    models: dict[str, str] = Field(
+        default_factory=dict, description="what the check did for each served model"
+    )
 
 
 class ErrorOut(BaseModel):
@@ -247,6 +276,10 @@ class ErrorOut(BaseModel):
 # Every error the routes answer, described once; a route lists the codes it can give.
 ERRORS: dict[int, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "an API key is required and was missing or wrong"},
+    404: {
+        "model": ErrorOut,
+        "description": "the path names a model this server does not serve (GET /models)",
+    },
     408: {"model": ErrorOut, "description": "the request body did not arrive in time"},
     409: {"model": ErrorOut, "description": "the served version was logged without what this needs"},
     415: {"model": ErrorOut, "description": "the body is not declared as `application/json`"},

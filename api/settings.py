@@ -6,9 +6,17 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from core.params import DriftParams, ParamsError, PromoteParams, QualityParams, load_models, load_params
+from core.params import (
+    DriftParams,
+    Params,
+    ParamsError,
+    PromoteParams,
+    QualityParams,
+    load_models,
+    load_params,
+)
 from core.settings import PREDICTION_LOG_DEFAULT, PREDICTION_LOG_SETTING, local_mlflow
 
 
@@ -22,7 +30,14 @@ class ApiSettings(BaseSettings):
     workers: Annotated[int, Field(ge=1)] = 1
     mlflow_tracking_uri: str = Field(default_factory=local_mlflow, validation_alias="MLFLOW_TRACKING_URI")
     model_name: str | None = None
-    """Registered model to serve; defaults to model.name in params_file."""
+    """The default model: what /predict, /model and the other routes without a model name answer
+    for; defaults to model.name in params_file."""
+    models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """The registered models to serve, comma-separated, each under /models/<name>/...; empty: every
+    model params_file declares (or the one BITLOOP_API_MODEL_NAME names, when it names another)."""
+    max_loaded_models: Annotated[int, Field(ge=0)] = 0
+    """At most this many models' versions in memory: past it the least recently used model is
+    unloaded, and loaded again when it is next asked for; 0: no limit."""
     params_file: Path = Path("params.yaml")
     api_key: SecretStr | None = None
     """When set (not empty), /predict* and /admin/* need the header X-API-Key with this value."""
@@ -83,6 +98,13 @@ class ApiSettings(BaseSettings):
     """How far back the quality window reaches, in prediction time (at most quality.max_rows rows):
     longer than outcomes take to arrive."""
 
+    @field_validator("models", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
     @field_validator("api_key", "prediction_log_spill_dir", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
@@ -98,19 +120,42 @@ class ApiSettings(BaseSettings):
             )
         return None
 
-    def monitoring_config(self) -> tuple[DriftParams, QualityParams, PromoteParams]:
-        """The served model's `drift`, `quality` and `promote` sections of params.yaml (a model declared
-        under `models:` has its own), read once; their defaults when the file cannot be read."""
-        try:
-            models = load_models(self.params_file)
-        except ParamsError:
+    def monitoring_config(self, model: str | None = None) -> tuple[DriftParams, QualityParams, PromoteParams]:
+        """A served model's `drift`, `quality` and `promote` sections of params.yaml (a model declared
+        under `models:` has its own; any other model the default's), read once; their defaults when
+        the file cannot be read. `model`: the default model."""
+        models = self.declared_models()
+        if not models:
             return DriftParams(), QualityParams(), PromoteParams()
-        params = models.get(self.resolved_model_name(), next(iter(models.values())))
+        params = models.get(model or self.resolved_model_name(), next(iter(models.values())))
         return params.drift, params.quality, params.promote
 
+    def served_models(self) -> list[str]:
+        """The models this server serves, the default one first: BITLOOP_API_MODELS, else the one
+        BITLOOP_API_MODEL_NAME names, else every model params_file declares."""
+        default = self.resolved_model_name()
+        if self.models:
+            chosen = self.models
+        elif self.model_name:
+            chosen = [self.model_name]
+        else:
+            chosen = list(self.declared_models()) or [default]
+        return [default, *(name for name in dict.fromkeys(chosen) if name != default)]
+
+    def declared_models(self) -> dict[str, Params]:
+        """Every model params_file declares, the default first; none when it cannot be read."""
+        try:
+            return load_models(self.params_file)
+        except ParamsError:
+            return {}
+
     def resolved_model_name(self) -> str:
+        """The default model: BITLOOP_API_MODEL_NAME, else the first of BITLOOP_API_MODELS, else
+        params.yaml's model.name."""
         if self.model_name:
             return self.model_name
+        if self.models:
+            return self.models[0]
         try:
             return load_params(self.params_file).model.name
         except ValueError as err:

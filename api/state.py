@@ -25,6 +25,9 @@ from api.settings import ApiSettings
 
 @dataclass
 class ServerState:
+    """One served model's parts (its manager, batcher, scoring, drift and quality watchers) with the
+    server's shared ones (settings, prediction log, outcomes, drain): routes see one model at a time."""
+
     settings: ApiSettings
     manager: ModelManager
     batcher: MicroBatcher
@@ -39,11 +42,40 @@ class ServerState:
 # Dependencies are `async def`: FastAPI runs a plain `def` one on its thread pool, a thread hop per
 # request that cost a third of a single prediction's time under load (make bench).
 async def get_state(request: Request) -> ServerState:
-    state: ServerState = request.app.state.bitloop
-    return state
+    """The model a route answers for: the one its path names (`/models/{name}/...`), else the default."""
+    name = request.path_params.get("name")
+    models: dict[str, ServerState] = request.app.state.models
+    if name is None:
+        found: ServerState = request.app.state.bitloop
+    elif name in models:
+        found = models[name]
+    else:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            f"model {name[:200]!r} is not served here: GET /models lists those that are",
+        )
+    await request.app.state.residency.use(found.manager.name)
+    return found
+
+
+async def get_protocol_state(request: Request) -> ServerState:
+    """The Open Inference Protocol's routes: the model its path names, else the default one, whose
+    routes then answer a name it does not serve with the protocol's own 404."""
+    models: dict[str, ServerState] = request.app.state.models
+    found: ServerState = models.get(request.path_params.get("name", ""), request.app.state.bitloop)
+    await request.app.state.residency.use(found.manager.name)
+    return found
+
+
+async def get_served(request: Request) -> dict[str, ServerState]:
+    """Every served model's parts, by name, the default first."""
+    models: dict[str, ServerState] = request.app.state.models
+    return models
 
 
 StateDep = Annotated[ServerState, Depends(get_state)]
+ProtocolStateDep = Annotated[ServerState, Depends(get_protocol_state)]
+ServedDep = Annotated[dict[str, ServerState], Depends(get_served)]
 _api_key_header = APIKeyHeader(
     name="X-API-Key",
     auto_error=False,
@@ -51,8 +83,10 @@ _api_key_header = APIKeyHeader(
 )
 
 
-async def require_api_key(state: StateDep, key: Annotated[str | None, Depends(_api_key_header)]) -> None:
-    expected = state.settings.api_key
+async def require_api_key(request: Request, key: Annotated[str | None, Depends(_api_key_header)]) -> None:
+    """Settings are the server's, whichever model a route is for: no model is looked up (or loaded)
+    for a request without its key."""
+    expected = request.app.state.bitloop.settings.api_key
     if expected is None:
         return
     if key is None or not secrets.compare_digest(key.encode(), expected.get_secret_value().encode()):

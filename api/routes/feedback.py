@@ -76,8 +76,8 @@ async def feedback(request: Request, state: StateDep) -> Response:
         positions.append(i)
     if not outcomes:
         raise RequestValidationError([e for found in errors.values() for e in found])
-    metrics.FEEDBACK.labels("invalid").inc(len(errors))
-    statuses = await asyncio.to_thread(state.outcomes.record, outcomes)
+    metrics.FEEDBACK.labels(model.name, "invalid").inc(len(errors))
+    statuses = await asyncio.to_thread(state.outcomes.record, model.name, outcomes)
     listed = [
         FeedbackItemOut(
             index=i, status="invalid", detail="; ".join(e["msg"] for e in found), loc=list(found[0]["loc"])

@@ -1,8 +1,14 @@
-"""Liveness, readiness, the served model's description and Prometheus metrics."""
+"""Liveness, readiness, the served models' descriptions and Prometheus metrics.
+
+The routes about one model answer for the default model at the root (`/model`, `/ready`, `/drift`,
+`/performance`) and for any served model under `/models/{name}` (`model_router`); `GET /models`
+lists them all."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, Response, status
+import time
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 
 from api import metrics
 from api.dataplane import Unavailable
@@ -12,10 +18,12 @@ from api.schemas import (
     Health,
     LastRolloutOut,
     ModelInfo,
+    ModelsOut,
     PredictionLogOut,
     Readiness,
     RefusalOut,
     RolloutOut,
+    ServedModelOut,
     error_responses,
 )
 from api.state import ServerState, StateDep, require_api_key
@@ -194,3 +202,79 @@ async def performance(state: StateDep, fresh: bool = False) -> QualityReport:
 async def prometheus_metrics() -> Response:
     body, content_type = metrics.render()
     return Response(body, media_type=content_type)
+
+
+@router.get("/models", response_model=ModelsOut, summary="Every served model: its version, runtime and state")
+async def served_models(request: Request) -> ModelsOut:
+    """Read without loading anything: an unloaded model stays unloaded."""
+    residency = request.app.state.residency
+    models: dict[str, ServerState] = request.app.state.models
+    now = time.monotonic()
+    listed = []
+    for index, (name, state) in enumerate(models.items()):
+        manager = state.manager
+        champion, canary, challenger = manager.champion, manager.canary, manager.challenger
+        if not manager.resident:
+            found = "unloaded"
+        elif champion is not None:
+            found = "serving"
+        else:
+            found = "refused" if "champion" in manager.refusals else "no_champion"
+        listed.append(
+            ServedModelOut(
+                name=name,
+                default=index == 0,
+                state=found,
+                version=None if champion is None else champion.version,
+                runtime=None if champion is None else champion.runtime,
+                task=None if champion is None else champion.schema.task,
+                canary_version=None if canary is None else canary.version,
+                challenger_version=None if challenger is None else challenger.version,
+                last_used_seconds_ago=round(max(0.0, now - manager.last_used), 3),
+                cold_loads=residency.cold_loads[name],
+                unloads=residency.unloads[name],
+            )
+        )
+    return ModelsOut(
+        max_loaded_models=residency.limit,
+        loaded=sum(state.manager.resident for state in models.values()),
+        models=listed,
+    )
+
+
+model_router = APIRouter(tags=["models"])
+"""The routes about one model, under /models/{name}: the same answers as the default model's."""
+model_router.add_api_route(
+    "",
+    model_info,
+    methods=["GET"],
+    response_model=ModelInfo,
+    responses=error_responses(404, 503),
+    summary="One served model's champion, as /model describes the default one",
+)
+model_router.add_api_route(
+    "/ready",
+    ready,
+    methods=["GET"],
+    response_model=Readiness,
+    responses={503: {"model": Readiness}, **error_responses(404)},
+    summary="One served model's readiness, as /ready gives the default one's",
+)
+model_router.add_api_route(
+    "/drift",
+    drift,
+    methods=["GET"],
+    dependencies=[Depends(require_api_key)],
+    response_model=DriftReport,
+    responses=error_responses(401, 404, 409, 503),
+    summary="Drift of one served model's recent live inputs, as /drift for the default one",
+)
+model_router.add_api_route(
+    "/performance",
+    performance,
+    methods=["GET"],
+    dependencies=[Depends(require_api_key)],
+    response_model=QualityReport,
+    responses=error_responses(401, 404, 503),
+    summary="Live quality of one served model's versions, as /performance for the default one",
+)

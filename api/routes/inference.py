@@ -35,7 +35,7 @@ from api.schemas import (
     V2TensorMetadata,
     datatype,
 )
-from api.state import ServerState, StateDep, require_api_key
+from api.state import ProtocolStateDep, ServerState, require_api_key
 from api.validation import read_body
 from core.compiled import ONNX_RUNTIME
 from core.errors import BitloopError
@@ -148,7 +148,7 @@ async def live() -> V2Live:
     responses={400: {"model": V2Ready}},
     summary="Server readiness (200: ready; 400: not ready)",
 )
-async def ready(state: StateDep, response: Response) -> V2Ready:
+async def ready(state: ProtocolStateDep, response: Response) -> V2Ready:
     ok = _ready(state)
     response.status_code = 200 if ok else 400
     return V2Ready(ready=ok)
@@ -185,7 +185,7 @@ def _metadata(state: ServerState, name: str, version: str | None) -> V2ModelMeta
 
 
 @router.get("/models/{name}", response_model=V2ModelMetadata, responses=ERRORS, summary="Model metadata")
-async def model_metadata(name: str, state: StateDep) -> V2ModelMetadata:
+async def model_metadata(name: str, state: ProtocolStateDep) -> V2ModelMetadata:
     return _metadata(state, name, None)
 
 
@@ -195,14 +195,14 @@ async def model_metadata(name: str, state: StateDep) -> V2ModelMetadata:
     responses=ERRORS,
     summary="Model version metadata",
 )
-async def version_metadata(name: str, model_version: str, state: StateDep) -> V2ModelMetadata:
+async def version_metadata(name: str, model_version: str, state: ProtocolStateDep) -> V2ModelMetadata:
     return _metadata(state, name, model_version)
 
 
 @router.get(
     "/models/{name}/ready", response_model=V2Ready, responses=ERRORS, summary="Model readiness (200: ready)"
 )
-async def model_ready(name: str, state: StateDep, response: Response) -> V2Ready:
+async def model_ready(name: str, state: ProtocolStateDep, response: Response) -> V2Ready:
     _served(state, name, None)
     return await ready(state, response)
 
@@ -333,7 +333,7 @@ async def _infer(request: Request, state: ServerState, name: str, model_version:
         }
     },
 )
-async def infer(name: str, request: Request, state: StateDep) -> Response:
+async def infer(name: str, request: Request, state: ProtocolStateDep) -> Response:
     return await _infer(request, state, name, None)
 
 
@@ -350,5 +350,5 @@ async def infer(name: str, request: Request, state: StateDep) -> Response:
         }
     },
 )
-async def infer_version(name: str, model_version: str, request: Request, state: StateDep) -> Response:
+async def infer_version(name: str, model_version: str, request: Request, state: ProtocolStateDep) -> Response:
     return await _infer(request, state, name, model_version)

@@ -213,20 +213,23 @@ class PredictionStore(ABC):
             for ts, request, name, version, variant, features, prediction, probabilities, row, entity in found
         ]
 
-    def resolve(self, request_id: str | None, row: int, entity_id: str | None) -> tuple[str, int] | None:
-        """The (request id, row) a true outcome is for: the answered prediction with that request id
-        and row, or the newest answered prediction for the entity id; None while the log has none."""
+    def resolve(
+        self, model_name: str, request_id: str | None, row: int, entity_id: str | None
+    ) -> tuple[str, int] | None:
+        """The (request id, row) a true outcome is for: the answered prediction of model `model_name`
+        with that request id and row, or its newest answered prediction for the entity id (an entity
+        another model scored too keeps each model's outcomes apart); None while the log has none."""
         if request_id is not None:
             found = self._execute(
                 "SELECT request_id, row_index FROM predictions WHERE request_id = ? AND row_index = ? "
-                "AND variant <> ? LIMIT 1",
-                (request_id, row, SHADOW),
+                "AND model_name = ? AND variant <> ? LIMIT 1",
+                (request_id, row, model_name, SHADOW),
             ).fetchone()
         else:
             found = self._execute(
-                "SELECT request_id, row_index FROM predictions WHERE entity_id = ? AND variant <> ? "
-                "ORDER BY ts DESC LIMIT 1",
-                (entity_id, SHADOW),
+                "SELECT request_id, row_index FROM predictions WHERE entity_id = ? AND model_name = ? "
+                "AND variant <> ? ORDER BY ts DESC LIMIT 1",
+                (entity_id, model_name, SHADOW),
             ).fetchone()
         return None if found is None else (str(found[0]), int(found[1]))
 

@@ -199,21 +199,28 @@ def ensure_champion(settings: StackSettings) -> None:
 
 
 def wait_serving(settings: StackSettings) -> None:
-    """Have the model server check the registry now, then wait until it serves the champion."""
+    """Have the model server check the registry now, then wait until it serves every model's
+    champion (a model past BITLOOP_API_MAX_LOADED_MODELS may stay unloaded)."""
     api = f"http://127.0.0.1:{settings.api_port}"
     key = os.environ.get("BITLOOP_API_API_KEY")
     headers = {"X-API-Key": key} if key else {}
     deadline = time.monotonic() + settings.start_timeout
+    waiting = ["the champion"]
     while time.monotonic() < deadline:
         try:
             httpx.post(f"{api}/admin/reload", headers=headers, timeout=30.0)
-            if httpx.get(f"{api}/ready", timeout=5.0).status_code == 200:
+            models = httpx.get(f"{api}/models", timeout=5.0).json()["models"]
+            waiting = [m["name"] for m in models if m["state"] not in ("serving", "unloaded")]
+            if not waiting and httpx.get(f"{api}/ready", timeout=5.0).status_code == 200:
                 return
-        except httpx.HTTPError:
+        except (httpx.HTTPError, ValueError, KeyError):
             pass
-        print("  waiting for the model server to load the champion", flush=True)
+        print(f"  waiting for the model server to load {', '.join(waiting)}", flush=True)
         time.sleep(2.0)
-    raise SystemExit(f"the model server did not load the champion; see {settings.state_dir}/logs/api.log")
+    raise SystemExit(
+        f"the model server did not load {', '.join(waiting)}; "
+        f"see {api}/models and {settings.state_dir}/logs/api.log"
+    )
 
 
 def check_ports_free(settings: StackSettings) -> None:

@@ -3,8 +3,9 @@
 `python -m pipeline ground-truth` (the ground_truth DAG's task) reads the prediction log for
 answered predictions that carry an entity id and have no outcome yet (within `--since`), asks the
 data-source service what became of those customers (`POST /outcomes`), and sends the outcomes it
-released to the model server (`POST /feedback`, by entity id). Idempotent: an outcome the server
-already holds is a duplicate there and is not asked for again.
+released to the model server (`POST /models/<name>/feedback`, by entity id: the model's own
+predictions only). Idempotent: an outcome the server already holds is a duplicate there and is not
+asked for again.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -52,7 +54,9 @@ def collect(
     since: datetime,
     limit: int = 100_000,
 ) -> dict[str, Any]:
-    """Move the released outcomes of waiting predictions to the model server; counts of each step."""
+    """Move the released outcomes of waiting predictions to the model server's feedback route of
+    `model_name` (which finds that model's predictions only); counts of each step."""
+    feedback = f"{api_url}/models/{quote(model_name, safe='')}/feedback"
     ids = read_unlabelled(prediction_log, model_name, since=since.timestamp(), limit=limit)
     counts: Counter[str] = Counter(waiting=len(ids))
     released: list[dict[str, Any]] = []
@@ -68,9 +72,7 @@ def collect(
         counts["released"] = len(released)
         for chunk in _chunks(released):
             outcomes = [{"id": o["id"], "outcome": o["outcome"]} for o in chunk]
-            answer = _post(
-                client, f"{api_url}/feedback", {"outcomes": outcomes}, "model server", "BITLOOP_API_URL"
-            )
+            answer = _post(client, feedback, {"outcomes": outcomes}, "model server", "BITLOOP_API_URL")
             for status in ("recorded", "invalid", "duplicate", "conflict", "unknown"):
                 counts[status] += int(answer.get(status, 0))  # `invalid`: the server refused an outcome
             log.info("outcomes sent", extra={"sent": len(outcomes), "recorded": counts["recorded"]})

@@ -24,12 +24,15 @@ def send(client: TestClient, rows: list[dict[str, Any]]) -> None:
         assert answer.status_code == 200, answer.text[:600]
 
 
-def gauges(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def gauges(client: TestClient, model: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The drift gauges of `model`, by name and their other labels."""
     out = {}
     for family in text_string_to_metric_families(client.get("/metrics").text):
         for sample in family.samples:
             if sample.name.startswith(("bitloop_drift", "bitloop_dataset_drift", "bitloop_feature_")):
-                out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+                labels = dict(sample.labels)
+                if labels.pop("model") == model:
+                    out[(sample.name, tuple(sorted(labels.items())))] = sample.value
     return out
 
 
@@ -47,7 +50,9 @@ def test_drift_follows_live_traffic(make_client: Callable[..., TestClient], chur
     empty = client.get("/drift").json()
     assert empty["status"] == "insufficient_data"
     assert empty["message"] == f"not enough data yet: 0 of {empty['min_rows']} rows"
-    assert gauges(client)[("bitloop_drift_min_rows", ())] == empty["min_rows"] == 200  # params.yaml
+    assert (
+        gauges(client, churn_model.name)[("bitloop_drift_min_rows", ())] == empty["min_rows"] == 200
+    )  # params.yaml
     send(client, records(150, 20, 0.0))
     assert wait_for_rows(client, 150)["message"] == "not enough data yet: 150 of 200 rows"
 
@@ -55,7 +60,7 @@ def test_drift_follows_live_traffic(make_client: Callable[..., TestClient], chur
     calm = wait_for_rows(client, 1200)
     assert calm["status"] == "no_drift"
     assert calm["model"]["version"] == churn_model.version
-    values = gauges(client)
+    values = gauges(client, churn_model.name)
     assert values[("bitloop_dataset_drift", ())] == 0.0
     assert values[("bitloop_drift_window_rows", ())] == 1200
     assert values[("bitloop_drift_last_evaluation_timestamp_seconds", ())] > time.time() - 60
@@ -64,7 +69,7 @@ def test_drift_follows_live_traffic(make_client: Callable[..., TestClient], chur
     drifted = wait_for_rows(client, 4200)
     assert drifted["status"] == "drift"
     assert "monthly_charges" in drifted["drifted_features"]
-    values = gauges(client)
+    values = gauges(client, churn_model.name)
     assert values[("bitloop_dataset_drift", ())] == 1.0
     assert values[("bitloop_drift_share", ())] == drifted["drift_share"]
     labels = (("feature", "monthly_charges"), ("method", "wasserstein"))
@@ -82,7 +87,7 @@ def test_the_periodic_evaluation_publishes_without_being_asked(
     client = make_client(churn_model.name, drift_interval_seconds=0.2)
     send(client, records(400, 23, 1.0))
     deadline = time.monotonic() + 15
-    while gauges(client).get(("bitloop_drift_window_rows", ()), 0) < 400:
+    while gauges(client, churn_model.name).get(("bitloop_drift_window_rows", ()), 0) < 400:
         assert time.monotonic() < deadline, "the drift gauges were never updated"
         time.sleep(0.2)
-    assert gauges(client)[("bitloop_dataset_drift", ())] == 1.0
+    assert gauges(client, churn_model.name)[("bitloop_dataset_drift", ())] == 1.0

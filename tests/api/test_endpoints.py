@@ -169,7 +169,9 @@ def test_api_key_guards_the_routes_the_readme_names_and_no_others(
     real: without the key 401, with it answered, and the open routes open."""
     client = make_client(churn_model.name, api_key="s3cret")
     readme = (PROJECT / "README.md").read_text()
-    listed = "`/predict*`, `/feedback`, `/v2/models/*/infer`, `/drift`, `/performance`"
+    listed = "`/predict*`, `/feedback`, `/v2/models/*/infer`, `/drift`, `/performance` " + (
+        "(also under `/models/{name}/`)"
+    )
     assert f"With an API key set, {listed}\n  and `/admin/*` require it." in readme
     assert f"when set, {listed} and `/admin/*` require the `X-API-Key` header |" in readme
     assert guarded_routes(client) == {
@@ -181,6 +183,11 @@ def test_api_key_guards_the_routes_the_readme_names_and_no_others(
         "/drift",
         "/performance",
         "/admin/reload",
+        "/models/{name}/predict",
+        "/models/{name}/predict/batch",
+        "/models/{name}/feedback",
+        "/models/{name}/drift",
+        "/models/{name}/performance",
     }
     record = sample_record(churn_model.schema)
     key = {"X-API-Key": "s3cret"}
@@ -214,7 +221,7 @@ def test_the_page_and_the_api_docs_need_no_network(make_client: Client, churn_mo
     client = make_client(churn_model.name)
     page = client.get("/")
     assert page.headers["content-type"].startswith("text/html")
-    assert 'fetch("/predict"' in page.text
+    assert "fetch(predictPath()" in page.text
     docs = client.get("/docs").text
     assert "cdn." not in docs
     for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):

@@ -113,8 +113,10 @@ def test_poison_records_under_load_fail_alone_with_a_422_naming_the_field(
             stop.set()
             thread.join()
         unscorable = metric(base, 'bitloop_prediction_failures_total{cause="input"')
-        calls = metric(base, 'bitloop_inference_batch_rows_count{variant="champion"}')
-        single = metric(base, 'bitloop_inference_batch_rows_bucket{le="1.0",variant="champion"}')
+        calls = metric(base, f'bitloop_inference_batch_rows_count{{model="{name}",variant="champion"}}')
+        single = metric(
+            base, f'bitloop_inference_batch_rows_bucket{{le="1.0",model="{name}",variant="champion"}}'
+        )
     failed = [a for a in traffic.answers if a[0] != 200]
     assert failed == [], failed[:5]
     assert all(status == 422 for status, _, _ in bad_answers), bad_answers[:5]
@@ -148,14 +150,14 @@ def test_a_version_that_loads_but_cannot_predict_never_serves(
     with api_server(tmp_path, mlflow_uri, name) as base, Traffic(base, record) as traffic:
         wait_for(lambda: len(traffic.answers) > 100)
         client.set_registered_model_alias(name, "champion", broken)
-        wait_for(lambda: metric(base, 'bitloop_model_reloads_total{result="failure"') == 1.0)
+        wait_for(lambda: metric(base, f'bitloop_model_reloads_total{{model="{name}",result="failure"') == 1.0)
         count = len(traffic.answers)
         wait_for(lambda: len(traffic.answers) > count + 100)
         ready = httpx.get(f"{base}/ready")
         info = httpx.get(f"{base}/model").json()
-        loaded = metric(base, "bitloop_model_loaded ")
+        loaded = metric(base, f'bitloop_model_loaded{{model="{name}"}} ')
         time.sleep(1.5)  # several registry checks later the refusal is not retried nor recounted
-        assert metric(base, 'bitloop_model_reloads_total{result="failure"') == 1.0
+        assert metric(base, f'bitloop_model_reloads_total{{model="{name}",result="failure"') == 1.0
     assert [a for a in traffic.answers if a != (200, good)] == []
     assert ready.status_code == 200
     assert ready.json()["model_version"] == good
@@ -183,7 +185,7 @@ def test_a_pickled_champion_is_refused_and_never_unpickled(
     with api_server(tmp_path, mlflow_uri, name) as base:
         wait_for(lambda: httpx.get(f"{base}/ready").status_code == 200)
         client.set_registered_model_alias(name, "champion", pickled)
-        wait_for(lambda: metric(base, 'bitloop_model_reloads_total{result="failure"') == 1.0)
+        wait_for(lambda: metric(base, f'bitloop_model_reloads_total{{model="{name}",result="failure"') == 1.0)
         ready = httpx.get(f"{base}/ready").json()
         log = (tmp_path / "server.log").read_text()
     assert ready["model_version"] == good
@@ -609,7 +611,7 @@ def test_a_version_that_refuses_what_its_predecessor_answered_never_serves(
     # A refused version is tried again after 5 minutes (the README's figure), not before.
     manager = client.app.state.bitloop.manager
     refused_at = manager.refusals["champion"].at
-    failures = 'bitloop_model_reloads_total{result="failure",variant="champion"}'
+    failures = f'bitloop_model_reloads_total{{model="{name}",result="failure",variant="champion"}}'
 
     def attempts_after(seconds: float) -> float:
         manager.clock = lambda: refused_at + seconds

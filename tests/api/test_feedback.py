@@ -177,7 +177,8 @@ def test_outcomes_are_recorded_once_and_unknown_ones_reported(
             (batch["request_id"], 1, known[other]),
         ]
     )
-    assert 'bitloop_feedback_outcomes_total{status="duplicate"} 1.0' in client.get("/metrics").text
+    counted = f'bitloop_feedback_outcomes_total{{model="{churn_model.name}",status="duplicate"}} 1.0'
+    assert counted in client.get("/metrics").text
 
 
 @pytest.mark.parametrize(
@@ -216,7 +217,10 @@ def test_a_bad_outcome_is_listed_by_field_and_the_good_ones_recorded(
         (batch["request_id"], 0),
         (batch["request_id"], 1),
     ]
-    assert 'bitloop_feedback_outcomes_total{status="invalid"}' in client.get("/metrics").text
+    assert (
+        f'bitloop_feedback_outcomes_total{{model="{churn_model.name}",status="invalid"}}'
+        in client.get("/metrics").text
+    )
 
     # Alone, the same item is a 422 naming it: nothing in the request could be recorded.
     alone = client.post("/feedback", json={"outcomes": [item]})
@@ -260,6 +264,6 @@ def test_feedback_needs_the_api_key(make_client: Client, churn_model: Trained) -
 def test_a_log_that_cannot_be_reached_is_a_503_without_its_password() -> None:
     store = OutcomeStore(f"postgresql://bitloop:hunter2@127.0.0.1:{free_port()}/log")
     with pytest.raises(OutcomesUnavailable) as caught:
-        store.record([])
+        store.record("m", [])
     assert "hunter2" not in str(caught.value)
     assert "cannot store outcomes" in str(caught.value)

@@ -43,7 +43,10 @@ def test_promotion_under_load_drops_nothing_and_logs_every_answer(
         # Each of the other three clients may have had one request in flight when the swap came.
         assert after.count(trained.version) <= 3, after[:20]
         metrics = httpx.get(f"{base}/metrics").text
-        assert 'bitloop_model_reloads_total{result="success",variant="champion"} 2.0' in metrics
+        assert (
+            'bitloop_model_reloads_total{model="live-churn",result="success",variant="champion"} 2.0'
+            in metrics
+        )
     assert count_rows(tmp_path / "predictions.sqlite") == len(answers)
 
 
@@ -71,8 +74,8 @@ def test_broken_or_incompatible_versions_are_refused(
             client.set_registered_model_alias("guarded-api", "champion", str(bad))
             wait_for(
                 lambda n=failures: (
-                    f'bitloop_model_reloads_total{{result="failure",variant="champion"}} {n}.0'
-                    in httpx.get(f"{base}/metrics").text
+                    'bitloop_model_reloads_total{model="guarded-api",result="failure",variant="champion"} '
+                    f"{n}.0" in httpx.get(f"{base}/metrics").text
                 )
             )
             answer = httpx.post(f"{base}/predict", json=record)

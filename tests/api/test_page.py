@@ -105,3 +105,38 @@ def test_a_refused_value_is_shown_next_to_its_field(browser: Any, served: str, c
     assert page.inner_text(f'label[data-feature="{required[0].name}"] .field-error')
     assert page.is_hidden("#answer")
     page.close()
+
+
+def test_with_several_models_the_page_asks_the_one_chosen(
+    browser: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+    mlflow_uri: str,
+    churn_model: Trained,
+    diabetes_model: Trained,
+) -> None:
+    served = f"{churn_model.name},{diabetes_model.name}"
+    with api_server(
+        tmp_path_factory.mktemp("page-models"), mlflow_uri, churn_model.name, BITLOOP_API_MODELS=served
+    ) as base:
+        page = browser.new_page()
+        page.goto(base + "/")
+        page.wait_for_selector("#model-choice:not([hidden])")
+        options = page.eval_on_selector_all("#model-choice option", "options => options.map(o => o.value)")
+        assert options == [churn_model.name, diabetes_model.name]
+        page.select_option("#model-choice", diabetes_model.name)
+        page.wait_for_function(
+            f"document.querySelector('#model').innerText.startsWith({diabetes_model.name!r})"
+        )
+        page.wait_for_selector("#submit:not([disabled])")
+        names = page.eval_on_selector_all(
+            "label[data-feature]", "labels => labels.map(l => l.dataset.feature)"
+        )
+        assert names == [f.name for f in diabetes_model.schema.features]
+        page.click("#submit")
+        page.wait_for_selector("#answer:not([hidden])")
+        assert page.inner_text("#answer-model") == diabetes_model.name
+        assert page.url.endswith(f"?model={diabetes_model.name}")
+        page.reload()  # the address keeps the choice
+        page.wait_for_selector("#submit:not([disabled])")
+        assert page.inner_text("#model").startswith(diabetes_model.name)
+        assert page.eval_on_selector("#model-choice", "s => s.value") == diabetes_model.name

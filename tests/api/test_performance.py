@@ -30,13 +30,14 @@ def truth(trained: Trained, rows: int) -> list[Any]:
     return pd.read_parquet(trained.workspace.test_file)[trained.schema.target].head(rows).tolist()
 
 
-def gauges(client: TestClient, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    """The samples of one metric, by their labels."""
+def gauges(client: TestClient, name: str, model: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """The samples of one metric of one model, by their other labels."""
     found = {}
     for family in text_string_to_metric_families(client.get("/metrics").text):
         for sample in family.samples:
-            if sample.name == name:
-                found[tuple(sorted(sample.labels.items()))] = sample.value
+            labels = dict(sample.labels)
+            if sample.name == name and labels.pop("model") == model:
+                found[tuple(sorted(labels.items()))] = sample.value
     return found
 
 
@@ -101,12 +102,14 @@ def test_outcomes_become_live_quality_with_coverage_estimate_and_limits(
 
     version = churn_model.version
     champion = (("variant", "champion"), ("version", version))
-    live = gauges(client, "bitloop_live_quality")
+    live = gauges(client, "bitloop_live_quality", churn_model.name)
     assert live[(("metric", "accuracy"), *champion)] == pytest.approx(found["realized"]["accuracy"])
-    assert gauges(client, "bitloop_label_coverage_ratio")[champion] == pytest.approx(found["coverage"])
-    assert gauges(client, "bitloop_labelled_predictions")[champion] == len(records)
-    assert (("metric", "roc_auc"), *champion) in gauges(client, "bitloop_estimated_quality")
-    limits = gauges(client, "bitloop_live_quality_limit")
+    assert gauges(client, "bitloop_label_coverage_ratio", churn_model.name)[champion] == pytest.approx(
+        found["coverage"]
+    )
+    assert gauges(client, "bitloop_labelled_predictions", churn_model.name)[champion] == len(records)
+    assert (("metric", "roc_auc"), *champion) in gauges(client, "bitloop_estimated_quality", churn_model.name)
+    limits = gauges(client, "bitloop_live_quality_limit", churn_model.name)
     floor = (("better", "higher"), ("kind", "floor"), ("metric", "roc_auc"), ("version", version))
     holdout = (("better", "higher"), ("kind", "holdout"), ("metric", "roc_auc"), ("version", version))
     assert limits[floor] == 0.6  # promote.floors of params.yaml
@@ -136,7 +139,7 @@ def test_regression_quality_and_no_figures_below_min_labelled(
     assert send(client, answer["request_id"], values[:50]) == 50
     (found,) = client.get("/performance", params={"fresh": "true"}).json()["versions"]
     assert (found["labelled"], found["realized"], found["estimated"]) == (50, {}, {})
-    assert gauges(client, "bitloop_live_quality") == {}
+    assert gauges(client, "bitloop_live_quality", diabetes_model.name) == {}
 
     assert send(client, answer["request_id"], values) == len(values) - 50  # the first 50: duplicates
     report = client.get("/performance", params={"fresh": "true"}).json()

@@ -19,8 +19,8 @@ def wait_for(predicate: Any, timeout: float = 30.0) -> None:
 class Traffic:
     """Clients sending single-record predictions until stopped; every answer is kept."""
 
-    def __init__(self, base: str, record: dict[str, Any], clients: int = 4) -> None:
-        self.base, self.record = base, record
+    def __init__(self, base: str, record: dict[str, Any], clients: int = 4, path: str = "/predict") -> None:
+        self.base, self.record, self.path = base, record, path
         self.answers: list[tuple[int, str | None]] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run) for _ in range(clients)]
@@ -29,7 +29,7 @@ class Traffic:
         with httpx.Client(base_url=self.base, timeout=10) as client:
             while not self._stop.is_set():
                 try:
-                    response = client.post("/predict", json=self.record)
+                    response = client.post(self.path, json=self.record)
                     version = response.json().get("model_version") if response.status_code == 200 else None
                     self.answers.append((response.status_code, version))
                 except httpx.HTTPError as err:

@@ -20,12 +20,18 @@ from core.predictions.tables import MIGRATIONS
 
 
 def batch(
-    request_id: str, n: int, ts: float, *, variant: str = "champion", ids: list[str] | None = None
+    request_id: str,
+    n: int,
+    ts: float,
+    *,
+    variant: str = "champion",
+    ids: list[str] | None = None,
+    model: str = "m",
 ) -> list[Row]:
     entities: list[str | None] = list(ids) if ids else [None] * n
     probabilities = {"no": 0.4, "yes": 0.6}
     return [
-        Row(ts, request_id, "m", "1", variant, {"x": float(i)}, "yes", probabilities, i, entities[i])
+        Row(ts, request_id, model, "1", variant, {"x": float(i)}, "yes", probabilities, i, entities[i])
         for i in range(n)
     ]
 
@@ -37,12 +43,12 @@ def test_outcomes_are_addressed_and_stored_once_on_both_stores(log_url: str) -> 
     insert_rows(log_url, batch("b", 1, now - 10, ids=["c2"]))  # c2 scored again, later
     store = open_store(log_url)
     try:
-        assert store.resolve("a", 2, None) == ("a", 2)
-        assert store.resolve("a", 3, None) is None  # no such row
-        assert store.resolve(None, 0, "c2") == ("b", 0)  # the newest prediction for the entity
-        assert store.resolve(None, 0, "c9") is None
+        assert store.resolve("m", "a", 2, None) == ("a", 2)
+        assert store.resolve("m", "a", 3, None) is None  # no such row
+        assert store.resolve("m", None, 0, "c2") == ("b", 0)  # the newest prediction for the entity
+        assert store.resolve("m", None, 0, "c9") is None
         insert_rows(log_url, batch("s", 1, now, variant="shadow", ids=["c7"]))
-        assert store.resolve(None, 0, "c7") is None  # a shadow row answered nobody
+        assert store.resolve("m", None, 0, "c7") is None  # a shadow row answered nobody
         assert store.add_outcome("a", 2, "no", now) == "recorded"
         assert store.add_outcome("a", 2, "no", now + 1) == "duplicate"
         assert store.add_outcome("a", 2, "yes", now + 2) == "conflict"
@@ -54,6 +60,22 @@ def test_outcomes_are_addressed_and_stored_once_on_both_stores(log_url: str) -> 
     finally:
         store.close()
     assert [(r.row_index, r.entity_id) for r in read_rows(log_url)[:3]] == [(0, "c1"), (1, "c2"), (2, "c3")]
+
+
+def test_an_outcome_is_for_the_model_it_was_sent_to_on_both_stores(log_url: str) -> None:
+    """Two models scored the same customer: each one's outcome finds its own prediction, by entity
+    id or by request, never the other model's (even the newer one)."""
+    now = time.time()
+    insert_rows(log_url, batch("churn-req", 1, now - 20, ids=["c1"], model="churn"))
+    insert_rows(log_url, batch("fraud-req", 1, now - 10, ids=["c1"], model="fraud"))
+    store = open_store(log_url)
+    try:
+        assert store.resolve("churn", None, 0, "c1") == ("churn-req", 0)
+        assert store.resolve("fraud", None, 0, "c1") == ("fraud-req", 0)
+        assert store.resolve("churn", "fraud-req", 0, None) is None
+        assert store.resolve("other", None, 0, "c1") is None
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize("variant", ["champion", "canary", "challenger"])
@@ -68,10 +90,10 @@ def test_every_variant_that_answered_gets_its_outcome_and_counts_as_traffic(
     insert_rows(log_url, batch("shadowed", 1, now - 10, variant="shadow", ids=["e9"]))
     store = open_store(log_url)
     try:
-        assert store.resolve(f"req-{variant}", 1, None) == (f"req-{variant}", 1)
-        assert store.resolve(None, 0, "e0") == (f"req-{variant}", 0)
-        assert store.resolve("shadowed", 0, None) is None
-        assert store.resolve(None, 0, "e9") is None
+        assert store.resolve("m", f"req-{variant}", 1, None) == (f"req-{variant}", 1)
+        assert store.resolve("m", None, 0, "e0") == (f"req-{variant}", 0)
+        assert store.resolve("m", "shadowed", 0, None) is None
+        assert store.resolve("m", None, 0, "e9") is None
     finally:
         store.close()
     assert sorted(read_unlabelled(log_url, "m", since=now - 60)) == ["e0", "e1"]
@@ -92,7 +114,7 @@ def test_an_outcome_is_stored_once_however_often_it_is_sent(sent: list[tuple[int
         try:
             statuses = []
             for row, outcome in sent:
-                found = store.resolve("r", row, None)
+                found = store.resolve("m", "r", row, None)
                 statuses.append("unknown" if found is None else store.add_outcome(*found, outcome, 0.0))
             store.commit()
             stored = {row: outcome for _, row, outcome, _ in store.outcomes()}
@@ -137,7 +159,7 @@ def test_a_log_written_before_outcomes_is_migrated_with_its_rows(tmp_path: Path)
     conn.close()
     store = open_store(url)
     try:
-        assert store.resolve("old", 0, None) == ("old", 0)
+        assert store.resolve("m", "old", 0, None) == ("old", 0)
         assert store.add_outcome("old", 0, "no", 2.0) == "recorded"
         store.commit()
     finally:

@@ -47,6 +47,7 @@ VARIABLES = {
     "$__interval": "15s",
     "$route": ".*",
     "$feature": ".*",
+    "$model": ".*",
 }
 
 
