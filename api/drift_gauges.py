@@ -73,7 +73,7 @@ def publish(report: DriftReport, evaluated_at: float) -> None:
     model = str(report.model["name"])
     for gauge, labels in _PER_FEATURE.pop(model, []):
         gauge.remove(*labels)
-    series: list[tuple[Any, tuple[str, ...]]] = []
+    series: list[tuple[Any, tuple[str, ...], float]] = []
     for feature in report.features:
         if feature.score is None or feature.threshold is None:
             continue

@@ -42,6 +42,16 @@ and swaps models when their aliases move. Serves several models at once: each un
 the model's feature schema, shown below as `Record` for the default model."""
 
 
+def _predict_route(path: str) -> str:
+    """The prediction route template a path is for, or "other": a closed set of labels."""
+    if path in PREDICT_PATHS:
+        return path
+    parts = path.split("/", 3)  # "", "models", name, rest
+    if len(parts) == 4 and parts[1] == "models" and parts[2] and f"/{parts[3]}" in PREDICT_PATHS:
+        return f"/models/{{name}}/{parts[3]}"
+    return "other"
+
+
 class MetricsMiddleware:
     """Request count, latency and in-flight gauges per route template (pure ASGI: no body buffering)."""
 
@@ -63,9 +73,7 @@ class MetricsMiddleware:
 
         method = scope["method"]
         # Routing has not happened yet: label by a closed set so clients cannot mint series.
-        in_progress = metrics.IN_PROGRESS.labels(
-            method, scope["path"] if scope["path"] in PREDICT_PATHS else "other"
-        )
+        in_progress = metrics.IN_PROGRESS.labels(method, _predict_route(scope["path"]))
         in_progress.inc()
         try:
             await self.app(scope, receive, capture)

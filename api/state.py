@@ -67,15 +67,8 @@ async def get_protocol_state(request: Request) -> ServerState:
     return found
 
 
-async def get_served(request: Request) -> dict[str, ServerState]:
-    """Every served model's parts, by name, the default first."""
-    models: dict[str, ServerState] = request.app.state.models
-    return models
-
-
 StateDep = Annotated[ServerState, Depends(get_state)]
 ProtocolStateDep = Annotated[ServerState, Depends(get_protocol_state)]
-ServedDep = Annotated[dict[str, ServerState], Depends(get_served)]
 _api_key_header = APIKeyHeader(
     name="X-API-Key",
     auto_error=False,

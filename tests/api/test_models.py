@@ -19,7 +19,19 @@ from tests.api.traffic import Traffic, wait_for
 from tests.factories import DIABETES
 
 pytestmark = pytest.mark.integration
-IRIS = {"source": "sklearn", "name": "iris", "target": "species", "id_column": None}
+
+
+def iris_csv(path: Path) -> dict[str, Any]:
+    """A multi-class CSV export (scikit-learn's iris, species by name) and the data section reading it."""
+    from sklearn.datasets import load_iris
+
+    bunch = load_iris(as_frame=True)
+    frame = bunch.frame.rename(columns=lambda c: c.replace(" (cm)", "").replace(" ", "_"))
+    frame["species"] = [str(bunch.target_names[t]) for t in frame.pop("target")]
+    frame.to_csv(path, index=False)
+    return {"source": "csv", "path": str(path), "target": "species", "id_column": None}
+
+
 Client = Callable[..., TestClient]
 
 
@@ -208,10 +220,10 @@ def test_a_swap_of_one_model_under_load_moves_no_other_models_answers(
     tmp_path: Path, mlflow_uri: str, churn_model: Trained
 ) -> None:
     """Three models on one server under uvicorn (the churn classifier, a diabetes regression, a
-    three-class iris classifier), two of them under load while the regression's champion moves:
-    every request is answered, the regression swaps, the others keep their versions."""
+    three-class classifier trained from a CSV export), under load while the regression's champion
+    moves: every request is answered, the regression swaps, the others keep their versions."""
     regression = train_model(tmp_path / "diabetes", mlflow_uri, "three-diabetes", data=DIABETES)
-    iris = train_model(tmp_path / "iris", mlflow_uri, "three-iris", data=IRIS)
+    iris = train_model(tmp_path / "iris", mlflow_uri, "three-iris", data=iris_csv(tmp_path / "iris.csv"))
     registry = MlflowClient(mlflow_uri)
     target = next(
         str(v.version)
@@ -245,3 +257,21 @@ def test_a_swap_of_one_model_under_load_moves_no_other_models_answers(
     assert {v for _, v in churn.answers} == {churn_model.version}
     assert {v for _, v in flowers.answers} == {iris.version}
     assert {v for _, v in swapped.answers} == {regression.version, target}
+
+
+@pytest.mark.parametrize(
+    ("path", "label"),
+    [
+        ("/predict", "/predict"),
+        ("/models/any-name/predict", "/models/{name}/predict"),
+        ("/models/x/predict/batch", "/models/{name}/predict/batch"),
+        ("/models//predict", "other"),
+        ("/models/a/b/predict", "other"),
+        ("/models/a/predict/other", "other"),
+    ],
+)
+def test_requests_in_flight_are_labelled_by_a_closed_set_of_routes(path: str, label: str) -> None:
+    """A client choosing model names cannot mint series: every name maps to one template."""
+    from api.main import _predict_route
+
+    assert _predict_route(path) == label
