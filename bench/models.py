@@ -3,8 +3,8 @@
 The same champion (bench/serving.py's histogram gradient boosting on the simulated churn data) is
 registered under three names, so the only difference between the two servers is the number of
 models: what serving several costs in throughput and memory, not what different models cost.
-wrk drives the one-model server's /predict at 64 connections, then the three-model server's three
-/models/<name>/predict routes at once (22 + 21 + 21 connections). A third server holds at most
+Three wrk processes (22 + 21 + 21 connections) drive the one-model server's /predict, then one
+each of the three-model server's /models/<name>/predict routes. A third server holds at most
 one model in memory (BITLOOP_API_MAX_LOADED_MODELS=1): requests that alternate between models
 each wait for a cold load, timed against requests to the model already loaded. Results go to
 bench/results/models.json and docs/models.md.
@@ -32,6 +32,7 @@ from mlflow import MlflowClient
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
+from bench.scale import rss_kib  # noqa: E402
 from bench.serving import BIN, MODEL, champion, worker_rss_mib, wrk  # noqa: E402
 from tests.servers import free_port, serve  # noqa: E402
 
@@ -80,6 +81,12 @@ def _together(targets: list[tuple[str, Path, int]], seconds: int) -> list[dict[s
         return list(pool.map(lambda t: wrk(t[0], t[1], t[2], seconds), targets))
 
 
+def _rss_mib(pid: int) -> float:
+    """The serving process's resident memory (one uvicorn worker: the server process itself)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return worker_rss_mib(pid) if children else rss_kib(pid) / 1024
+
+
 def _timed(url: str, body: bytes) -> float:
     started = time.perf_counter()
     answer = httpx.post(url, content=body, headers={"content-type": "application/json"}, timeout=60)
@@ -101,22 +108,22 @@ def run(seconds: int, rounds: int) -> dict[str, Any]:
                 for url in (f"{one}/predict", *routes):
                     wrk(url, model.one, 8, 2)  # warm up
                 results: dict[str, Any] = {"one": {}, "three": {}}
+                split = [22, 21, 21]
                 for round_ in range(rounds):  # alternated, so that a slow minute hits both
-                    results["one"][str(round_)] = wrk(f"{one}/predict", model.one, CONNECTIONS, seconds)
-                    split = [22, 21, 21]
-                    each = _together([(u, model.one, c) for u, c in zip(routes, split, strict=True)], seconds)
-                    results["three"][str(round_)] = {
-                        "rps": sum(e["rps"] for e in each),
-                        "p50_ms": max(e["p50_ms"] for e in each),
-                        "p99_ms": max(e["p99_ms"] for e in each),
-                        "errors": sum(e["errors"] for e in each),
-                        "per_model_rps": [e["rps"] for e in each],
-                    }
+                    # Three wrk processes either way: the load generators cost the same on both sides.
+                    for side, urls in (("one", [f"{one}/predict"] * 3), ("three", routes)):
+                        each = _together(
+                            [(u, model.one, c) for u, c in zip(urls, split, strict=True)], seconds
+                        )
+                        results[side][str(round_)] = {
+                            "rps": sum(e["rps"] for e in each),
+                            "p50_ms": max(e["p50_ms"] for e in each),
+                            "p99_ms": max(e["p99_ms"] for e in each),
+                            "errors": sum(e["errors"] for e in each),
+                            "per_route_rps": [e["rps"] for e in each],
+                        }
                     print(round_, results["one"][str(round_)], results["three"][str(round_)], flush=True)
-                results["worker_rss_mib"] = {
-                    "one": worker_rss_mib(one_pid),
-                    "three": worker_rss_mib(three_pid),
-                }
+                results["worker_rss_mib"] = {"one": _rss_mib(one_pid), "three": _rss_mib(three_pid)}
                 cold = [_timed(f"{budget}/models/{NAMES[i % 3]}/predict", body) for i in range(1, 31)]
                 warm = [_timed(f"{budget}/models/{NAMES[0]}/predict", body) for _ in range(30)]
                 listed = httpx.get(f"{budget}/models").json()
@@ -156,7 +163,7 @@ def markdown(r: dict[str, Any]) -> str:
     s, m, cold = summary(r), r["machine"], r["cold_load"]
     rounds = "\n".join(
         f"| {i} | {r['one'][i]['rps']:,.0f} | {r['three'][i]['rps']:,.0f} "
-        f"({' + '.join(f'{x:,.0f}' for x in r['three'][i]['per_model_rps'])}) | "
+        f"({' + '.join(f'{x:,.0f}' for x in r['three'][i]['per_route_rps'])}) | "
         f"{r['one'][i]['p99_ms']:.1f} | {r['three'][i]['p99_ms']:.1f} |"
         for i in r["one"]
     )
@@ -170,10 +177,10 @@ def markdown(r: dict[str, Any]) -> str:
             "The servers and wrk share the machine; all bind 127.0.0.1; one uvicorn worker each.",
             "",
             "The same champion is registered under three names, so the three-model server differs from "
-            "the one-model server only in how many models it serves. wrk sends single records at "
-            f"{CONNECTIONS} connections for {r['settings']['seconds']} s a round: to the one-model "
-            "server's `/predict`, then to the three `/models/<name>/predict` routes at once (22 + 21 + 21 "
-            "connections); rounds alternate.",
+            "the one-model server only in how many models it serves. Three wrk processes send single "
+            f"records at {CONNECTIONS} connections in all (22 + 21 + 21) for {r['settings']['seconds']} s "
+            "a round: all three to the one-model server's `/predict`, then one to each of the three-model "
+            "server's `/models/<name>/predict` routes; rounds alternate.",
             "",
             "| round | one model, req/s | three models, req/s (each) | one, p99 ms | three, p99 ms |",
             "|---|---:|---:|---:|---:|",
