@@ -2,15 +2,18 @@
 
 Past the budget the least recently used model is unloaded (its registry check pauses too) and
 loaded again by the next request that asks for it, which waits for the load: a cold load, counted
-and timed in metrics and shown in GET /models. Budget 0 keeps every model loaded.
+and timed in metrics and shown in GET /models. A model is never unloaded while a request for it is
+being answered (`hold`): with more models asked at the same moment than the budget, the budget is
+exceeded until they are answered. Budget 0 keeps every model loaded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 
 from api import metrics
 from api.manager import ModelManager
@@ -24,6 +27,8 @@ class Residency:
         self.limit = limit
         self.cold_loads: dict[str, int] = dict.fromkeys(managers, 0)
         self.unloads: dict[str, int] = dict.fromkeys(managers, 0)
+        self.holds: dict[str, int] = dict.fromkeys(managers, 0)
+        """Requests being answered per model: a held model is not unloaded under them."""
         self._lock = asyncio.Lock()
         for name, manager in managers.items():
             metrics.MODEL_RESIDENT.labels(name).set(1 if manager.resident else 0)
@@ -39,8 +44,18 @@ class Residency:
             await self.managers[name].unload()
             metrics.MODEL_RESIDENT.labels(name).set(0)
 
-    async def use(self, name: str) -> None:
-        """A request for `name`: load it if it was unloaded, then keep the budget."""
+    @contextlib.asynccontextmanager
+    async def hold(self, name: str) -> AsyncIterator[None]:
+        """Around a request for `name`: load it if it was unloaded, keep it loaded until the request
+        is answered, and keep the budget."""
+        self.holds[name] += 1
+        try:
+            await self._use(name)
+            yield
+        finally:
+            self.holds[name] -= 1
+
+    async def _use(self, name: str) -> None:
         manager = self.managers[name]
         manager.touch()
         if manager.resident:
@@ -62,11 +77,12 @@ class Residency:
     async def _keep_budget(self, keep: str) -> None:
         if self.limit == 0:
             return
-        resident = sorted(
-            (m for n, m in self.managers.items() if m.resident and n != keep), key=lambda m: m.last_used
-        )
-        while len(resident) + 1 > self.limit:
-            oldest = resident.pop(0)
+        resident = [m for n, m in self.managers.items() if m.resident and n != keep]
+        # The least recently used first; a model answering a request now is not a candidate.
+        idle = sorted((m for m in resident if self.holds[m.name] == 0), key=lambda m: m.last_used)
+        while idle and len(resident) + 1 > self.limit:
+            oldest = idle.pop(0)
+            resident.remove(oldest)
             await oldest.unload()
             self.unloads[oldest.name] += 1
             metrics.MODEL_UNLOADS.labels(oldest.name).inc()

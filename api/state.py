@@ -6,6 +6,7 @@ It holds dependencies only: what they do together is `api.dataplane`.
 from __future__ import annotations
 
 import secrets
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -41,8 +42,9 @@ class ServerState:
 
 # Dependencies are `async def`: FastAPI runs a plain `def` one on its thread pool, a thread hop per
 # request that cost a third of a single prediction's time under load (make bench).
-async def get_state(request: Request) -> ServerState:
-    """The model a route answers for: the one its path names (`/models/{name}/...`), else the default."""
+async def get_state(request: Request) -> AsyncIterator[ServerState]:
+    """The model a route answers for: the one its path names (`/models/{name}/...`), else the default;
+    loaded, and kept loaded until the route has answered (`api.residency`)."""
     name = request.path_params.get("name")
     models: dict[str, ServerState] = request.app.state.models
     if name is None:
@@ -54,17 +56,17 @@ async def get_state(request: Request) -> ServerState:
             status.HTTP_404_NOT_FOUND,
             f"model {name[:200]!r} is not served here: GET /models lists those that are",
         )
-    await request.app.state.residency.use(found.manager.name)
-    return found
+    async with request.app.state.residency.hold(found.manager.name):
+        yield found
 
 
-async def get_protocol_state(request: Request) -> ServerState:
+async def get_protocol_state(request: Request) -> AsyncIterator[ServerState]:
     """The Open Inference Protocol's routes: the model its path names, else the default one, whose
     routes then answer a name it does not serve with the protocol's own 404."""
     models: dict[str, ServerState] = request.app.state.models
     found: ServerState = models.get(request.path_params.get("name", ""), request.app.state.bitloop)
-    await request.app.state.residency.use(found.manager.name)
-    return found
+    async with request.app.state.residency.hold(found.manager.name):
+        yield found
 
 
 StateDep = Annotated[ServerState, Depends(get_state)]

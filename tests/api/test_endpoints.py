@@ -305,6 +305,8 @@ def test_metrics_count_requests_predictions_and_the_served_version(
     assert {line.split('route="')[1].split('"')[0] for line in in_flight} <= {
         "/predict",
         "/predict/batch",
+        "/models/{name}/predict",
+        "/models/{name}/predict/batch",
         "other",
     }
 
