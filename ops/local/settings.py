@@ -24,6 +24,8 @@ class StackSettings(BaseSettings):
     data_source_port: int = 8001
     api_port: int = 8000
     airflow_port: int = 8080
+    airflow_execution_port: int = 8081
+    """BITLOOP_AIRFLOW_EXECUTION_PORT: Airflow's task execution API, which only its tasks call."""
     prometheus_port: int = 9090
     pushgateway_port: int = 9091
     process_exporter_port: int = 9256

@@ -41,6 +41,7 @@ class Service:
     url: str
     health: str
     login: str = "none (local only)"
+    for_people: bool = True  # `make up` prints its URL
 
 
 # Optional services: supervisord program -> (binary, Debian package). Started when the binary is here.
@@ -76,6 +77,7 @@ def services(settings: StackSettings) -> list[Service]:
     source = f"http://127.0.0.1:{settings.data_source_port}"
     api = f"http://127.0.0.1:{settings.api_port}"
     airflow = f"http://127.0.0.1:{settings.airflow_port}"
+    execution = f"http://127.0.0.1:{settings.airflow_execution_port}"
     password_file = settings.state_dir / "airflow" / "passwords.json"
     found = [
         Service("mlflow", f"{mlflow}{MLFLOW_TRAINING_VIEW}", f"{mlflow}/health"),
@@ -86,6 +88,13 @@ def services(settings: StackSettings) -> list[Service]:
             airflow,
             f"{airflow}/api/v2/monitor/health",
             login=f"admin, password in {password_file}",
+        ),
+        Service(
+            "airflow tasks",
+            f"{execution}/execution/",
+            f"{execution}/execution/health",
+            login="for Airflow's own tasks (a token per task)",
+            for_people=False,
         ),
     ]
     skipped = skipped_services()
@@ -112,6 +121,7 @@ def _environment(settings: StackSettings) -> dict[str, str]:
         "BITLOOP_DATA_SOURCE_PORT": str(settings.data_source_port),
         "BITLOOP_API_PORT": str(settings.api_port),
         "BITLOOP_AIRFLOW_PORT": str(settings.airflow_port),
+        "BITLOOP_AIRFLOW_EXECUTION_PORT": str(settings.airflow_execution_port),
         "BITLOOP_PROMETHEUS_PORT": str(settings.prometheus_port),
         "BITLOOP_PUSHGATEWAY_PORT": str(settings.pushgateway_port),
         "BITLOOP_PROCESS_EXPORTER_PORT": str(settings.process_exporter_port),
@@ -127,7 +137,7 @@ def _environment(settings: StackSettings) -> dict[str, str]:
         else f"http://127.0.0.1:{settings.prometheus_port}",
         "BITLOOP_AIRFLOW_JWT_SECRET": airflow_secrets(settings)["jwt_secret"],
         "AIRFLOW_HOME": str(state / "airflow"),
-        # Airflow's four processes share one SQLite file; a write that waits longer than pysqlite's
+        # Airflow's five processes share one SQLite file; a write that waits longer than pysqlite's
         # 5 s default for the lock fails ("database is locked"), and the API answers that with a 500.
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{state / 'airflow' / 'airflow.db'}?timeout=60",
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -230,6 +240,7 @@ def check_ports_free(settings: StackSettings) -> None:
         "BITLOOP_DATA_SOURCE_PORT": settings.data_source_port,
         "BITLOOP_API_PORT": settings.api_port,
         "BITLOOP_AIRFLOW_PORT": settings.airflow_port,
+        "BITLOOP_AIRFLOW_EXECUTION_PORT": settings.airflow_execution_port,
     }
     skipped = skipped_services()
     optional = {
@@ -315,7 +326,7 @@ def up(settings: StackSettings) -> None:
 
 def print_urls(settings: StackSettings) -> None:
     api = f"http://127.0.0.1:{settings.api_port}"
-    rows = [(s.name, s.url, f"login: {s.login}") for s in services(settings)]
+    rows = [(s.name, s.url, f"login: {s.login}") for s in services(settings) if s.for_people]
     rows += [("api docs", f"{api}/docs", ""), ("predict", f"{api}/", "(a form for the served model)")]
     rows += [(name, f"skipped: {reason}", "") for name, reason in skipped_services().items()]
     print("\nbitloop is up:")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import subprocess
@@ -20,7 +21,7 @@ from tests.servers import free_port
 
 
 def test_airflow_waits_a_minute_for_the_sqlite_write_lock(tmp_path: Path) -> None:
-    # Airflow's four processes write one SQLite file; pysqlite gives up on a held lock after 5 s
+    # Airflow's five processes write one SQLite file; pysqlite gives up on a held lock after 5 s
     # and the API turns that into a 500 for whoever triggered a run.
     env = _environment(StackSettings(state_dir=tmp_path))
     probe = (
@@ -34,6 +35,29 @@ def test_airflow_waits_a_minute_for_the_sqlite_write_lock(tmp_path: Path) -> Non
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split()[-1] == "60000"
+
+
+def test_airflow_tasks_call_an_api_server_apart_from_the_rest_api() -> None:
+    # One process serving both deadlocks on SQLite: the REST API's audit log waits for the lock on
+    # the event loop that a task's open write needs to commit.
+    config = configparser.ConfigParser(interpolation=None)
+    config.read(PROJECT / "ops" / "supervisor" / "supervisord.conf")
+    servers = {
+        name.removeprefix("program:"): section["command"]
+        for name, section in config.items()
+        if "api-server" in section.get("command", "")
+    }
+    assert servers == {
+        "airflow-api": "%(ENV_BITLOOP_BIN)s/airflow api-server --apps core",
+        "airflow-execution": "%(ENV_BITLOOP_BIN)s/airflow api-server --apps execution "
+        "--port %(ENV_BITLOOP_AIRFLOW_EXECUTION_PORT)s",
+    }
+    assert "airflow-execution" in config["group:bitloop"]["programs"].split(",")
+    shared = config["supervisord"]["environment"]
+    assert (
+        'AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://127.0.0.1:%(ENV_BITLOOP_AIRFLOW_EXECUTION_PORT)s/execution/"'
+        in shared
+    )
 
 
 def _airflow(answers: list[int], posted: list[dict[str, object]]) -> httpx.Client:

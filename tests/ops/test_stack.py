@@ -145,8 +145,9 @@ def _service_errors(state: Path) -> str:
 
 @pytest.mark.timeout(3600)  # make up and both demos, each bounded by its own make() timeout
 def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path) -> None:
-    ports = [free_port() for _ in range(7)]
-    mlflow_port, source_port, api_port, airflow_port, prometheus_port, pushgateway_port, exporter_port = ports
+    ports = [free_port() for _ in range(8)]
+    mlflow_port, source_port, api_port, airflow_port, execution_port, *monitoring = ports
+    prometheus_port, pushgateway_port, exporter_port = monitoring
     env = {
         **os.environ,
         "BITLOOP_STATE_DIR": str(tmp_path / "state"),
@@ -154,6 +155,7 @@ def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path
         "BITLOOP_DATA_SOURCE_PORT": str(source_port),
         "BITLOOP_API_PORT": str(api_port),
         "BITLOOP_AIRFLOW_PORT": str(airflow_port),
+        "BITLOOP_AIRFLOW_EXECUTION_PORT": str(execution_port),
         "BITLOOP_PROMETHEUS_PORT": str(prometheus_port),
         "BITLOOP_PUSHGATEWAY_PORT": str(pushgateway_port),
         "BITLOOP_PROCESS_EXPORTER_PORT": str(exporter_port),
@@ -314,6 +316,15 @@ def test_make_up_serves_a_champion_and_make_down_stops_everything(tmp_path: Path
 
         assert "Data and pipelines are up to date" in _dvc_status()  # the drift-triggered run too
         assert _git_status() == tracked_before
+        # No Airflow process waited out the SQLite lock (the REST API and the tasks' execution API
+        # did, deadlocked, while one process served both).
+        locked = [
+            f"{log.name}: {line[:300]}"
+            for log in sorted((tmp_path / "state" / "logs").glob("airflow-*.log"))
+            for line in log.read_text(errors="replace").splitlines()
+            if "database is locked" in line
+        ]
+        assert locked == []
 
         again = make("up", env, timeout=120)
         assert again.returncode == 0
@@ -353,6 +364,7 @@ def test_make_up_refuses_a_busy_port_at_once(tmp_path: Path) -> None:
             "BITLOOP_DATA_SOURCE_PORT": str(free_port()),
             "BITLOOP_API_PORT": str(free_port()),
             "BITLOOP_AIRFLOW_PORT": str(free_port()),
+            "BITLOOP_AIRFLOW_EXECUTION_PORT": str(free_port()),
             "BITLOOP_PROMETHEUS_PORT": str(free_port()),
             "BITLOOP_PUSHGATEWAY_PORT": str(free_port()),
             "BITLOOP_PROCESS_EXPORTER_PORT": str(free_port()),
