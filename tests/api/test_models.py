@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.predictions.access import count_rows
+from core.rollout import Terms, start
 from tests.api.conftest import Trained, api_server, holdout_records, train_model
 from tests.api.traffic import Traffic, wait_for
 from tests.factories import DIABETES
@@ -215,21 +216,27 @@ def test_a_model_whose_champion_is_refused_leaves_the_others_serving(
     assert answer.status_code == 200
 
 
+def other_version(registry: MlflowClient, trained: Trained) -> str:
+    """A version of the model other than the one it serves (each candidate is registered)."""
+    return next(
+        str(v.version)
+        for v in registry.search_model_versions(f"name = '{trained.name}'")
+        if str(v.version) != trained.version
+    )
+
+
 @pytest.mark.slow
-def test_a_swap_of_one_model_under_load_moves_no_other_models_answers(
+def test_a_swap_and_a_canary_of_one_model_under_load_move_no_other_models_answers(
     tmp_path: Path, mlflow_uri: str, churn_model: Trained
 ) -> None:
     """Three models on one server under uvicorn (the churn classifier, a diabetes regression, a
     three-class classifier trained from a CSV export), under load while the regression's champion
-    moves: every request is answered, the regression swaps, the others keep their versions."""
+    moves and then the classifier's canary starts: every request is answered, the regression swaps,
+    the classifier splits between its versions, and the others keep theirs throughout."""
     regression = train_model(tmp_path / "diabetes", mlflow_uri, "three-diabetes", data=DIABETES)
     iris = train_model(tmp_path / "iris", mlflow_uri, "three-iris", data=iris_csv(tmp_path / "iris.csv"))
     registry = MlflowClient(mlflow_uri)
-    target = next(
-        str(v.version)
-        for v in registry.search_model_versions("name = 'three-diabetes'")
-        if str(v.version) != regression.version
-    )
+    target, canary = other_version(registry, regression), other_version(registry, iris)
     served = ",".join((churn_model.name, regression.name, iris.name))
     with api_server(tmp_path, mlflow_uri, churn_model.name, BITLOOP_API_MODELS=served) as base:
         wait_for(lambda: httpx.get(f"{base}/models/{iris.name}/ready").status_code == 200)
@@ -250,13 +257,19 @@ def test_a_swap_of_one_model_under_load_moves_no_other_models_answers(
             wait_for(lambda: min(len(churn.answers), len(flowers.answers)) > 100)
             registry.set_registered_model_alias(regression.name, "champion", target)
             wait_for(lambda: any(v == target for _, v in swapped.answers[-10:]), timeout=60)
+            swapped_at = len(swapped.answers)
+            start(registry, iris.name, canary, iris.version, Terms(0.5, 10**6, 60.0))
+            wait_for(lambda: any(v == canary for _, v in flowers.answers[-10:]), timeout=60)
             count = len(flowers.answers)
-            wait_for(lambda: len(flowers.answers) > count + 100)
+            wait_for(lambda: len(flowers.answers) > count + 200 and len(swapped.answers) > swapped_at + 50)
     for traffic in (churn, flowers, swapped):
         assert [a for a in traffic.answers if a[0] != 200] == []
     assert {v for _, v in churn.answers} == {churn_model.version}
-    assert {v for _, v in flowers.answers} == {iris.version}
     assert {v for _, v in swapped.answers} == {regression.version, target}
+    assert {v for _, v in swapped.answers[swapped_at:]} == {target}  # the canary moved none of these
+    split = [v for _, v in flowers.answers[count:]]
+    assert set(split) == {iris.version, canary}
+    assert 0.3 < split.count(canary) / len(split) < 0.7  # a share of 0.5
 
 
 @pytest.mark.parametrize(
