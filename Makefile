@@ -38,7 +38,7 @@ test-e2e: $(STAMP) ## the loop's long flows end to end: DAG runs through DVC and
 test-rollout: $(STAMP) ## canary rollouts under load: two model servers, MLflow, Prometheus, good and bad candidates
 	$(BIN)/pytest -m rollout $(PYTEST_ARGS)
 
-test-stack: $(STAMP) ## smoke-test the local stack: make up, probe every service, the drift and concept demos, make down
+test-stack: $(STAMP) ## smoke-test the local stack: make up, probe every service, the drift and concept demos, make down; three models on one stack
 	$(BIN)/pytest -m stack $(PYTEST_ARGS)
 
 test-compose: $(STAMP) ## build every image with podman, run the compose stack, smoke-test it, remove it all
