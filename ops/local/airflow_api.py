@@ -15,10 +15,11 @@ import httpx
 from ops.local.settings import StackSettings, airflow_secrets
 
 
-def airflow_client(settings: StackSettings) -> httpx.Client:
-    """An authenticated client for Airflow's REST API (token from the admin login)."""
+def airflow_client(settings: StackSettings, password: str | None = None) -> httpx.Client:
+    """An authenticated client for Airflow's REST API (token from the admin login; `password`
+    defaults to the one the local stack generated)."""
     base = f"http://127.0.0.1:{settings.airflow_port}"
-    password = airflow_secrets(settings)["admin_password"]
+    password = password or airflow_secrets(settings)["admin_password"]
     token = httpx.post(f"{base}/auth/token", json={"username": "admin", "password": password}, timeout=30)
     token.raise_for_status()
     return httpx.Client(
@@ -75,10 +76,10 @@ def training_dag_id(model: str, default: bool) -> str:
     return "training" if default else f"training.{model}"
 
 
-def run_training_dag(settings: StackSettings, dag_id: str = "training") -> str:
+def run_training_dag(settings: StackSettings, dag_id: str = "training", password: str | None = None) -> str:
     """Trigger one run of a training DAG and wait for it; returns its run id."""
     deadline = time.monotonic() + settings.training_timeout
-    with airflow_client(settings) as airflow:
+    with airflow_client(settings, password) as airflow:
         run_id = trigger_dag(airflow, dag_id, deadline)
         if wait_dag_run(airflow, dag_id, run_id, deadline)["__run__"] == "failed":
             raise SystemExit(

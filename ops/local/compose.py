@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from ops.local.addresses import MLFLOW_TRAINING_VIEW, print_table
+from ops.local.champions import ensure_champion, wait_serving
 from ops.local.settings import PROJECT, StackSettings
 
 # The compose stack's secrets, one file each (docker-compose.yml mounts them at /run/secrets/).
@@ -74,20 +75,21 @@ def stack_mode() -> tuple[str, list[str] | None]:
     return ("compose", compose) if compose else ("local", None)
 
 
+def compose_secret(settings: StackSettings, name: str) -> str:
+    """A secret file's value as the containers read it (ops/docker/secrets-env: trailing newlines dropped)."""
+    return (settings.secrets_dir / name).read_text().rstrip("\n")
+
+
 def compose_up(settings: StackSettings, compose: list[str]) -> None:
-    """Start the compose stack and wait until the model server serves the champion it trains."""
+    """Start the compose stack, run the training DAG of each declared model without a champion, and
+    wait until the model server serves them all."""
     written = write_compose_secrets(settings.secrets_dir)
     if written:
         print(f"generated the secrets {', '.join(written)} in {settings.secrets_dir}", flush=True)
     print(f"starting the compose stack ({' '.join(compose)})", flush=True)
     subprocess.run([*compose, "up", "-d"], cwd=PROJECT, check=True)
+    first_champions(settings, f"see `{' '.join(compose)} logs`")
     api = f"http://127.0.0.1:{settings.api_port}"
-    deadline = time.monotonic() + settings.training_timeout
-    while not _ready(api):
-        if time.monotonic() > deadline:
-            raise SystemExit(f"no champion served at {api}/ready in time; see `{' '.join(compose)} logs`")
-        print("  waiting for the training DAG's first run and the model server (GET /ready)", flush=True)
-        time.sleep(10.0)
     grafana = os.environ.get("BITLOOP_GRAFANA_PORT", "3000")
     secret = settings.secrets_dir
     print("\nbitloop compose stack is up:")
@@ -112,9 +114,26 @@ def compose_up(settings: StackSettings, compose: list[str]) -> None:
     print("\n  stop: make down", flush=True)
 
 
-def _ready(url: str) -> bool:
+def first_champions(settings: StackSettings, logs: str) -> None:
+    """Once Airflow answers, the training DAG of each declared model without a champion, run once with
+    the compose stack's logins; then wait until the model server serves every model."""
+    airflow = f"http://127.0.0.1:{settings.airflow_port}/api/v2/monitor/health"
+    deadline = time.monotonic() + settings.start_timeout
+    while not _answers(airflow):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"Airflow did not answer at {airflow} in time; {logs}")
+        print("  waiting for Airflow", flush=True)
+        time.sleep(5.0)
+    # This process's MLflow client takes its login from the environment; compose's MLflow wants one.
+    os.environ["MLFLOW_TRACKING_USERNAME"] = "bitloop"
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = compose_secret(settings, "mlflow_admin_password")
+    ensure_champion(settings, compose_secret(settings, "airflow_admin_password"))
+    wait_serving(settings, compose_secret(settings, API_KEY_SECRET) or None)
+
+
+def _answers(url: str) -> bool:
     try:
-        return httpx.get(f"{url}/ready", timeout=5).status_code == 200
+        return httpx.get(url, timeout=5).status_code == 200
     except httpx.HTTPError:
         return False
 

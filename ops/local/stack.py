@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from ops.local.addresses import MLFLOW_TRAINING_VIEW, print_table
-from ops.local.airflow_api import run_training_dag, training_dag_id
+from ops.local.champions import ensure_champion, wait_serving
 from ops.local.compose import compose_command, compose_down, compose_up, stack_mode, write_compose_secrets
 from ops.local.settings import (
     PROJECT,
@@ -181,56 +181,6 @@ def wait_healthy(settings: StackSettings) -> None:
             names = ", ".join(s.name for s in pending)
             raise SystemExit(f"timed out waiting for {names}; see `make logs` or {settings.state_dir}/logs/")
         time.sleep(3.0)
-
-
-def _without_champion(settings: StackSettings, models: list[str]) -> list[str]:
-    """Those of `models` that have no @champion in the registry."""
-    from core.registry import CHAMPION, alias_version, connect
-    from core.settings import PipelineSettings
-
-    client = connect(PipelineSettings(mlflow_tracking_uri=f"http://127.0.0.1:{settings.mlflow_port}"))
-    return [name for name in models if alias_version(client, name, CHAMPION) is None]
-
-
-def ensure_champion(settings: StackSettings) -> None:
-    """Run the training DAG of each model params.yaml declares once when the registry has no champion
-    for it yet, one model after another."""
-    from core.params import load_models
-
-    models = list(load_models(PROJECT / "params.yaml"))  # the default model first
-    for name in _without_champion(settings, models):
-        print(f"no champion of {name} yet: running its training DAG in Airflow", flush=True)
-        run_training_dag(settings, training_dag_id(name, default=name == models[0]))
-    if missing := _without_champion(settings, models):
-        raise SystemExit(
-            f"the training DAG ran but promoted no candidate of {', '.join(missing)}: "
-            "see reports/<model>/promotion.json"
-        )
-
-
-def wait_serving(settings: StackSettings) -> None:
-    """Have the model server check the registry now, then wait until it serves every model's
-    champion (a model past BITLOOP_API_MAX_LOADED_MODELS may stay unloaded)."""
-    api = f"http://127.0.0.1:{settings.api_port}"
-    key = os.environ.get("BITLOOP_API_API_KEY")
-    headers = {"X-API-Key": key} if key else {}
-    deadline = time.monotonic() + settings.start_timeout
-    waiting = ["the champion"]
-    while time.monotonic() < deadline:
-        try:
-            httpx.post(f"{api}/admin/reload", headers=headers, timeout=30.0)
-            models = httpx.get(f"{api}/models", timeout=5.0).json()["models"]
-            waiting = [m["name"] for m in models if m["state"] not in ("serving", "unloaded")]
-            if not waiting and httpx.get(f"{api}/ready", timeout=5.0).status_code == 200:
-                return
-        except (httpx.HTTPError, ValueError, KeyError):
-            pass
-        print(f"  waiting for the model server to load {', '.join(waiting)}", flush=True)
-        time.sleep(2.0)
-    raise SystemExit(
-        f"the model server did not load {', '.join(waiting)}; "
-        f"see {api}/models and {settings.state_dir}/logs/api.log"
-    )
 
 
 def check_ports_free(settings: StackSettings) -> None:

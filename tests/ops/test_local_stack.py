@@ -175,13 +175,13 @@ def test_make_up_runs_the_training_dag_of_each_model_without_a_champion(
     test runs the real DAG.)"""
     from mlflow import MlflowClient
 
-    import ops.local.stack as stack
+    import ops.local.champions as champions
     from tests.factories import DIABETES, light_params, make_workspace
 
     prefix = f"up-{tmp_path.name}"
     declared = {f"{prefix}-trained": {}, f"{prefix}-diabetes": {"data": DIABETES}, f"{prefix}-failing": {}}
     make_workspace(tmp_path, light_params(model={"name": f"{prefix}-churn"}, models=declared))
-    monkeypatch.setattr(stack, "PROJECT", tmp_path)
+    monkeypatch.setattr(champions, "PROJECT", tmp_path)
     registry = MlflowClient(mlflow_uri)
 
     run = registry.create_run(registry.create_experiment(prefix)).info.run_id
@@ -194,14 +194,14 @@ def test_make_up_runs_the_training_dag_of_each_model_without_a_champion(
     champion(f"{prefix}-trained")
     triggered: list[str] = []
 
-    def run_training_dag(settings: StackSettings, dag_id: str = "training") -> str:
+    def run_training_dag(settings: StackSettings, dag_id: str, password: str | None = None) -> str:
         triggered.append(dag_id)
         if not dag_id.endswith("-failing"):
             champion(f"{prefix}-churn" if dag_id == "training" else dag_id.removeprefix("training."))
         return "run"
 
-    monkeypatch.setattr(stack, "run_training_dag", run_training_dag)
+    monkeypatch.setattr(champions, "run_training_dag", run_training_dag)
     settings = StackSettings(state_dir=tmp_path / "state", mlflow_port=int(mlflow_uri.rsplit(":", 1)[1]))
     with pytest.raises(SystemExit, match=f"promoted no candidate of {prefix}-failing: see"):
-        stack.ensure_champion(settings)
+        champions.ensure_champion(settings)
     assert triggered == ["training", f"training.{prefix}-diabetes", f"training.{prefix}-failing"]
