@@ -243,8 +243,14 @@ class Stack:
 
 
 @contextmanager
-def compose_stack(directory: Path, project: str, scale: dict[str, int]) -> Iterator[Stack]:
-    """Build the images, bring the stack up with `scale` replicas, wait for the API and Airflow, tear down."""
+def compose_stack(
+    directory: Path, project: str, scale: dict[str, int], params: Path | None = None
+) -> Iterator[Stack]:
+    """Build the images, bring the stack up with `scale` replicas, wait for the API and Airflow, tear down.
+
+    `params`: a params.yaml the model server and every Airflow service read instead of the one the
+    images were built with (as images rebuilt from a project declaring it would hold).
+    """
     require("podman", "debootstrap", install="apt-get install podman debootstrap")
     client = compose_client()
     started = time.monotonic()
@@ -270,6 +276,12 @@ def compose_stack(directory: Path, project: str, scale: dict[str, int]) -> Itera
             *client, "--project-directory", str(PROJECT), "--env-file", str(env_file),
             "-f", "docker-compose.yml", "-f", "ops/compose/test.override.yml",
         ]  # fmt: skip
+        if params is not None:
+            mounted = {"volumes": [f"{params}:/opt/bitloop/params.yaml:ro"]}
+            readers = ("api", *(s for s in SERVICES if s.startswith("airflow-")))
+            override = directory / "params.override.yml"
+            override.write_text(json.dumps({"services": dict.fromkeys(readers, mounted)}))
+            compose += ["-f", str(override)]
         scaled = [arg for service, n in scale.items() for arg in ("--scale", f"{service}={n}")]
         try:
             with Healthchecks(project):
