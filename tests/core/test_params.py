@@ -126,5 +126,10 @@ def test_the_readmes_several_models_example_declares_what_it_says() -> None:
     declared = declared_models({**project_params(), **example})
     assert list(declared) == ["bitloop-churn", "diabetes", "wine"]
     assert (declared["diabetes"].data.task, declared["diabetes"].promote.metric) == ("regression", "mae")
-    assert list(declared["wine"].train.candidates) == ["linear"]
+    # Replaced whole: the default's third candidate is gone, and the random forest has only the
+    # settings the example gives it (scikit-learn's own defaults for the rest), none of the default's.
+    assert list(declared["wine"].train.candidates) == ["linear", "random_forest"]
+    forest = declared["wine"].train.candidates["random_forest"].estimator_params
+    assert forest == {"n_estimators": 100, "max_depth": 8}
     assert declared["wine"].data.task == "classification"  # the default's, not overridden
+    assert (declared["wine"].data.source, declared["wine"].data.path) == ("csv", "wine.csv")

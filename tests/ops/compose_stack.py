@@ -47,6 +47,10 @@ SERVICES = (
     "prometheus",
     "node-exporter",
 )
+DIABETES_RECORD = {
+    "age": 0.04, "sex": 0.05, "bmi": 0.06, "bp": 0.02, "s1": -0.04,
+    "s2": -0.03, "s3": -0.04, "s4": -0.003, "s5": 0.02, "s6": -0.02,
+}  # fmt: skip
 CHURN_RECORD = {
     "age": 41, "region": "north", "contract": "month_to_month", "internet_service": "fiber",
     "payment_method": "electronic_check", "tenure_months": 5, "monthly_charges": 94.5,
@@ -139,18 +143,18 @@ class Healthchecks(Background):
 class Load(Background):
     """One client sending predictions through the load balancer until stopped; statuses are kept."""
 
-    def __init__(self, api: str, record: dict[str, Any]) -> None:
+    def __init__(self, api: str, record: dict[str, Any], path: str = "/predict") -> None:
         super().__init__()
         self.statuses: list[int] = []
         self.client = httpx.Client(base_url=api, timeout=30)
-        self.record = record
+        self.record, self.path = record, path
 
     def step(self) -> None:
         if len(self.statuses) >= 20_000:
             time.sleep(0.1)
             return
         try:
-            self.statuses.append(self.client.post("/predict", json=self.record).status_code)
+            self.statuses.append(self.client.post(self.path, json=self.record).status_code)
         except httpx.HTTPError:
             self.statuses.append(-1)
         time.sleep(0.01)
@@ -240,6 +244,21 @@ class Stack:
         path = f"dags/{dag}/dagRuns/{run_id}/taskInstances/{task}/xcomEntries/return_value"
         value = self.airflow_get(path)["value"]
         return json.loads(value) if isinstance(value, str) else value
+
+
+def declaring_diabetes(directory: Path) -> Path:
+    """A project directory whose params.yaml is the project's with scikit-learn's diabetes regression
+    declared beside the churn classifier (for `compose_stack(params=...)`)."""
+    import yaml
+
+    from tests.factories import DIABETES
+
+    project = directory / "project"
+    project.mkdir()
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    params["models"] = {"diabetes": {"data": DIABETES}}
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    return project
 
 
 @contextmanager

@@ -12,13 +12,21 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 import ops.local.champions as champions
 from ops.local.compose import first_champions
 from ops.local.settings import StackSettings
-from tests.factories import DIABETES, PROJECT
-from tests.ops.compose_stack import BASE, CHURN_RECORD, compose_stack, replica_get, run, wait_for
+from tests.factories import PROJECT
+from tests.ops.compose_stack import (
+    BASE,
+    CHURN_RECORD,
+    DIABETES_RECORD,
+    compose_stack,
+    declaring_diabetes,
+    replica_get,
+    run,
+    wait_for,
+)
 from tests.tools import require
 
 pytestmark = pytest.mark.compose
@@ -29,11 +37,7 @@ def test_the_compose_stack_serves_two_models_trained_by_airflow(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Two models declared: the churn classifier and scikit-learn's diabetes regression.
-    project = tmp_path / "project"
-    project.mkdir()
-    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    params["models"] = {"diabetes": {"data": DIABETES}}
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    project = declaring_diabetes(tmp_path)
     monkeypatch.setattr(champions, "PROJECT", project)  # what make up reads the declared models from
     scale = {"api": 2, "airflow-worker": 2}
     with compose_stack(tmp_path, "bitloop-test", scale, params=project / "params.yaml") as stack:
@@ -74,10 +78,8 @@ def test_the_compose_stack_serves_two_models_trained_by_airflow(
                 "diabetes": ("serving", "regression"),
             }
             assert listed["diabetes"]["version"] == regression
-        record = {"age": 0.04, "sex": 0.05, "bmi": 0.06, "bp": 0.02, "s1": -0.04, "s2": -0.03}
-        record |= {"s3": -0.04, "s4": -0.003, "s5": 0.02, "s6": -0.02}
         for _ in range(4):
-            answer = httpx.post(f"{api}/models/diabetes/predict", json=record, timeout=30)
+            answer = httpx.post(f"{api}/models/diabetes/predict", json=DIABETES_RECORD, timeout=30)
             assert answer.status_code == 200, answer.text
             assert (answer.json()["model_name"], answer.json()["model_version"]) == ("diabetes", regression)
         alias = f"{mlflow}/api/2.0/mlflow/registered-models/alias"

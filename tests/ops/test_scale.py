@@ -2,9 +2,10 @@
 Celery workers that share no disk, the PostgreSQL prediction log, and faults on each.
 
 A training run loses the worker running its `train` task to SIGKILL: the task is retried on the
-other worker and the run promotes, each candidate registered once. Under steady load one replica
-is killed and another restarted: no request fails at the balancer and the log holds one row per
-answer, which the drift monitor reads from all three replicas.
+other worker and the run promotes, each candidate registered once. With a second model (diabetes)
+trained and served beside the first, under steady load on both one replica is killed and another
+restarted: no request fails at the balancer and the log holds one row per answer, which the drift
+monitor reads from all three replicas.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import pytest
 
 from tests.ops.compose_stack import (
     CHURN_RECORD,
+    DIABETES_RECORD,
     Load,
     Stack,
     compose_stack,
+    declaring_diabetes,
     replica_get,
     replica_predictions,
     run,
@@ -81,8 +84,10 @@ def train_losing_a_worker(stack: Stack) -> tuple[str, set[str]]:
 
 
 def through_faults(stack: Stack, replicas: list[str]) -> int:
-    """Under steady load, one replica is killed and another restarted; returns the answers."""
-    with Load(stack.api, CHURN_RECORD) as load:
+    """Under steady load on both models, one replica is killed and another restarted; returns the
+    answers."""
+    diabetes = Load(stack.api, DIABETES_RECORD, path="/models/diabetes/predict")
+    with Load(stack.api, CHURN_RECORD) as load, diabetes:
         for replica, kill in zip(replicas, ("KILL", "TERM"), strict=False):
             time.sleep(3)
             if kill == "KILL":
@@ -93,14 +98,19 @@ def through_faults(stack: Stack, replicas: list[str]) -> int:
                 run("podman", "restart", "-t", "20", replica)
             wait_for(lambda r=replica: healthy(r), f"replica {replica} back after SIG{kill}", 120)
         time.sleep(5)  # every replica is in rotation again
-    assert set(load.statuses) == {200}, {s: load.statuses.count(s) for s in set(load.statuses)}
-    return load.statuses.count(200)
+    for model in (load, diabetes):
+        assert set(model.statuses) == {200}, {s: model.statuses.count(s) for s in set(model.statuses)}
+    assert diabetes.statuses
+    return len(load.statuses) + len(diabetes.statuses)
 
 
 @pytest.mark.timeout(3000)
 def test_the_scaled_stack_survives_a_lost_worker_and_lost_replicas(tmp_path: Path) -> None:
-    with compose_stack(tmp_path, "bitloop-scale", {"api": REPLICAS, "airflow-worker": WORKERS}) as stack:
+    params = declaring_diabetes(tmp_path) / "params.yaml"  # two models: the churn classifier and diabetes
+    scale = {"api": REPLICAS, "airflow-worker": WORKERS}
+    with compose_stack(tmp_path, "bitloop-scale", scale, params=params) as stack:
         run_id, hostnames = train_losing_a_worker(stack)
+        regression_run = stack.trigger("training.diabetes")
         workers = stack.containers("airflow-worker")
         assert len(workers) == WORKERS
         names = {container_hostname(w) for w in workers}
@@ -138,6 +148,17 @@ def test_the_scaled_stack_survives_a_lost_worker_and_lost_replicas(tmp_path: Pat
                 wait_for(serving, f"replica {replica} serving the champion", 120)
             except AssertionError as err:
                 raise AssertionError(f"{err}; its last /ready: {readiness}") from None
+
+        assert (
+            wait_for(lambda: stack.finished("training.diabetes", regression_run), "diabetes' training", 900)
+            == "success"
+        )
+        for replica in replicas:
+            wait_for(
+                lambda r=replica: json.loads(replica_get(r, "/models/diabetes/ready"))["ready"],
+                f"replica {replica} serving diabetes' champion",
+                120,
+            )
 
         def spread() -> bool:
             """Requests reach every replica (the balancer adds one two checks after its /ready says 200)."""

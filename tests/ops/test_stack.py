@@ -28,10 +28,12 @@ from tests.tools import chromium_path, headless_chromium
 pytestmark = pytest.mark.stack
 
 
-def make(target: str, env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess[str]:
+def make(
+    target: str, env: dict[str, str], timeout: float = 900, project: Path = PROJECT
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["make", "--no-print-directory", target],
-        cwd=PROJECT,
+        cwd=project,
         env=env,
         capture_output=True,
         text=True,

@@ -32,7 +32,7 @@ from pipeline.data.sources.bundled import load_bundled
 from pipeline.data.store import read_manifest
 from tests.api.traffic import Traffic, wait_for
 from tests.factories import PROJECT
-from tests.ops.test_stack import _service_errors
+from tests.ops.test_stack import _service_errors, make
 from tests.servers import free_port
 
 pytestmark = pytest.mark.stack
@@ -74,18 +74,6 @@ def shifted(frame: pd.DataFrame, target: str, rows: int) -> pd.DataFrame:
     features = [c for c in sample.columns if c != target]
     sample[features] = sample[features] + 3 * frame[features].std()
     return sample
-
-
-def make(target: str, project: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["make", "--no-print-directory", target],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 class Airflow:
@@ -143,7 +131,7 @@ def test_three_models_train_serve_drift_and_retrain_each_on_its_own(tmp_path: Pa
     csv = project / "wine.csv"
     wine = pd.read_csv(csv)
     try:
-        up = make("up", project, env, timeout=1200)
+        up = make("up", env, timeout=1200, project=project)
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:] + _service_errors(tmp_path / "state")
         for name in (CHURN, *DECLARED):
             assert f"no champion of {name} yet: running its training DAG" in up.stdout
@@ -260,5 +248,5 @@ def test_three_models_train_serve_drift_and_retrain_each_on_its_own(tmp_path: Pa
         assert {v for _, v in regression.answers} == {champions["diabetes"]}
         assert {v for _, v in split.answers} == {champions["wine"], canary}
     finally:
-        down = make("down", project, env, timeout=120)
+        down = make("down", env, timeout=120, project=project)
     assert down.returncode == 0, down.stderr
