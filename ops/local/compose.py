@@ -127,7 +127,8 @@ def first_champions(settings: StackSettings, logs: str) -> None:
     # This process's MLflow client takes its login from the environment; compose's MLflow wants one.
     os.environ["MLFLOW_TRACKING_USERNAME"] = "bitloop"
     os.environ["MLFLOW_TRACKING_PASSWORD"] = compose_secret(settings, "mlflow_admin_password")
-    ensure_champion(settings, compose_secret(settings, "airflow_admin_password"))
+    # Raw: airflow-init hands the file to Airflow as it is, a trailing newline included.
+    ensure_champion(settings, (settings.secrets_dir / "airflow_admin_password").read_text())
     wait_serving(settings, compose_secret(settings, API_KEY_SECRET) or None)
 
 
