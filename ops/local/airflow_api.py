@@ -76,14 +76,27 @@ def training_dag_id(model: str, default: bool) -> str:
     return "training" if default else f"training.{model}"
 
 
-def run_training_dag(settings: StackSettings, dag_id: str = "training", password: str | None = None) -> str:
-    """Trigger one run of a training DAG and wait for it; returns its run id."""
+def run_training_dags(settings: StackSettings, dag_ids: list[str], password: str | None = None) -> list[str]:
+    """Trigger one run of each training DAG, all at once, and wait for them; returns their run ids.
+
+    The runs of different models overlap in Airflow; their `dvc repro` steps take turns on the
+    project's lock (pipeline/driver/versioning.py), so only the waiting between steps is shared."""
     deadline = time.monotonic() + settings.training_timeout
     with airflow_client(settings, password) as airflow:
-        run_id = trigger_dag(airflow, dag_id, deadline)
-        if wait_dag_run(airflow, dag_id, run_id, deadline)["__run__"] == "failed":
-            raise SystemExit(
-                f"{dag_id} DAG run {run_id} failed: open http://127.0.0.1:{settings.airflow_port} "
-                "(login below) or see `make logs`"
-            )
-        return run_id
+        runs = {dag_id: trigger_dag(airflow, dag_id, deadline) for dag_id in dag_ids}
+        failed = [
+            f"{dag_id} DAG run {run_id}"
+            for dag_id, run_id in runs.items()
+            if wait_dag_run(airflow, dag_id, run_id, deadline)["__run__"] == "failed"
+        ]
+    if failed:
+        raise SystemExit(
+            f"{', '.join(failed)} failed: open http://127.0.0.1:{settings.airflow_port} "
+            "(login below) or see `make logs`"
+        )
+    return list(runs.values())
+
+
+def run_training_dag(settings: StackSettings, dag_id: str = "training", password: str | None = None) -> str:
+    """Trigger one run of a training DAG and wait for it; returns its run id."""
+    return run_training_dags(settings, [dag_id], password)[0]

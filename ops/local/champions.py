@@ -1,6 +1,6 @@
 """`make up`'s first champions, on either stack: each model params.yaml declares that has no
-@champion gets one run of its own training DAG, then the model server is waited for until it
-serves them all."""
+@champion gets one run of its own training DAG (all at once), then the model server is waited for
+until it serves them all."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 
 import httpx
 
-from ops.local.airflow_api import run_training_dag, training_dag_id
+from ops.local.airflow_api import run_training_dags, training_dag_id
 from ops.local.settings import PROJECT, StackSettings
 
 
@@ -24,13 +24,16 @@ def _without_champion(settings: StackSettings, models: list[str]) -> list[str]:
 
 def ensure_champion(settings: StackSettings, airflow_password: str | None = None) -> None:
     """Run the training DAG of each model params.yaml declares once when the registry has no champion
-    for it yet, one model after another. `airflow_password`: the admin's (default: the local stack's)."""
+    for it yet, all at once. `airflow_password`: the admin's (default: the local stack's)."""
     from core.params import load_models
 
     models = list(load_models(PROJECT / "params.yaml"))  # the default model first
-    for name in _without_champion(settings, models):
+    untrained = _without_champion(settings, models)
+    for name in untrained:
         print(f"no champion of {name} yet: running its training DAG in Airflow", flush=True)
-        run_training_dag(settings, training_dag_id(name, default=name == models[0]), airflow_password)
+    if untrained:
+        dag_ids = [training_dag_id(name, default=name == models[0]) for name in untrained]
+        run_training_dags(settings, dag_ids, airflow_password)
     if missing := _without_champion(settings, models):
         raise SystemExit(
             f"the training DAG ran but promoted no candidate of {', '.join(missing)}: "

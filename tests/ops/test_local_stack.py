@@ -169,8 +169,8 @@ def test_make_up_stops_on_an_unreachable_prediction_log_naming_the_variable(tmp_
 def test_make_up_runs_the_training_dag_of_each_model_without_a_champion(
     tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every declared model without a champion gets one run of its own training DAG, the default
-    model's first; one with a champion is left alone; a run that promotes nothing stops `make up`,
+    """Every declared model without a champion gets one run of its own training DAG, all started
+    together, the default model's first; one with a champion is left alone; a run that promotes nothing stops `make up`,
     naming the model. (Airflow is replaced by what its DAG run leaves in the registry: the stack
     test runs the real DAG.)"""
     from mlflow import MlflowClient
@@ -192,16 +192,18 @@ def test_make_up_runs_the_training_dag_of_each_model_without_a_champion(
         registry.set_registered_model_alias(name, "champion", version.version)
 
     champion(f"{prefix}-trained")
-    triggered: list[str] = []
+    triggered: list[list[str]] = []
 
-    def run_training_dag(settings: StackSettings, dag_id: str, password: str | None = None) -> str:
-        triggered.append(dag_id)
-        if not dag_id.endswith("-failing"):
-            champion(f"{prefix}-churn" if dag_id == "training" else dag_id.removeprefix("training."))
-        return "run"
+    def run_training_dags(settings: StackSettings, dag_ids: list[str], password: str | None) -> list[str]:
+        triggered.append(dag_ids)
+        for dag_id in dag_ids:
+            if not dag_id.endswith("-failing"):
+                champion(f"{prefix}-churn" if dag_id == "training" else dag_id.removeprefix("training."))
+        return ["run"] * len(dag_ids)
 
-    monkeypatch.setattr(champions, "run_training_dag", run_training_dag)
+    monkeypatch.setattr(champions, "run_training_dags", run_training_dags)
     settings = StackSettings(state_dir=tmp_path / "state", mlflow_port=int(mlflow_uri.rsplit(":", 1)[1]))
     with pytest.raises(SystemExit, match=f"promoted no candidate of {prefix}-failing: see"):
         champions.ensure_champion(settings)
-    assert triggered == ["training", f"training.{prefix}-diabetes", f"training.{prefix}-failing"]
+    # one call: every model without a champion at once, the default model first
+    assert triggered == [["training", f"training.{prefix}-diabetes", f"training.{prefix}-failing"]]

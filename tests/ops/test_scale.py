@@ -109,8 +109,9 @@ def test_the_scaled_stack_survives_a_lost_worker_and_lost_replicas(tmp_path: Pat
     params = declaring_diabetes(tmp_path) / "params.yaml"  # two models: the churn classifier and diabetes
     scale = {"api": REPLICAS, "airflow-worker": WORKERS}
     with compose_stack(tmp_path, "bitloop-scale", scale, params=params) as stack:
-        run_id, hostnames = train_losing_a_worker(stack)
+        # The second model trains meanwhile: its tasks share the workers, the lost one included.
         regression_run = stack.trigger("training.diabetes")
+        run_id, hostnames = train_losing_a_worker(stack)
         workers = stack.containers("airflow-worker")
         assert len(workers) == WORKERS
         names = {container_hostname(w) for w in workers}
