@@ -170,9 +170,9 @@ def test_make_up_runs_the_training_dag_of_each_model_without_a_champion(
     tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every declared model without a champion gets one run of its own training DAG, all started
-    together, the default model's first; one with a champion is left alone; a run that promotes nothing stops `make up`,
-    naming the model. (Airflow is replaced by what its DAG run leaves in the registry: the stack
-    test runs the real DAG.)"""
+    together, the default model's first; one with a champion is left alone; a run that promotes
+    nothing stops `make up`, naming the model. (Airflow is replaced by what its DAG run leaves in
+    the registry: the stack test runs the real DAG.)"""
     from mlflow import MlflowClient
 
     import ops.local.champions as champions
