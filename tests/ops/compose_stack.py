@@ -302,6 +302,9 @@ def compose_stack(
             override.write_text(json.dumps({"services": dict.fromkeys(readers, mounted)}))
             compose += ["-f", str(override)]
         scaled = [arg for service, n in scale.items() for arg in ("--scale", f"{service}={n}")]
+        # A run killed before its teardown leaves its containers and volumes (its database holds the
+        # old run's passwords): remove them first, as the teardown below would have.
+        subprocess.run([*compose, "down", "-v", "--remove-orphans"], cwd=PROJECT, env=env, capture_output=True)
         try:
             with Healthchecks(project):
                 run(*compose, "up", "-d", "--no-build", *scaled, *SERVICES, cwd=PROJECT, env=env)
