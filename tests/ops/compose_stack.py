@@ -304,7 +304,8 @@ def compose_stack(
         scaled = [arg for service, n in scale.items() for arg in ("--scale", f"{service}={n}")]
         # A run killed before its teardown leaves its containers and volumes (its database holds the
         # old run's passwords): remove them first, as the teardown below would have.
-        subprocess.run([*compose, "down", "-v", "--remove-orphans"], cwd=PROJECT, env=env, capture_output=True)
+        leftover = [*compose, "down", "-v", "--remove-orphans"]
+        subprocess.run(leftover, cwd=PROJECT, env=env, capture_output=True, check=False)
         try:
             with Healthchecks(project):
                 run(*compose, "up", "-d", "--no-build", *scaled, *SERVICES, cwd=PROJECT, env=env)
