@@ -33,7 +33,7 @@ test: $(STAMP) ## run the test suite (unit, property, integration against real s
 	$(BIN)/pytest -m "not stack and not compose and not scale and not repro and not rollout and not e2e" $(PYTEST_ARGS)
 
 test-e2e: $(STAMP) ## the loop's long flows end to end: DAG runs through DVC and MLflow, outcomes to retraining, a registry outage
-	$(BIN)/pytest -m e2e $(PYTEST_ARGS)
+	$(BIN)/pytest -m e2e -n 2 $(PYTEST_ARGS)  # independent flows, two at a time
 
 test-rollout: $(STAMP) ## canary rollouts under load: two model servers, MLflow, Prometheus, good and bad candidates
 	$(BIN)/pytest -m rollout $(PYTEST_ARGS)
@@ -52,7 +52,7 @@ images: ## build the service images and load them into docker/podman (BUILDER=ni
 
 repro-check: $(STAMP) ## uv.lock is current; dvc repro (on one machine or alternating between two), registered versions and image layers reproduce bit for bit
 	$(UV) lock --check
-	$(BIN)/pytest -m "repro" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "repro" -n 2 $(PYTEST_ARGS)  # independent runs, two at a time
 
 lint: $(STAMP) ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check .
