@@ -28,6 +28,8 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from ops.local.airflow_api import airflow_client, trigger_dag, wait_dag_run
+from ops.local.settings import StackSettings
 from pipeline.data.sources.bundled import load_bundled
 from pipeline.data.store import read_manifest
 from tests.api.traffic import Traffic, wait_for
@@ -76,39 +78,9 @@ def shifted(frame: pd.DataFrame, target: str, rows: int) -> pd.DataFrame:
     return sample
 
 
-class Airflow:
-    """The stack's Airflow REST API, logged in as its admin."""
-
-    def __init__(self, base: str, password: str) -> None:
-        token = httpx.post(f"{base}/auth/token", json={"username": "admin", "password": password}, timeout=30)
-        token.raise_for_status()
-        self.client = httpx.Client(
-            base_url=f"{base}/api/v2",
-            timeout=30,
-            headers={"Authorization": f"Bearer {token.json()['access_token']}"},
-        )
-
-    def runs(self, dag_id: str) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = self.client.get(f"/dags/{dag_id}/dagRuns").json()["dag_runs"]
-        return found
-
-    def trigger(self, dag_id: str) -> str:
-        answer = self.client.post(f"/dags/{dag_id}/dagRuns", json={"logical_date": None})
-        assert answer.status_code == 200, answer.text
-        run_id: str = answer.json()["dag_run_id"]
-        return run_id
-
-    def finished(self, dag_id: str, run_id: str, timeout: float = 600) -> dict[str, str]:
-        """The run's own state and each task's, once it has ended."""
-        deadline = time.monotonic() + timeout
-        while (state := self.client.get(f"/dags/{dag_id}/dagRuns/{run_id}").json()["state"]) not in (
-            "success",
-            "failed",
-        ):
-            assert time.monotonic() < deadline, f"{dag_id} run {run_id} still {state}"
-            time.sleep(3)
-        tasks = self.client.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
-        return {"__run__": state, **{t["task_id"]: str(t["state"]) for t in tasks}}
+def dag_runs(airflow: httpx.Client, dag_id: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = airflow.get(f"/api/v2/dags/{dag_id}/dagRuns").json()["dag_runs"]
+    return found
 
 
 @pytest.mark.timeout(2400)
@@ -184,34 +156,38 @@ def test_three_models_train_serve_drift_and_retrain_each_on_its_own(tmp_path: Pa
         # Every row once: a batch of repeated rows is rejected (validate.max_duplicate_rate).
         pd.concat([wine, shifted(wine, "cultivar", len(wine))]).to_csv(csv, index=False)
 
-        password = json.loads((tmp_path / "state" / "airflow" / "passwords.json").read_text())["admin"]
-        airflow = Airflow(f"http://127.0.0.1:{ports['AIRFLOW']}", password)
-        monitors = {
-            "drift_monitor": CHURN,
-            "drift_monitor.diabetes": "diabetes",
-            "drift_monitor.wine": "wine",
-        }
-        started = {dag_id: airflow.trigger(dag_id) for dag_id in monitors}
-        verdicts = {dag_id: airflow.finished(dag_id, run_id) for dag_id, run_id in started.items()}
-        assert {dag_id: (v["__run__"], v["emit"]) for dag_id, v in verdicts.items()} == {
-            "drift_monitor": ("success", "skipped"),  # its traffic came from the world it knows
-            "drift_monitor.diabetes": ("success", "success"),
-            "drift_monitor.wine": ("success", "success"),
-        }
+        stack = StackSettings(state_dir=tmp_path / "state", airflow_port=ports["AIRFLOW"])
+        with airflow_client(stack) as airflow:
+            monitors = {
+                "drift_monitor": CHURN,
+                "drift_monitor.diabetes": "diabetes",
+                "drift_monitor.wine": "wine",
+            }
+            deadline = time.monotonic() + 600
+            started = {dag_id: trigger_dag(airflow, dag_id, deadline) for dag_id in monitors}
+            verdicts = {
+                dag_id: wait_dag_run(airflow, dag_id, run_id, deadline) for dag_id, run_id in started.items()
+            }
+            assert {dag_id: (v["__run__"], v["emit"]) for dag_id, v in verdicts.items()} == {
+                "drift_monitor": ("success", "skipped"),  # its traffic came from the world it knows
+                "drift_monitor.diabetes": ("success", "success"),
+                "drift_monitor.wine": ("success", "success"),
+            }
 
-        # Each drifted model's own asset started its own training DAG; nothing else trained.
-        retrained: dict[str, str] = {}
-        deadline = time.monotonic() + 120
-        while len(retrained) < 2:
-            assert time.monotonic() < deadline, f"asset-triggered runs so far: {retrained}"
-            for dag_id in ("training.diabetes", "training.wine"):
-                runs = [r for r in airflow.runs(dag_id) if r["run_type"] == "asset_triggered"]
-                if runs:
-                    retrained[dag_id] = runs[0]["dag_run_id"]
-            time.sleep(3)
-        for dag_id, run_id in retrained.items():
-            assert airflow.finished(dag_id, run_id, timeout=900)["__run__"] == "success", dag_id
-        assert [r["run_type"] for r in airflow.runs("training")] == ["manual"]  # make up's own only
+            # Each drifted model's own asset started its own training DAG; nothing else trained.
+            retrained: dict[str, str] = {}
+            deadline = time.monotonic() + 120
+            while len(retrained) < 2:
+                assert time.monotonic() < deadline, f"asset-triggered runs so far: {retrained}"
+                for dag_id in ("training.diabetes", "training.wine"):
+                    runs = [r for r in dag_runs(airflow, dag_id) if r["run_type"] == "asset_triggered"]
+                    if runs:
+                        retrained[dag_id] = runs[0]["dag_run_id"]
+                time.sleep(3)
+            deadline = time.monotonic() + 900
+            for dag_id, run_id in retrained.items():
+                assert wait_dag_run(airflow, dag_id, run_id, deadline)["__run__"] == "success", dag_id
+            assert [r["run_type"] for r in dag_runs(airflow, "training")] == ["manual"]  # make up's only
         assert len(read_manifest(project / "data" / "wine" / "raw")) == 2  # the changed world's rows
 
         after = {
