@@ -15,15 +15,33 @@ import httpx
 from ops.local.settings import StackSettings, airflow_secrets
 
 
+class _AirflowTransport(httpx.HTTPTransport):
+    """Airflow not answering (refused, timed out, cut off) as one line naming it and where to look,
+    instead of a traceback from deep inside a demo or `make up`."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return super().handle_request(request)
+        except httpx.TransportError as err:
+            raise SystemExit(
+                f"Airflow did not answer {request.method} {request.url} "
+                f"({type(err).__name__}: {err or 'no detail'}); see `make logs` (airflow-api)"
+            ) from None
+
+
 def airflow_client(settings: StackSettings, password: str | None = None) -> httpx.Client:
     """An authenticated client for Airflow's REST API (token from the admin login; `password`
     defaults to the one the local stack generated)."""
     base = f"http://127.0.0.1:{settings.airflow_port}"
     password = password or airflow_secrets(settings)["admin_password"]
-    token = httpx.post(f"{base}/auth/token", json={"username": "admin", "password": password}, timeout=30)
-    token.raise_for_status()
+    with httpx.Client(base_url=base, timeout=30, transport=_AirflowTransport()) as login:
+        token = login.post("/auth/token", json={"username": "admin", "password": password})
+        token.raise_for_status()
     return httpx.Client(
-        base_url=base, timeout=30, headers={"Authorization": f"Bearer {token.json()['access_token']}"}
+        base_url=base,
+        timeout=30,
+        transport=_AirflowTransport(),
+        headers={"Authorization": f"Bearer {token.json()['access_token']}"},
     )
 
 

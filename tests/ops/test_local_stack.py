@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import configparser
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from ops.local.airflow_api import trigger_dag
+from ops.local.airflow_api import airflow_client, trigger_dag, wait_dag_run
 from ops.local.settings import StackSettings, configuration_changes, record_configuration
 from ops.local.stack import _environment, print_urls
 from tests.factories import PROJECT
@@ -101,6 +103,52 @@ def test_a_first_attempt_conflict_is_an_error_and_repeated_server_errors_stop() 
     with pytest.raises(SystemExit, match="could not start a training run"):
         trigger_dag(_airflow([500, 503, 500], posted), "training", time.monotonic() + 60)
     assert len(posted) == 3
+
+
+class _CutOffAirflow(http.server.BaseHTTPRequestHandler):
+    """Airflow that logs the admin in, then drops the connection of every other request unanswered."""
+
+    def do_POST(self) -> None:
+        body = b'{"access_token": "a-token"}'
+        self.send_response(201)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_airflow_not_answering_is_one_line_naming_it_not_a_traceback(tmp_path: Path) -> None:
+    refused = StackSettings(state_dir=tmp_path, airflow_port=free_port())
+    with pytest.raises(SystemExit) as stopped:
+        airflow_client(refused, password="admin")
+    message = str(stopped.value)
+    assert message.startswith(
+        f"Airflow did not answer POST http://127.0.0.1:{refused.airflow_port}/auth/token"
+    )
+    assert "ConnectError" in message
+    assert "`make logs` (airflow-api)" in message
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CutOffAirflow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = StackSettings(state_dir=tmp_path, airflow_port=server.server_address[1])
+        with airflow_client(settings, password="pw-s3cret") as airflow, pytest.raises(SystemExit) as stopped:
+            wait_dag_run(airflow, "training", "manual__1", time.monotonic() + 60)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert str(stopped.value).startswith(
+        f"Airflow did not answer GET http://127.0.0.1:{settings.airflow_port}/api/v2/dags/training/dagRuns/manual__1"
+    )
+    assert "RemoteProtocolError" in str(stopped.value)
+    assert "s3cret" not in str(stopped.value)
+    assert "Bearer" not in str(stopped.value)
 
 
 def test_the_url_list_is_a_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
